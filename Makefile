@@ -1,0 +1,51 @@
+# Two commands do all set-up on a fresh Debian machine with Python 3.11:
+#   make run   -- venv, install, start the daemon on the embedded default
+#   make test  -- venv, install, mosquitto when missing (as root), the suite
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed
+
+.PHONY: venv install run test soak lint typecheck bench clean mosquitto
+
+$(PY):
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): $(PY) pyproject.toml
+	$(PIP) install --upgrade pip >/dev/null
+	# torch is pinned to the CPU build (served from the local wheel cache)
+	$(PIP) install 'torch==2.13.0'
+	$(PIP) install -e '.[dev]'
+	touch $(STAMP)
+
+venv install: $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/lillith run
+
+mosquitto:
+	@if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then \
+	  if [ "$$(id -u)" = "0" ]; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto mosquitto-clients) >/dev/null; \
+	  else echo "mosquitto missing and not root: MQTT integration tests will be skipped"; fi; \
+	fi
+
+test: $(STAMP) mosquitto
+	$(PY) -m pytest
+
+soak: $(STAMP) mosquitto
+	$(PY) -m pytest -m slow
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/mypy
+
+bench: $(STAMP)
+	$(VENV)/bin/lillith bench fabric
+	$(VENV)/bin/lillith bench som
+	$(VENV)/bin/lillith bench conv4d
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info

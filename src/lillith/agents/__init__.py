@@ -1,0 +1,1 @@
+"""lillith.agents (see ../shared/DESIGN.md)."""

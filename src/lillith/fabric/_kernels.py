@@ -1,0 +1,332 @@
+"""Private numba kernels of the neural fabric.
+
+Pure functions over arrays: no Python objects, no logging, no raising. The
+typed wrapper :class:`lillith.fabric.neural_fabric.NeuralFabric3D` validates
+every input before calling them. Equations and constants: ``docs/model.md``.
+
+Every kernel exists twice, compiled from the same Python source: a serial
+build and a ``parallel=True`` build (``prange`` over neurons). Each neuron's
+update reads only the previous step's activations of other neurons and
+writes only its own state, so the two builds give the same result (no
+cross-neuron reduction, no race).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+# Indices into the float32 parameter vector ``p`` (see FabricParams.pack).
+P_DT = 0
+P_TAU_B = 1  # branch voltage time constant, ms
+P_TAU_H = 2  # hotspot trace time constant, ms
+P_TAU_CA = 3  # branch calcium time constant, ms
+P_R_SYN = 4  # synaptic current -> branch voltage, mV per unit
+P_THETA_D = 5  # dendritic spike threshold, mV
+P_KAPPA_D = 6  # dendritic spike width, mV
+P_A_D = 7  # dendritic spike amplitude, mV
+P_G_DEND = 8  # dendrite -> soma coupling (dimensionless)
+P_R_IN = 9  # sensory current -> soma, mV per unit
+P_E_L = 10  # leak reversal (rest), mV
+P_E_NA = 11
+P_E_K = 12
+P_G_NA = 13  # relative to leak
+P_G_K = 14
+P_V_NA = 15  # half-activation of Na gate, mV
+P_K_NA = 16  # slope, mV
+P_TAU_NA = 17  # ms
+P_V_K = 18
+P_K_K = 19
+P_TAU_K = 20
+P_V_CA = 21
+P_K_CA = 22
+P_TAU_CAG = 23
+P_V_HALF = 24  # output nonlinearity threshold, mV
+P_V_SCALE = 25  # output nonlinearity scale, mV
+P_TAU_REF = 26  # refractory recovery, ms
+P_RHO_REF = 27  # refractory depth in [0, 1]
+P_TAU_ADAPT = 28  # adaptation time constant, ms
+P_G_ADAPT = 29  # adaptation strength (output divisor)
+P_G_ADAPT_V = 30  # adaptation hyperpolarising current, mV per unit
+P_V_MIN = 31
+P_V_MAX = 32
+P_VB_MAX = 33
+P_I_MAX = 34  # clip of the sensory + mode drive, mV
+P_ETA = 35  # plasticity rate per step
+P_LAMBDA = 36  # Oja normalisation strength
+P_W_MAX = 37
+P_TAU_THETA = 38  # BCM sliding threshold time constant, ms
+N_PARAMS = 39
+
+MODE_NORMAL = 0
+MODE_RANDOM = 1
+MODE_INTENTIONAL = 2
+MODE_BIDIRECTIONAL = 3
+
+_U64_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_U64_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_U64_M2 = np.uint64(0x94D049BB133111EB)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _softsig(x: float) -> float:
+    """Rational sigmoid ``0.5 * (1 + x / (1 + |x|))``, in (0, 1), monotone."""
+    one = np.float32(1.0)
+    return np.float32(0.5) * (one + x / (one + abs(x)))
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _splitmix(z: np.uint64) -> np.uint64:
+    z = z + _U64_GOLDEN
+    z = (z ^ (z >> np.uint64(30))) * _U64_M1
+    z = (z ^ (z >> np.uint64(27))) * _U64_M2
+    return z ^ (z >> np.uint64(31))
+
+
+@njit(cache=True, nogil=True)
+def _gauss_noise(seed: np.uint64, step: np.uint64, idx: np.uint64) -> float:
+    """Counter-based standard normal sample for (seed, step, neuron).
+
+    Deterministic and independent of thread scheduling: a splitmix64 hash of
+    the counter gives two uniforms, Box-Muller turns them into a normal.
+    """
+    h1 = _splitmix(seed ^ _splitmix(step ^ _splitmix(idx)))
+    h2 = _splitmix(h1)
+    u1 = (float(h1 >> np.uint64(11)) + 0.5) * (1.0 / 9007199254740992.0)
+    u2 = float(h2 >> np.uint64(11)) * (1.0 / 9007199254740992.0)
+    return math.sqrt(-2.0 * math.log(u1)) * math.cos(2.0 * math.pi * u2)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _bio_out(v: float, ref: float, adapt: float, p: np.ndarray) -> float:
+    """Biological output nonlinearity: tanh above threshold, refractory, adapted.
+
+    ``a = tanh(max(0, (v - V_half) / V_scale)) * (1 - rho * ref) / (1 + g_a * adapt)``
+    in [0, 1].
+    """
+    one = np.float32(1.0)
+    u = (v - p[P_V_HALF]) / p[P_V_SCALE]
+    if u <= np.float32(0.0):
+        return np.float32(0.0)
+    return np.float32(math.tanh(u)) * (one - p[P_RHO_REF] * ref) / (one + p[P_G_ADAPT] * adapt)
+
+
+def _step_impl(
+    p: np.ndarray,
+    mode: int,
+    noise_scale: float,
+    intent_gain: float,
+    bidir_weight: float,
+    plastic_rate: float,
+    seed: np.uint64,
+    step: np.uint64,
+    indptr: np.ndarray,
+    indices: np.ndarray,
+    polarity: np.ndarray,
+    feedback: np.ndarray,
+    syn_seg: np.ndarray,
+    s_indptr: np.ndarray,
+    s_indices: np.ndarray,
+    s_wsigned: np.ndarray,
+    tau: np.ndarray,
+    x: np.ndarray,
+    goal: np.ndarray,
+    pending: np.ndarray,
+    has_pending: bool,
+    w: np.ndarray,
+    v: np.ndarray,
+    m_na: np.ndarray,
+    n_k: np.ndarray,
+    c_ca: np.ndarray,
+    vb: np.ndarray,
+    cab: np.ndarray,
+    hot: np.ndarray,
+    ref: np.ndarray,
+    adapt: np.ndarray,
+    theta: np.ndarray,
+    a_prev: np.ndarray,
+    a_new: np.ndarray,
+) -> None:
+    """Advance every neuron by one time step ``dt`` (in place).
+
+    Reads ``a_prev`` (activations of the previous step, shape (n,)) and
+    writes ``a_new``; all other state arrays are updated in place. Plastic
+    weights ``w`` of the synapses onto a neuron are updated with the
+    previous step's pre/post activities (fused into the same pass).
+    """
+    n = v.shape[0]
+    K = vb.shape[1]
+    S = hot.shape[2]
+    f32 = np.float32
+    dt = p[P_DT]
+    ab = dt / p[P_TAU_B]
+    keep_b = f32(1.0) - ab
+    eh = f32(math.exp(-dt / p[P_TAU_H]))
+    ch = f32(1.0) - eh
+    aca = dt / p[P_TAU_CA]
+    r_syn = ab * p[P_R_SYN]
+    theta_d = p[P_THETA_D]
+    kappa_d = p[P_KAPPA_D]
+    a_d = p[P_A_D]
+    g_dend = p[P_G_DEND] / f32(K)
+    r_in = p[P_R_IN]
+    e_l = p[P_E_L]
+    e_na = p[P_E_NA]
+    e_k = p[P_E_K]
+    g_na = p[P_G_NA]
+    g_k = p[P_G_K]
+    a_na = min(f32(1.0), dt / p[P_TAU_NA])
+    a_k = min(f32(1.0), dt / p[P_TAU_K])
+    a_cg = min(f32(1.0), dt / p[P_TAU_CAG])
+    er = f32(math.exp(-dt / p[P_TAU_REF]))
+    a_ad = dt / p[P_TAU_ADAPT]
+    g_adv = p[P_G_ADAPT_V]
+    v_min = p[P_V_MIN]
+    v_max = p[P_V_MAX]
+    vb_max = p[P_VB_MAX]
+    i_max = p[P_I_MAX]
+    eta = p[P_ETA] * f32(plastic_rate)
+    lam = p[P_LAMBDA]
+    w_max = p[P_W_MAX]
+    a_th = dt / p[P_TAU_THETA]
+    zero = f32(0.0)
+    one = f32(1.0)
+    if mode == MODE_BIDIRECTIONAL:
+        g_ff = f32(1.0 - bidir_weight)
+        g_fb = f32(bidir_weight)
+    else:
+        g_ff = f32(1.0)
+        g_fb = f32(0.0)
+    g_d = g_fb - g_ff
+    plastic = eta > zero
+    for i in prange(n):
+        for k in range(K):
+            for s in range(S):
+                hot[i, k, s] *= eh
+        post = a_prev[i]
+        lo = indptr[i]
+        ln = indptr[i + 1] - lo
+        # -- synapses onto branch k are the k-th contiguous block of the row:
+        #    the first ``ln % K`` branches take ``ln // K + 1`` synapses
+        idend = zero
+        base = ln // K
+        extra = ln - base * K
+        b1 = lo
+        for k in range(K):
+            b0 = b1
+            b1 = b0 + base + (1 if k < extra else 0)
+            acc = zero
+            if has_pending:
+                # one-shot inputs injected with add_synaptic_input, consumed here
+                for s in range(S):
+                    cur = pending[i, k, s]
+                    if cur != zero:
+                        acc += cur
+                        hot[i, k, s] += ch * abs(cur)
+                        pending[i, k, s] = zero
+            for j in range(b0, b1):
+                cur = (g_ff + g_d * feedback[j]) * polarity[j] * w[j] * a_prev[indices[j]]
+                acc += cur
+                hot[i, k, syn_seg[j]] += ch * abs(cur)
+            vbk = vb[i, k] * keep_b + r_syn * acc
+            if vbk > vb_max:
+                vbk = vb_max
+            elif vbk < -vb_max:
+                vbk = -vb_max
+            vb[i, k] = vbk
+            # -- dendritic spike and branch calcium
+            spk = _softsig((vbk - theta_d) / kappa_d)
+            idend += vbk + a_d * spk
+            if plastic and post > zero:
+                # calcium-gated BCM with Oja normalisation, previous-step activities
+                gate = eta * cab[i, k]
+                bcm = post * (post - theta[i])
+                decay = eta * lam * post * post
+                for j in range(b0, b1):
+                    wj = w[j] + gate * a_prev[indices[j]] * bcm - decay * w[j]
+                    if wj < zero:
+                        wj = zero
+                    elif wj > w_max:
+                        wj = w_max
+                    w[j] = wj
+            cab[i, k] += aca * (spk - cab[i, k])
+        # -- soma drive: dendrites + sensory projection + mode term
+        drive = zero
+        for j in range(s_indptr[i], s_indptr[i + 1]):
+            drive += s_wsigned[j] * x[s_indices[j]]
+        drive *= r_in
+        if mode == MODE_RANDOM:
+            drive += f32(noise_scale * _gauss_noise(seed, step, np.uint64(i)))
+        elif mode == MODE_INTENTIONAL:
+            drive += f32(intent_gain) * (goal[i] - post) * p[P_V_SCALE]
+        if drive != drive:
+            drive = zero  # inf - inf from absurd inputs: no defined drive
+        elif drive > i_max:
+            drive = i_max
+        elif drive < -i_max:
+            drive = -i_max
+        vi = v[i]
+        # -- ion channel gates relax toward voltage-dependent steady states
+        m_na[i] += a_na * (_softsig((vi - p[P_V_NA]) / p[P_K_NA]) - m_na[i])
+        n_k[i] += a_k * (_softsig((vi - p[P_V_K]) / p[P_K_K]) - n_k[i])
+        c_ca[i] += a_cg * (_softsig((vi - p[P_V_CA]) / p[P_K_CA]) - c_ca[i])
+        dv = (
+            (e_l - vi)
+            + g_dend * idend
+            + drive
+            + g_na * m_na[i] * (e_na - vi)
+            + g_k * n_k[i] * (e_k - vi)
+            - g_adv * adapt[i]
+        )
+        vi = vi + dt / tau[i] * dv
+        if vi > v_max:
+            vi = v_max
+        elif vi < v_min:
+            vi = v_min
+        v[i] = vi
+        # -- output nonlinearity, refractoriness and adaptation
+        a = _bio_out(vi, ref[i], adapt[i], p)
+        a_new[i] = a
+        raw = min(a * (one + p[P_G_ADAPT] * adapt[i]), one)
+        ref[i] = ref[i] * er + (one - er) * raw
+        adapt[i] += a_ad * (a + c_ca[i] - adapt[i])
+        theta[i] += a_th * (a * a - theta[i])
+
+
+_step_serial = njit(cache=True, nogil=True)(_step_impl)
+_step_parallel = njit(cache=True, nogil=True, parallel=True)(_step_impl)
+
+
+@njit(cache=True, nogil=True)
+def _pool(a: np.ndarray, n_out: int, out: np.ndarray) -> None:
+    """Mean of ``a`` (shape (n,)) over ``n_out`` contiguous groups into ``out``.
+
+    Group ``g`` covers indices ``[g * n // n_out, (g + 1) * n // n_out)``;
+    with the layer-major layout these are slabs of consecutive z-layers.
+    """
+    n = a.shape[0]
+    for g in range(n_out):
+        lo = g * n // n_out
+        hi = (g + 1) * n // n_out
+        acc = 0.0
+        for i in range(lo, hi):
+            acc += a[i]
+        out[g] = acc / max(hi - lo, 1)
+
+
+@njit(cache=True, nogil=True)
+def _bio_nonlinearity(
+    v: np.ndarray, ref: np.ndarray, adapt: np.ndarray, p: np.ndarray, out: np.ndarray
+) -> None:
+    """Vectorised :func:`_bio_out` plus refractory/adaptation update."""
+    dt = p[P_DT]
+    er = math.exp(-dt / p[P_TAU_REF])
+    a_ad = dt / p[P_TAU_ADAPT]
+    for i in range(v.shape[0]):
+        a = _bio_out(v[i], ref[i], adapt[i], p)
+        out[i] = a
+        raw = min(a * (1.0 + p[P_G_ADAPT] * adapt[i]), 1.0)
+        ref[i] = ref[i] * er + (1.0 - er) * raw
+        adapt[i] += a_ad * (a - adapt[i])

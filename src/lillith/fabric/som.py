@@ -1,0 +1,992 @@
+"""Online self-organizing map (Kohonen SOM) with numba kernels.
+
+The map is a rectangular 2D ``(a, b)`` or 3D ``(a, b, c)`` grid of ``n_units``
+prototype vectors (``weights``, float32, shape ``(n_units, dim)``). Units are
+numbered in C order of ``map_shape``; unit ``u`` sits at integer grid position
+``np.unravel_index(u, map_shape)``.
+
+One online step for a sample ``x`` at step ``t`` (``t`` counts samples learned
+so far; it is the *only* clock, wall time is never used):
+
+1. best-matching unit ``b = argmin_u ||x - w_u||^2`` (squared Euclidean,
+   ties go to the lowest index);
+2. schedule, exponential decay towards floors with time constant
+   ``decay_steps``::
+
+       e(t)     = exp(-t / decay_steps)
+       sigma(t) = sigma_min + (sigma0 - sigma_min) * e(t)
+       lr(t)    = lr_min    + (lr0    - lr_min)    * e(t)
+
+3. Gaussian neighbourhood on the grid,
+   ``h_u = exp(-||g_u - g_b||^2 / (2 sigma(t)^2))``, truncated: units with
+   ``h_u < 1e-4`` are skipped;
+4. ``w_u += lr(t) * h_u * (x - w_u)`` for the remaining units.
+
+Because ``sigma_min > 0`` and ``lr_min > 0`` the map never freezes: after a
+million steps a new region of input space is still learned. ``lr0`` is
+bounded by 1 and defaults to 0.5, so the first sample cannot copy itself onto
+every unit (the seed implementation used ``lr = 1`` with a huge sigma and
+collapsed the whole map onto its first sample).
+
+Implementation notes
+--------------------
+The kernels are plain functions over arrays compiled with
+``@njit(cache=True, nogil=True, fastmath=False)``; they never allocate, raise
+or log inside the per-sample loop, so a whole batch of online updates is one
+call that releases the GIL. The Gaussian is evaluated separably
+(``h = g0[|di|] * g1[|dj|] * g2[|dk|]`` with one small per-axis table per step)
+and only over the bounding box of the truncation radius around the BMU, which
+is what makes late training (small sigma) cheap. The squared distance is
+accumulated in eight independent float32 lanes so that LLVM can vectorise it
+without ``fastmath``. The object is not thread-safe: one owner (the agent's
+worker) mutates it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Any, Literal, TypeVar, cast
+
+import numpy as np
+import numpy.typing as npt
+from numba import njit
+
+from lillith.errors import FabricError, StateError
+
+__all__ = ["MAX_ABS_INPUT", "NEIGHBOURHOOD_CUTOFF", "SelfOrganizingMap"]
+
+F32 = npt.NDArray[np.float32]
+F64 = npt.NDArray[np.float64]
+I64 = npt.NDArray[np.int64]
+
+#: Neighbourhood values below this are treated as zero (the unit is skipped).
+NEIGHBOURHOOD_CUTOFF = 1e-4
+#: Largest accepted absolute input value. Keeps float32 squared distances
+#: finite for any realistic ``dim`` (``(2e15)^2 * 1e6 < 3.4e38``).
+MAX_ABS_INPUT = 1e15
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _kernel(fn: _F) -> _F:
+    """Compile ``fn`` with the fabric's numba options, keeping its signature."""
+    return cast(_F, njit(cache=True, nogil=True, fastmath=False)(fn))
+
+
+# --------------------------------------------------------------------------
+# numba kernels (module-private, pure functions over arrays)
+# --------------------------------------------------------------------------
+
+
+@_kernel
+def _dist_all(x: F32, WT: F32, dist: F32) -> None:
+    """Squared Euclidean distance from ``x`` to every unit, float32, in place.
+
+    ``dist[u] = sum_k (x[k] - WT[k, u])^2`` accumulated sequentially in ``k``
+    (the same order as a plain loop). The inner loop runs over units, so it
+    is element-wise and LLVM vectorises it without ``fastmath``.
+
+    Parameters
+    ----------
+    x : float32 (dim,)
+    WT : float32 (dim, n_units)
+        Feature-major weights.
+    dist : float32 (n_units,)
+        Output.
+    """
+    n = WT.shape[1]
+    D = WT.shape[0]
+    for u in range(n):
+        dist[u] = np.float32(0.0)
+    k = 0
+    while k + 4 <= D:
+        x0 = x[k]
+        x1 = x[k + 1]
+        x2 = x[k + 2]
+        x3 = x[k + 3]
+        w0 = WT[k]
+        w1 = WT[k + 1]
+        w2 = WT[k + 2]
+        w3 = WT[k + 3]
+        for u in range(n):
+            d0 = x0 - w0[u]
+            d1 = x1 - w1[u]
+            d2 = x2 - w2[u]
+            d3 = x3 - w3[u]
+            dist[u] = (((dist[u] + d0 * d0) + d1 * d1) + d2 * d2) + d3 * d3
+        k += 4
+    while k < D:
+        xk = x[k]
+        wk = WT[k]
+        for u in range(n):
+            d = xk - wk[u]
+            dist[u] += d * d
+        k += 1
+
+
+@_kernel
+def _argmin(dist: F32) -> tuple[int, np.float32]:
+    """Index and value of the smallest entry (first one on ties)."""
+    best = dist[0]
+    bi = 0
+    for u in range(1, dist.shape[0]):
+        if dist[u] < best:
+            best = dist[u]
+            bi = u
+    return bi, best
+
+
+@_kernel
+def _axis_table(g: F64, side: int, inv2s2: float, h_min: float) -> int:
+    """Fill ``g[k] = exp(-k^2 / (2 sigma^2))`` until it drops below ``h_min``.
+
+    Returns the largest grid offset ``r`` with ``g[r] >= h_min`` (the
+    truncation radius along this axis); entries beyond ``r + 1`` are stale.
+    """
+    r = 0
+    for k in range(side):
+        v = math.exp(-float(k * k) * inv2s2)
+        g[k] = v
+        if v < h_min:
+            break
+        r = k
+    return r
+
+
+@_kernel
+def _fill_coef(
+    coef: F32,
+    i: int,
+    j0: int,
+    j1: int,
+    b1: int,
+    b2: int,
+    r2: int,
+    s2: int,
+    s12: int,
+    gi: float,
+    gtab: F64,
+    lr: float,
+    h_min: float,
+) -> None:
+    """Learning coefficients ``lr * h`` of units ``(i, j0..j1, 0..s2-1)``.
+
+    Units outside the truncation radius, or with ``h < h_min``, get 0 (their
+    update ``w += 0 * (x - w)`` leaves them unchanged).
+    """
+    for j in range(j0, j1 + 1):
+        gij = gi * gtab[1, abs(j - b1)]
+        base = i * s12 + j * s2
+        for m in range(s2):
+            dm = abs(m - b2)
+            c = np.float32(0.0)
+            if dm <= r2:
+                h = gij * gtab[2, dm]
+                if h >= h_min:
+                    c = np.float32(lr * h)
+            coef[base + m] = c
+
+
+@_kernel
+def _apply(x: F32, WT: F32, coef: F32, ua: int, ub: int) -> None:
+    """``WT[k, u] += coef[u] * (x[k] - WT[k, u])`` for ``ua <= u < ub``.
+
+    The loop runs over views starting at ``ua`` so that every index is a
+    plain non-negative ``range`` counter, which LLVM can vectorise.
+    """
+    c = coef[ua:ub]
+    n = ub - ua
+    for k in range(WT.shape[0]):
+        xk = x[k]
+        wk = WT[k, ua:ub]
+        for t in range(n):
+            wk[t] += c[t] * (xk - wk[t])
+
+
+@_kernel
+def _train(
+    X: F32,
+    WT: F32,
+    shape3: I64,
+    params: F64,
+    counters: I64,
+    gtab: F64,
+    scratch: F32,
+    hits: I64,
+    ring_bmu: I64,
+    ring_qe: F64,
+    out_bmu: I64,
+) -> None:
+    """Sequential online updates over the rows of ``X`` (in place).
+
+    Parameters
+    ----------
+    X : float32 (n, dim)
+        Samples, learned in row order.
+    WT : float32 (dim, n_units)
+        Feature-major weights, updated in place.
+    shape3 : int64 (3,)
+        Map shape padded to 3D with trailing ones.
+    params : float64 (6,)
+        ``sigma0, sigma_min, lr0, lr_min, decay_steps, h_min``.
+    counters : int64 (3,)
+        ``step, ring_pos, ring_len``; updated in place.
+    gtab : float64 (3, max_side)
+        Scratch for the per-axis Gaussian tables.
+    scratch : float32 (2, n_units)
+        Scratch: distances and learning coefficients.
+    hits : int64 (2, n_units)
+        Lifetime BMU counts (row 0) and BMU counts over the recent ring
+        (row 1); in place.
+    ring_bmu : int64 (window,), ring_qe : float64 (window,)
+        Ring buffers of recent BMUs and their Euclidean distances.
+    out_bmu : int64 (n,)
+        BMU flat index of each row (found before that row's update).
+    """
+    sigma0 = params[0]
+    sigma_min = params[1]
+    lr0 = params[2]
+    lr_min = params[3]
+    decay_steps = params[4]
+    h_min = params[5]
+    s0 = shape3[0]
+    s1 = shape3[1]
+    s2 = shape3[2]
+    s12 = s1 * s2
+    window = ring_bmu.shape[0]
+    dist = scratch[0]
+    coef = scratch[1]
+    step = counters[0]
+    pos = counters[1]
+    length = counters[2]
+    for n in range(X.shape[0]):
+        x = X[n]
+        _dist_all(x, WT, dist)
+        b, d2 = _argmin(dist)
+        out_bmu[n] = b
+        # bookkeeping: lifetime hits, recent ring (BMU + distance)
+        hits[0, b] += 1
+        if length == window:
+            hits[1, ring_bmu[pos]] -= 1
+        else:
+            length += 1
+        ring_bmu[pos] = b
+        ring_qe[pos] = math.sqrt(float(d2))
+        hits[1, b] += 1
+        pos += 1
+        if pos == window:
+            pos = 0
+        # schedule (step count only)
+        e = math.exp(-float(step) / decay_steps)
+        sigma = sigma_min + (sigma0 - sigma_min) * e
+        lr = lr_min + (lr0 - lr_min) * e
+        inv2s2 = 1.0 / (2.0 * sigma * sigma)
+        r0 = _axis_table(gtab[0], s0, inv2s2, h_min)
+        r1 = _axis_table(gtab[1], s1, inv2s2, h_min)
+        r2 = _axis_table(gtab[2], s2, inv2s2, h_min)
+        b0 = b // s12
+        rem = b - b0 * s12
+        b1 = rem // s2
+        b2 = rem - b1 * s2
+        i0 = max(0, b0 - r0)
+        i1 = min(s0 - 1, b0 + r0)
+        j0 = max(0, b1 - r1)
+        j1 = min(s1 - 1, b1 + r1)
+        # one contiguous run of units covering the bounding box; units of the
+        # run outside the box get coefficient 0 (long vectorised loops beat
+        # many short ones even with the extra work)
+        ua = i0 * s12 + j0 * s2
+        ub = i1 * s12 + (j1 + 1) * s2
+        for u in range(ua, ub):
+            coef[u] = np.float32(0.0)
+        for i in range(i0, i1 + 1):
+            _fill_coef(coef, i, j0, j1, b1, b2, r2, s2, s12, gtab[0, abs(i - b0)], gtab, lr, h_min)
+        _apply(x, WT, coef, ua, ub)
+        step += 1
+    counters[0] = step
+    counters[1] = pos
+    counters[2] = length
+
+
+@_kernel
+def _bmu_batch(X: F32, WT: F32, dist: F32, out_bmu: I64, out_d2: F64) -> None:
+    """BMU index and squared distance (as float64) of every row of ``X``."""
+    for n in range(X.shape[0]):
+        _dist_all(X[n], WT, dist)
+        b, d2 = _argmin(dist)
+        out_bmu[n] = b
+        out_d2[n] = float(d2)
+
+
+@_kernel
+def _top2_batch(X: F32, WT: F32, dist: F32, out1: I64, out2: I64) -> None:
+    """First and second best-matching unit of every row (``n_units >= 2``)."""
+    for n in range(X.shape[0]):
+        _dist_all(X[n], WT, dist)
+        best1 = dist[0]
+        i1 = 0
+        best2 = dist[1]
+        i2 = 1
+        if best2 < best1:
+            best1, best2 = best2, best1
+            i1, i2 = i2, i1
+        for u in range(2, dist.shape[0]):
+            d2 = dist[u]
+            if d2 < best1:
+                best2 = best1
+                i2 = i1
+                best1 = d2
+                i1 = u
+            elif d2 < best2:
+                best2 = d2
+                i2 = u
+        out1[n] = i1
+        out2[n] = i2
+
+
+@_kernel
+def _u_matrix(WT: F32, shape3: I64, out: F64) -> None:
+    """Mean Euclidean weight distance of each unit to its Chebyshev-1 neighbours."""
+    s0 = shape3[0]
+    s1 = shape3[1]
+    s2 = shape3[2]
+    D = WT.shape[0]
+    for i in range(s0):
+        for j in range(s1):
+            for m in range(s2):
+                u = (i * s1 + j) * s2 + m
+                total = 0.0
+                count = 0
+                for ni in range(max(0, i - 1), min(s0, i + 2)):
+                    for nj in range(max(0, j - 1), min(s1, j + 2)):
+                        for nm in range(max(0, m - 1), min(s2, m + 2)):
+                            v = (ni * s1 + nj) * s2 + nm
+                            if v == u:
+                                continue
+                            acc = 0.0
+                            for k in range(D):
+                                d = float(WT[k, u]) - float(WT[k, v])
+                                acc += d * d
+                            total += math.sqrt(acc)
+                            count += 1
+                out[u] = total / count if count > 0 else 0.0
+
+
+# --------------------------------------------------------------------------
+# typed wrapper
+# --------------------------------------------------------------------------
+
+_SCHEDULE_KEYS = ("sigma0", "sigma_min", "lr0", "lr_min", "decay_steps")
+
+
+class SelfOrganizingMap:
+    """Online self-organizing map on a 2D or 3D grid.
+
+    Parameters
+    ----------
+    map_shape : tuple of int
+        Grid shape, ``(a, b)`` or ``(a, b, c)``; every side >= 1 and at least
+        two units in total. Default ``(17, 17)``.
+    dim : int
+        Input dimension (length of each sample), >= 1.
+    sigma0 : float, optional
+        Initial neighbourhood radius in grid units. Default
+        ``max(map_shape) / 2``.
+    sigma_min : float
+        Floor of the neighbourhood radius (grid units), ``0 < sigma_min <=
+        sigma0``. Default 0.5.
+    lr0 : float
+        Initial learning rate, ``lr_min <= lr0 <= 1``. Default 0.5.
+    lr_min : float
+        Floor of the learning rate, ``> 0`` so learning never freezes.
+        Default 0.01.
+    decay_steps : float
+        Time constant of the exponential annealing, in steps (samples
+        learned). Default 10 000.
+    init : {"random"}
+        Weight initialisation: seeded uniform in ``[-init_scale, init_scale)``.
+        Use :meth:`init_from_data` for a data-scaled initialisation.
+    init_scale : float
+        Half-width of the random initialisation. Default 0.1.
+    seed : int
+        Seed of the initialisation (training itself is deterministic).
+    qe_window : int
+        Length (samples) of the recent window used for utilisation and
+        recent quantisation error, >= 2. Default 500.
+
+    Raises
+    ------
+    FabricError
+        If any parameter is out of range.
+
+    Notes
+    -----
+    Methods that learn (:meth:`update`, :meth:`update_batch`) mutate the map;
+    everything else is read-only. Inputs are converted to contiguous float32
+    and must be finite with ``|x| <= MAX_ABS_INPUT``.
+    """
+
+    def __init__(
+        self,
+        map_shape: tuple[int, ...] = (17, 17),
+        dim: int = 64,
+        *,
+        sigma0: float | None = None,
+        sigma_min: float = 0.5,
+        lr0: float = 0.5,
+        lr_min: float = 0.01,
+        decay_steps: float = 10_000,
+        init: Literal["random"] = "random",
+        init_scale: float = 0.1,
+        seed: int = 0,
+        qe_window: int = 500,
+    ) -> None:
+        shape = _check_map_shape(map_shape)
+        if isinstance(dim, bool) or not isinstance(dim, int | np.integer) or dim < 1:
+            raise FabricError("dim must be a positive integer", dim=dim)
+        if isinstance(qe_window, bool) or not isinstance(qe_window, int | np.integer):
+            raise FabricError("qe_window must be an integer", qe_window=qe_window)
+        if qe_window < 2:
+            raise FabricError("qe_window must be >= 2", qe_window=qe_window)
+        if init != "random":
+            raise FabricError("unknown init", init=init, allowed=("random",))
+        if not (math.isfinite(init_scale) and init_scale > 0):
+            raise FabricError("init_scale must be finite and > 0", init_scale=init_scale)
+        if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+            raise FabricError("seed must be a non-negative integer", seed=seed)
+        s0 = max(shape) / 2.0 if sigma0 is None else float(sigma0)
+        self._schedule = _check_schedule(s0, sigma_min, lr0, lr_min, decay_steps, FabricError)
+
+        self.map_shape: tuple[int, ...] = shape
+        self.dim: int = int(dim)
+        self.n_units: int = int(np.prod(shape))
+        self.qe_window: int = int(qe_window)
+        self.seed: int = int(seed)
+        self._shape3 = np.ones(3, dtype=np.int64)
+        self._shape3[: len(shape)] = shape
+        grid = np.indices(shape).reshape(len(shape), -1).T
+        self._grid = np.ascontiguousarray(grid, dtype=np.int64)
+        self._coords = np.ascontiguousarray(grid, dtype=np.float32)
+
+        rng = np.random.default_rng(self.seed)
+        w = rng.uniform(-init_scale, init_scale, size=(self.n_units, self.dim))
+        # feature-major weights (dim, n_units): see the module notes
+        self._wt: F32 = np.ascontiguousarray(w.T, dtype=np.float32)
+        self._params = np.array([*self._schedule, NEIGHBOURHOOD_CUTOFF], dtype=np.float64)
+        self._counters = np.zeros(3, dtype=np.int64)  # step, ring_pos, ring_len
+        self._hits = np.zeros((2, self.n_units), dtype=np.int64)  # lifetime, recent window
+        self._ring_bmu = np.full(self.qe_window, -1, dtype=np.int64)
+        self._ring_qe = np.zeros(self.qe_window, dtype=np.float64)
+        # scratch, preallocated once: Gaussian tables, distances + coefficients
+        self._gtab = np.zeros((3, int(self._shape3.max())), dtype=np.float64)
+        self._scratch = np.zeros((2, self.n_units), dtype=np.float32)
+        self._one_bmu = np.zeros(1, dtype=np.int64)
+
+    # ------------------------------------------------------------------ input
+
+    def _as_batch(self, X: npt.ArrayLike, name: str, *, allow_1d: bool) -> F32:
+        arr = _to_float32(X, name)
+        if arr.ndim == 1 and allow_1d:
+            arr = arr.reshape(1, -1)
+        if arr.ndim != 2 or arr.shape[1] != self.dim:
+            raise FabricError(
+                f"{name} must have shape (n, {self.dim})", shape=arr.shape, dim=self.dim
+            )
+        _check_values(arr, name)
+        return arr
+
+    def _as_sample(self, x: npt.ArrayLike, name: str = "x") -> F32:
+        arr = _to_float32(x, name)
+        if arr.shape != (self.dim,):
+            raise FabricError(f"{name} must have shape ({self.dim},)", shape=arr.shape)
+        _check_values(arr, name)
+        return arr
+
+    # --------------------------------------------------------------- learning
+
+    def update(self, x: npt.ArrayLike) -> int:
+        """Learn one sample online.
+
+        Parameters
+        ----------
+        x : array_like, shape (dim,)
+            The sample; converted to float32.
+
+        Returns
+        -------
+        int
+            Flat index (C order of ``map_shape``) of the best-matching unit,
+            found before the update.
+
+        Raises
+        ------
+        FabricError
+            Wrong shape, non-numeric, non-finite or too-large values.
+        """
+        xs = self._as_sample(x)
+        self._run(xs.reshape(1, self.dim), self._one_bmu)
+        return int(self._one_bmu[0])
+
+    learn_one = update
+
+    def update_batch(self, X: npt.ArrayLike) -> I64:
+        """Learn the rows of ``X`` one after another (online, in row order).
+
+        Exactly equivalent to calling :meth:`update` on each row, but the
+        whole batch is a single kernel call that releases the GIL.
+
+        Parameters
+        ----------
+        X : array_like, shape (n, dim)
+            Samples; converted to float32. ``n`` may be 0.
+
+        Returns
+        -------
+        numpy.ndarray of int64, shape (n,)
+            BMU flat index of each row, each found before that row's update.
+        """
+        Xs = self._as_batch(X, "X", allow_1d=False)
+        out = np.empty(Xs.shape[0], dtype=np.int64)
+        if Xs.shape[0]:
+            self._run(Xs, out)
+        return out
+
+    def _run(self, Xs: F32, out: I64) -> None:
+        _train(
+            Xs,
+            self._wt,
+            self._shape3,
+            self._params,
+            self._counters,
+            self._gtab,
+            self._scratch,
+            self._hits,
+            self._ring_bmu,
+            self._ring_qe,
+            out,
+        )
+
+    def init_from_data(self, X: npt.ArrayLike) -> None:
+        """Re-initialise the weights scaled to data (seeded, no PCA).
+
+        Each weight component is drawn uniformly from ``mean_k +/- std_k`` of
+        feature ``k`` of ``X`` (``std_k`` floored at 1e-3). Only the weights
+        change; step and statistics are kept.
+
+        Parameters
+        ----------
+        X : array_like, shape (n, dim)
+            Representative samples, ``n >= 1``.
+        """
+        Xs = self._as_batch(X, "X", allow_1d=True).astype(np.float64)
+        mean = Xs.mean(axis=0)
+        std = np.maximum(Xs.std(axis=0), 1e-3)
+        rng = np.random.default_rng(self.seed)
+        u = rng.uniform(-1.0, 1.0, size=(self.n_units, self.dim))
+        self._wt[...] = (mean + u * std).astype(np.float32).T
+
+    # -------------------------------------------------------------- inference
+
+    def bmu(self, x: npt.ArrayLike) -> int:
+        """Flat index of the best-matching unit of ``x`` (no learning).
+
+        Parameters
+        ----------
+        x : array_like, shape (dim,)
+
+        Returns
+        -------
+        int
+            In ``[0, n_units)``; ties go to the lowest index.
+        """
+        xs = self._as_sample(x)
+        dist = np.empty(self.n_units, dtype=np.float32)
+        _dist_all(xs, self._wt, dist)
+        b, _ = _argmin(dist)
+        return int(b)
+
+    def bmu_coords(self, x: npt.ArrayLike) -> tuple[int, ...]:
+        """Grid coordinates (one int per map axis) of the BMU of ``x``."""
+        idx = np.unravel_index(self.bmu(x), self.map_shape)
+        return tuple(int(i) for i in idx)
+
+    def bmus(self, X: npt.ArrayLike) -> I64:
+        """BMU flat index of every row of ``X`` (shape ``(n, dim)``), int64 ``(n,)``."""
+        Xs = self._as_batch(X, "X", allow_1d=True)
+        out = np.empty(Xs.shape[0], dtype=np.int64)
+        d2 = np.empty(Xs.shape[0], dtype=np.float64)
+        _bmu_batch(Xs, self._wt, np.empty(self.n_units, dtype=np.float32), out, d2)
+        return out
+
+    def quantization_error(self, X: npt.ArrayLike) -> float:
+        """Mean Euclidean distance from each sample to its BMU's weights.
+
+        Parameters
+        ----------
+        X : array_like, shape (n, dim) or (dim,)
+            ``n >= 1`` samples, in input units.
+
+        Returns
+        -------
+        float
+            Mean distance, in input units.
+        """
+        Xs = self._as_batch(X, "X", allow_1d=True)
+        if Xs.shape[0] == 0:
+            raise FabricError("quantization_error needs at least one sample")
+        out = np.empty(Xs.shape[0], dtype=np.int64)
+        d2 = np.empty(Xs.shape[0], dtype=np.float64)
+        _bmu_batch(Xs, self._wt, np.empty(self.n_units, dtype=np.float32), out, d2)
+        return float(np.sqrt(d2).mean())
+
+    def topographic_error(self, X: npt.ArrayLike) -> float:
+        """Fraction of samples whose first and second BMU are not grid neighbours.
+
+        Neighbours are units at Chebyshev distance 1 on the grid (8 in 2D,
+        26 in 3D).
+
+        Parameters
+        ----------
+        X : array_like, shape (n, dim) or (dim,)
+            ``n >= 1`` samples.
+
+        Returns
+        -------
+        float
+            In ``[0, 1]``.
+        """
+        Xs = self._as_batch(X, "X", allow_1d=True)
+        if Xs.shape[0] == 0:
+            raise FabricError("topographic_error needs at least one sample")
+        i1 = np.empty(Xs.shape[0], dtype=np.int64)
+        i2 = np.empty(Xs.shape[0], dtype=np.int64)
+        _top2_batch(Xs, self._wt, np.empty(self.n_units, dtype=np.float32), i1, i2)
+        cheb = np.abs(self._grid[i1] - self._grid[i2]).max(axis=1)
+        return float((cheb > 1).mean())
+
+    def get_activation_map(self, x: npt.ArrayLike) -> F32:
+        """Similarity of every unit to ``x``, without changing any state.
+
+        ``a_u = exp(-||x - w_u||^2 / mean_v ||x - w_v||^2)`` (all ones when
+        every distance is zero).
+
+        Parameters
+        ----------
+        x : array_like, shape (dim,)
+
+        Returns
+        -------
+        numpy.ndarray of float32, shape map_shape
+            Values in ``[0, 1]``; the BMU has the largest value.
+        """
+        xs = self._as_sample(x)
+        dist = np.empty(self.n_units, dtype=np.float32)
+        _dist_all(xs, self._wt, dist)
+        d2 = dist.astype(np.float64)
+        m = float(d2.mean())
+        if not m > 0.0:
+            act = np.ones(self.n_units, dtype=np.float64)
+        else:
+            act = np.exp(-d2 / m)
+        return act.astype(np.float32).reshape(self.map_shape)
+
+    def hit_map(self) -> I64:
+        """Lifetime BMU counts per unit, int64 of shape ``map_shape`` (a copy)."""
+        return self._hits[0].reshape(self.map_shape).copy()
+
+    def u_matrix(self) -> F64:
+        """Mean Euclidean weight distance of each unit to its grid neighbours.
+
+        Neighbours are Chebyshev distance 1 on the grid. Returns float64 of
+        shape ``map_shape``, in input units.
+        """
+        out = np.empty(self.n_units, dtype=np.float64)
+        _u_matrix(self._wt, self._shape3, out)
+        return out.reshape(self.map_shape)
+
+    # ----------------------------------------------------------------- status
+
+    @property
+    def step(self) -> int:
+        """Number of samples learned so far (the annealing clock)."""
+        return int(self._counters[0])
+
+    @property
+    def weights(self) -> F32:
+        """Read-only view of the weights, float32 ``(n_units, dim)`` (Fortran order)."""
+        v = self._wt.T
+        v.flags.writeable = False
+        return v
+
+    @property
+    def coords(self) -> F32:
+        """Grid coordinates of the units, float32 ``(n_units, len(map_shape))`` (copy)."""
+        return self._coords.copy()
+
+    def schedule(self, step: int | None = None) -> tuple[float, float]:
+        """``(sigma, lr)`` at ``step`` (default: the current step)."""
+        t = self.step if step is None else int(step)
+        sigma0, sigma_min, lr0, lr_min, decay_steps = self._schedule
+        e = math.exp(-float(t) / decay_steps)
+        return sigma_min + (sigma0 - sigma_min) * e, lr_min + (lr0 - lr_min) * e
+
+    def _recent_qe(self) -> F64:
+        """Recent BMU distances in chronological order (oldest first)."""
+        _, pos, length = (int(v) for v in self._counters)
+        if length < self.qe_window:
+            return self._ring_qe[:length].copy()
+        return np.roll(self._ring_qe, -pos)
+
+    def utilization_fraction(self) -> float:
+        """Fraction of units that were BMU at least once in the recent window."""
+        return float(np.count_nonzero(self._hits[1])) / self.n_units
+
+    def get_training_status(self) -> dict[str, Any]:
+        """Summary of training progress.
+
+        Returns
+        -------
+        dict
+            ``trained`` (bool): at least ``max(qe_window, decay_steps / 10)``
+            steps learned and the recent quantisation error is stable (mean of
+            the newer half of the window within 10 % of the older half);
+            ``utilization_fraction`` (float in [0, 1]); ``recent_quant_error``
+            (float, mean BMU distance over the window, measured during
+            learning before each update; NaN before the first sample);
+            ``step`` (int); ``sigma`` and ``lr`` (float, current schedule);
+            ``n_units`` (int).
+        """
+        qe = self._recent_qe()
+        recent = float(qe.mean()) if qe.size else float("nan")
+        sigma, lr = self.schedule()
+        trained = False
+        if self.step >= max(self.qe_window, self._schedule[4] / 10.0) and qe.size >= 2:
+            half = qe.size // 2
+            old = float(qe[:half].mean())
+            new = float(qe[half:].mean())
+            trained = abs(new - old) <= 0.1 * max(old, 1e-12)
+        return {
+            "trained": bool(trained),
+            "utilization_fraction": self.utilization_fraction(),
+            "recent_quant_error": recent,
+            "step": self.step,
+            "sigma": sigma,
+            "lr": lr,
+            "n_units": self.n_units,
+        }
+
+    # ------------------------------------------------------------------ state
+
+    def get_state(self) -> dict[str, np.ndarray[Any, Any]]:
+        """Complete learner state as plain numpy arrays (copies).
+
+        Returns
+        -------
+        dict of str to numpy.ndarray
+            ``weights`` float32 (n_units, dim); ``coords`` float32
+            (n_units, ndim_map); ``map_shape`` int64 (ndim_map,); ``step``,
+            ``ring_pos``, ``ring_len``, ``seed`` int64 (1,); ``hits`` int64
+            (n_units,); ``ring_bmu`` int64 (qe_window,) (-1 = empty slot);
+            ``ring_qe`` float64 (qe_window,); ``sigma0``, ``sigma_min``,
+            ``lr0``, ``lr_min``, ``decay_steps`` float64 (1,).
+        """
+        state: dict[str, np.ndarray[Any, Any]] = {
+            "weights": np.ascontiguousarray(self._wt.T),
+            "coords": self._coords.copy(),
+            "map_shape": np.array(self.map_shape, dtype=np.int64),
+            "step": self._counters[0:1].copy(),
+            "ring_pos": self._counters[1:2].copy(),
+            "ring_len": self._counters[2:3].copy(),
+            "seed": np.array([self.seed], dtype=np.int64),
+            "hits": self._hits[0].copy(),
+            "ring_bmu": self._ring_bmu.copy(),
+            "ring_qe": self._ring_qe.copy(),
+        }
+        for key, value in zip(_SCHEDULE_KEYS, self._schedule, strict=True):
+            state[key] = np.array([value], dtype=np.float64)
+        return state
+
+    def set_state(self, state: Mapping[str, npt.ArrayLike]) -> None:
+        """Restore a state produced by :meth:`get_state`.
+
+        The map shape, ``dim`` and ``qe_window`` must match this instance; the
+        schedule hyper-parameters are taken from the state. After restoring,
+        learning continues bit-identically to the map that was saved.
+
+        Raises
+        ------
+        StateError
+            Missing keys, wrong shapes or dtypes, or inconsistent values. The
+            instance is left unchanged.
+        """
+        missing = [
+            k
+            for k in (
+                "weights",
+                "map_shape",
+                "step",
+                "ring_pos",
+                "ring_len",
+                "hits",
+                "ring_bmu",
+                "ring_qe",
+                *_SCHEDULE_KEYS,
+            )
+            if k not in state
+        ]
+        if missing:
+            raise StateError("SOM state is missing keys", missing=missing)
+        map_shape = tuple(int(v) for v in _state_array(state, "map_shape", np.int64, None))
+        if map_shape != self.map_shape:
+            raise StateError("SOM map_shape mismatch", expected=self.map_shape, got=map_shape)
+        weights = _state_array(state, "weights", np.float32, (self.n_units, self.dim))
+        if not np.all(np.isfinite(weights)):
+            raise StateError("SOM weights contain non-finite values")
+        if "coords" in state:
+            coords = _state_array(state, "coords", np.float32, self._coords.shape)
+            if not np.array_equal(coords, self._coords):
+                raise StateError("SOM coords do not match map_shape")
+        step = int(_state_array(state, "step", np.int64, (1,))[0])
+        pos = int(_state_array(state, "ring_pos", np.int64, (1,))[0])
+        length = int(_state_array(state, "ring_len", np.int64, (1,))[0])
+        hits = _state_array(state, "hits", np.int64, (self.n_units,))
+        ring_bmu = _state_array(state, "ring_bmu", np.int64, (self.qe_window,))
+        ring_qe = _state_array(state, "ring_qe", np.float64, (self.qe_window,))
+        sched = tuple(
+            float(_state_array(state, k, np.float64, (1,))[0]) for k in _SCHEDULE_KEYS
+        )
+        schedule = _check_schedule(*sched, StateError)
+        if step < 0 or np.any(hits < 0):
+            raise StateError("SOM step and hits must be non-negative", step=step)
+        if not (0 <= length <= self.qe_window and 0 <= pos < self.qe_window):
+            raise StateError("SOM ring position out of range", ring_pos=pos, ring_len=length)
+        if length < self.qe_window and pos != length:
+            raise StateError("SOM ring is inconsistent", ring_pos=pos, ring_len=length)
+        valid = ring_bmu[:length]
+        if np.any(valid < 0) or np.any(valid >= self.n_units):
+            raise StateError("SOM ring holds unit indices out of range")
+        if not np.all(np.isfinite(ring_qe[:length])) or np.any(ring_qe[:length] < 0):
+            raise StateError("SOM ring distances must be finite and >= 0")
+        if step < length:
+            raise StateError("SOM ring holds more samples than steps", step=step, ring_len=length)
+
+        self._wt[...] = weights.T
+        self._counters[:] = (step, pos, length)
+        self._hits[0] = hits
+        self._hits[1] = np.bincount(valid, minlength=self.n_units)
+        self._ring_bmu[:] = ring_bmu
+        self._ring_qe[:] = ring_qe
+        self._schedule = schedule
+        self._params[:5] = schedule
+        if "seed" in state:
+            self.seed = int(_state_array(state, "seed", np.int64, (1,))[0])
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, npt.ArrayLike]) -> SelfOrganizingMap:
+        """Build a map from :meth:`get_state` output (shape, dim, window inferred)."""
+        for key in ("map_shape", "weights", "ring_bmu"):
+            if key not in state:
+                raise StateError("SOM state is missing keys", missing=[key])
+        map_shape = tuple(int(v) for v in np.asarray(state["map_shape"]).ravel())
+        weights = np.asarray(state["weights"])
+        ring = np.asarray(state["ring_bmu"])
+        if weights.ndim != 2 or ring.ndim != 1:
+            raise StateError("SOM state arrays have wrong rank")
+        try:
+            som = cls(map_shape, int(weights.shape[1]), qe_window=int(ring.shape[0]))
+        except FabricError as exc:
+            raise StateError("SOM state describes an invalid map", reason=exc.message) from exc
+        som.set_state(state)
+        return som
+
+
+# --------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------
+
+
+def _check_map_shape(map_shape: Any) -> tuple[int, ...]:
+    try:
+        shape = tuple(map_shape)
+    except TypeError:
+        raise FabricError("map_shape must be a tuple of 2 or 3 ints", map_shape=map_shape) from None
+    if len(shape) not in (2, 3) or not all(
+        isinstance(s, int | np.integer) and not isinstance(s, bool) and s >= 1 for s in shape
+    ):
+        raise FabricError("map_shape must be 2 or 3 positive ints", map_shape=map_shape)
+    out = tuple(int(s) for s in shape)
+    if int(np.prod(out)) < 2:
+        raise FabricError("map needs at least two units", map_shape=out)
+    return out
+
+
+def _check_schedule(
+    sigma0: float,
+    sigma_min: float,
+    lr0: float,
+    lr_min: float,
+    decay_steps: float,
+    error: type[FabricError] | type[StateError],
+) -> tuple[float, float, float, float, float]:
+    vals = tuple(float(v) for v in (sigma0, sigma_min, lr0, lr_min, decay_steps))
+    s0, smin, l0, lmin, tau = vals
+    fields = dict(zip(_SCHEDULE_KEYS, vals, strict=True))
+    if not all(math.isfinite(v) for v in vals):
+        raise error("schedule parameters must be finite", **fields)
+    if not 0.0 < smin <= s0:
+        raise error("need 0 < sigma_min <= sigma0", **fields)
+    if not 0.0 < lmin <= l0 <= 1.0:
+        raise error("need 0 < lr_min <= lr0 <= 1", **fields)
+    if not tau > 0.0:
+        raise error("decay_steps must be > 0", **fields)
+    return s0, smin, l0, lmin, tau
+
+
+def _to_float32(x: npt.ArrayLike, name: str) -> F32:
+    """Convert to a contiguous float32 array or raise FabricError."""
+    try:
+        arr = np.asarray(x)
+    except (TypeError, ValueError) as exc:
+        raise FabricError(f"{name} is not array-like", reason=str(exc)) from None
+    if arr.dtype.kind not in "biuf":
+        raise FabricError(f"{name} must be real numeric", dtype=str(arr.dtype))
+    if arr.dtype.kind == "f" and arr.dtype != np.float32:
+        with np.errstate(over="ignore", invalid="ignore"):
+            # values too large for float32 become inf and are rejected below
+            arr = arr.astype(np.float32)
+    return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+def _check_values(arr: F32, name: str) -> None:
+    """Reject non-finite values and values with ``|v| > MAX_ABS_INPUT``."""
+    if arr.size and not bool(np.all(np.abs(arr) <= MAX_ABS_INPUT)):
+        n_bad = int(np.count_nonzero(~np.isfinite(arr)))
+        if n_bad:
+            raise FabricError(f"{name} contains non-finite values", count=n_bad)
+        raise FabricError(
+            f"{name} has values beyond the accepted magnitude",
+            max_abs=float(np.abs(arr).max()),
+            limit=MAX_ABS_INPUT,
+        )
+
+
+def _state_array(
+    state: Mapping[str, npt.ArrayLike],
+    key: str,
+    dtype: type[np.generic],
+    shape: tuple[int, ...] | None,
+) -> np.ndarray[Any, Any]:
+    try:
+        raw = np.asarray(state[key])
+    except (TypeError, ValueError) as exc:
+        raise StateError("SOM state entry is not an array", key=key, reason=str(exc)) from None
+    target = np.dtype(dtype)
+    if raw.dtype.kind not in "biuf" or (target.kind in "iu" and raw.dtype.kind == "f"):
+        raise StateError("SOM state entry has wrong dtype", key=key, dtype=str(raw.dtype))
+    arr = np.ascontiguousarray(raw, dtype=target)
+    if shape is None:
+        arr = arr.ravel()
+    elif arr.shape != shape:
+        raise StateError("SOM state entry has wrong shape", key=key, expected=shape, got=arr.shape)
+    return arr

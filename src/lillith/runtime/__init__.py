@@ -1,0 +1,1 @@
+"""lillith.runtime: configuration, logging, CLI and (later) the asyncio daemon."""

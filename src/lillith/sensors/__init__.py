@@ -1,0 +1,1 @@
+"""lillith.sensors (see ../shared/DESIGN.md)."""

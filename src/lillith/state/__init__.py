@@ -1,0 +1,1 @@
+"""lillith.state (see ../shared/DESIGN.md)."""
