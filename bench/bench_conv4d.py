@@ -1,10 +1,17 @@
 """Conv4D forward: numba kernel vs torch-CPU formulation, same thread count.
 
-Run ``python bench/bench_conv4d.py [--quick]``; prints JSON with, per size,
-``numba_ms``, ``torch_ms`` (median forward time) and
-``ratio_numba_vs_torch`` (``torch_ms / numba_ms``: > 1 means numba is
-faster), plus ``backend_auto``, the backend ``Conv4D(backend="auto")`` uses.
-Both formulations run with ``torch.set_num_threads(numba.get_num_threads())``.
+Run ``.venv/bin/python bench/bench_conv4d.py [--quick]``; prints JSON with,
+per size, ``numba_ms`` and ``torch_ms`` (median forward time over several
+repeats after warm-up), ``ratio_numba_vs_torch`` (``torch_ms / numba_ms``:
+> 1 means numba is faster) and ``backend_auto`` (what ``Conv4D(backend="auto")``
+runs for that size), plus the backward times for reference. The top-level
+``backend_auto`` names the backend auto picks at the main encoder size
+(``encoder_b8``). Both formulations run with
+``torch.set_num_threads(numba.get_num_threads())``.
+
+Run it on a quiet machine: with two cores, one busy core makes every
+two-thread parallel region wait for a scheduler tick (timings quantised to
+~4 ms); ``load_avg_1m`` is recorded for that reason.
 """
 
 from __future__ import annotations
@@ -22,15 +29,27 @@ import numba
 import numpy as np
 import torch
 
-from lillith.fabric.conv4d import AUTO_BACKEND, Conv4D, conv4d_forward
+from lillith.fabric.conv4d import (
+    AUTO_NUMBA_MAX_MACS,
+    Backend,
+    Conv4D,
+    conv4d_backward,
+    conv4d_forward,
+    conv4d_macs,
+    resolve_backend,
+)
 
 # name -> (batch, (X, Y, Z, T), in_channels, out_channels, kernel, stride, padding)
 SIZES: dict[str, tuple[int, tuple[int, int, int, int], int, int, int, int, int]] = {
     "small_b1_6x6x6x4_c2_o4": (1, (6, 6, 6, 4), 2, 4, 3, 1, 0),
     "encoder_b1_13x13x16x8_c4_o8": (1, (13, 13, 16, 8), 4, 8, 3, 1, 0),
     "encoder_b8_13x13x16x8_c4_o8": (8, (13, 13, 16, 8), 4, 8, 3, 1, 0),
-    "encoder_b8_pad1_stride2": (8, (13, 13, 16, 8), 4, 8, 3, 2, 1),
+    "medium_b1_8x8x8x6_c4_o8": (1, (8, 8, 8, 6), 4, 8, 3, 1, 0),
+    "encoder_b8_stride2_pad1": (8, (13, 13, 16, 8), 4, 8, 3, 2, 1),
 }
+MAIN_SIZE = "encoder_b8_13x13x16x8_c4_o8"
+BACKENDS: tuple[Backend, ...] = ("numba", "torch")
+QUICK_SIZES = 3
 
 
 def _median_ms(fn: Callable[[], Any], repeats: int, warmup: int) -> float:
@@ -45,53 +64,75 @@ def _median_ms(fn: Callable[[], Any], repeats: int, warmup: int) -> float:
 
 
 def run(*, quick: bool = False) -> dict[str, Any]:
-    """Time the forward pass of both backends on each size.
+    """Time both backends on each size.
 
     Parameters
     ----------
     quick : bool
-        Fewer repeats and only the first three sizes (for smoke runs).
+        Fewer repeats, only the first three sizes, no backward timing.
 
     Returns
     -------
     dict
-        ``{size_name: {"numba_ms", "torch_ms", "ratio_numba_vs_torch", ...},
-        "backend_auto": str, "threads": int, "load_avg_1m": float}``.
+        ``{size_name: {"numba_ms", "torch_ms", "ratio_numba_vs_torch",
+        "backend_auto", "macs", ...}, "backend_auto": str, "threads": int,
+        "load_avg_1m": float, ...}``.
     """
     threads = int(numba.get_num_threads())
     torch.set_num_threads(threads)
-    repeats, warmup = (5, 2) if quick else (15, 3)
-    sizes = list(SIZES.items())[:3] if quick else list(SIZES.items())
+    repeats, warmup = (7, 2) if quick else (21, 3)
+    sizes = list(SIZES.items())[:QUICK_SIZES] if quick else list(SIZES.items())
     rng = np.random.default_rng(0)
     result: dict[str, Any] = {}
     for name, (batch, spatial, cin, cout, k, s, p) in sizes:
         layer = Conv4D(cin, cout, (k,) * 4, stride=s, padding=p, seed=0)
         x = rng.standard_normal((batch, *spatial, cin)).astype(np.float32)
         gain = layer.gain
-        timings: dict[str, float] = {}
-        outs: dict[str, np.ndarray[Any, Any]] = {}
-        for backend in ("numba", "torch"):
+        fwd_ms: dict[str, float] = {}
+        bwd_ms: dict[str, float] = {}
+        outs: dict[str, Any] = {}
+        for backend in BACKENDS:
             fwd = functools.partial(
                 conv4d_forward, x, layer.weight, layer.bias, s, p, gain=gain, backend=backend
             )
             outs[backend] = fwd()
-            timings[backend] = _median_ms(fwd, repeats, warmup)
-        result[name] = {
+            fwd_ms[backend] = _median_ms(fwd, repeats, warmup)
+        y = outs["numba"]
+        if not quick:
+            g = rng.standard_normal(y.shape).astype(np.float32)
+            for backend in BACKENDS:
+                bwd = functools.partial(conv4d_backward, x, layer.weight, g, s, p, backend=backend)
+                bwd_ms[backend] = _median_ms(bwd, max(5, repeats // 3), 1)
+        macs = conv4d_macs(x.shape, layer.weight.shape, y.shape[1:5])
+        auto = resolve_backend("auto", macs)
+        entry: dict[str, Any] = {
             "shape_in": [batch, *spatial, cin],
-            "shape_out": list(outs["numba"].shape),
-            "numba_ms": round(timings["numba"], 3),
-            "torch_ms": round(timings["torch"], 3),
-            "ratio_numba_vs_torch": round(timings["torch"] / timings["numba"], 3),
+            "shape_out": list(y.shape),
+            "kernel": k,
+            "stride": s,
+            "padding": p,
+            "macs": macs,
+            "numba_ms": round(fwd_ms["numba"], 3),
+            "torch_ms": round(fwd_ms["torch"], 3),
+            "ratio_numba_vs_torch": round(fwd_ms["torch"] / fwd_ms["numba"], 3),
+            "backend_auto": auto,
+            "auto_is_faster": fwd_ms[auto] <= min(fwd_ms.values()),
             "max_abs_diff": float(np.abs(outs["numba"] - outs["torch"]).max()),
         }
-    result["backend_auto"] = AUTO_BACKEND
+        if bwd_ms:
+            entry["numba_backward_ms"] = round(bwd_ms["numba"], 3)
+            entry["torch_backward_ms"] = round(bwd_ms["torch"], 3)
+        result[name] = entry
+    result["backend_auto"] = result[MAIN_SIZE]["backend_auto"]
+    result["auto_numba_max_macs"] = AUTO_NUMBA_MAX_MACS
     result["threads"] = threads
-    result["load_avg_1m"] = os.getloadavg()[0]
+    result["repeats"] = repeats
+    result["load_avg_1m"] = round(os.getloadavg()[0], 2)
     return result
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true")
+    parser = argparse.ArgumentParser(description="Conv4D numba vs torch forward benchmark")
+    parser.add_argument("--quick", action="store_true", help="fewer sizes and repeats")
     args = parser.parse_args()
     print(json.dumps(run(quick=args.quick), indent=2))

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from lillith.errors import FabricError, StateError
 from lillith.fabric.conv4d import (
     AUTO_NUMBA_MAX_MACS,
+    Backend,
     Conv4D,
     conv4d_backward,
     conv4d_forward,
@@ -25,7 +26,7 @@ from lillith.fabric.conv4d import (
     resolve_backend,
 )
 
-BACKENDS = ("numba", "torch")
+BACKENDS: tuple[Backend, ...] = ("numba", "torch")
 
 
 def ref_conv4d(
@@ -37,14 +38,14 @@ def ref_conv4d(
 ) -> np.ndarray[Any, Any]:
     """Plain-numpy reference: zero-pad, then one einsum per kernel offset."""
     B, X, Y, Z, T, _ = x.shape
-    O, _, KX, KY, KZ, KT = w.shape
+    n_out, _, KX, KY, KZ, KT = w.shape
     pads = ((0, 0), *((p, p) for p in padding), (0, 0))
     xp = np.pad(x, pads)
     out = [
         (n + 2 * p - k) // s + 1
         for n, k, s, p in zip((X, Y, Z, T), (KX, KY, KZ, KT), stride, padding, strict=True)
     ]
-    y = np.zeros((B, *out, O), dtype=np.float64)
+    y = np.zeros((B, *out, n_out), dtype=np.float64)
     sx, sy, sz, st_ = stride
     for dx, dy, dz, dt in itertools.product(range(KX), range(KY), range(KZ), range(KT)):
         patch = xp[
@@ -56,7 +57,7 @@ def ref_conv4d(
             :,
         ]
         y += np.einsum("bxyztc,oc->bxyzto", patch, w[:, :, dx, dy, dz, dt])
-    return y + b
+    return np.asarray(y + b)
 
 
 def _rand(shape: tuple[int, ...], seed: int, dtype: Any = np.float64) -> np.ndarray[Any, Any]:
@@ -125,15 +126,15 @@ CASES = [
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize(("stride", "padding"), CASES)
 def test_forward_matches_numpy_reference(
-    backend: str, stride: tuple[int, int, int, int], padding: tuple[int, int, int, int]
+    backend: Backend, stride: tuple[int, int, int, int], padding: tuple[int, int, int, int]
 ) -> None:
     x = _rand((2, 6, 5, 7, 5, 3), 1)
     w = _rand((4, 3, 3, 2, 3, 2), 2)
     b = _rand((4,), 3)
-    y = conv4d_forward(x, w, b, stride, padding, backend=backend)  # type: ignore[arg-type]
+    y = conv4d_forward(x, w, b, stride, padding, backend=backend)
     np.testing.assert_allclose(y, ref_conv4d(x, w, b, stride, padding), rtol=1e-12, atol=1e-12)
     gain = np.array([0.5, 1.0, 0.25, 2.0])
-    y2 = conv4d_forward(x, w, b, stride, padding, gain=gain, backend=backend)  # type: ignore[arg-type]
+    y2 = conv4d_forward(x, w, b, stride, padding, gain=gain, backend=backend)
     np.testing.assert_allclose(y2, y * gain, rtol=1e-12, atol=1e-12)
 
 
@@ -142,7 +143,7 @@ def test_backends_agree_float32(
     stride: tuple[int, int, int, int], padding: tuple[int, int, int, int]
 ) -> None:
     layers = {
-        be: Conv4D(3, 5, (3, 3, 3, 2), stride=stride, padding=padding, seed=7, backend=be)  # type: ignore[arg-type]
+        be: Conv4D(3, 5, (3, 3, 3, 2), stride=stride, padding=padding, seed=7, backend=be)
         for be in BACKENDS
     }
     x = _rand((2, 7, 6, 8, 5, 3), 4, np.float32)
@@ -157,12 +158,8 @@ def test_backends_agree_float32(
     gx = {be: layer.backward(g) for be, layer in layers.items()}
     assert gx["numba"].dtype == np.float32
     np.testing.assert_allclose(gx["numba"], gx["torch"], rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(
-        layers["numba"].grad_W, layers["torch"].grad_W, rtol=1e-4, atol=1e-3
-    )
-    np.testing.assert_allclose(
-        layers["numba"].grad_b, layers["torch"].grad_b, rtol=1e-4, atol=1e-3
-    )
+    np.testing.assert_allclose(layers["numba"].grad_W, layers["torch"].grad_W, rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(layers["numba"].grad_b, layers["torch"].grad_b, rtol=1e-4, atol=1e-3)
 
 
 def test_auto_backend_by_cost() -> None:
@@ -186,7 +183,7 @@ def test_auto_backend_by_cost() -> None:
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("padding", [0, 1])
-def test_gradients_match_finite_differences(backend: str, stride: int, padding: int) -> None:
+def test_gradients_match_finite_differences(backend: Backend, stride: int, padding: int) -> None:
     layer = Conv4D(
         2,
         3,
@@ -195,7 +192,7 @@ def test_gradients_match_finite_differences(backend: str, stride: int, padding: 
         padding=padding,
         dtype=np.float64,
         seed=3,
-        backend=backend,  # type: ignore[arg-type]
+        backend=backend,
     )
     state = layer.get_state()
     state["bias"] = _rand((3,), 9)
@@ -379,8 +376,8 @@ def _bad_inputs() -> list[tuple[str, Any]]:
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize(("name", "x"), _bad_inputs(), ids=[n for n, _ in _bad_inputs()])
-def test_bad_inputs_raise_fabric_error(backend: str, name: str, x: Any) -> None:
-    layer = Conv4D(2, 3, (3, 3, 3, 3), backend=backend)  # type: ignore[arg-type]
+def test_bad_inputs_raise_fabric_error(backend: Backend, name: str, x: Any) -> None:
+    layer = Conv4D(2, 3, (3, 3, 3, 3), backend=backend)
     before = layer.get_state()
     with pytest.raises(FabricError):
         layer.forward(x)
@@ -430,7 +427,7 @@ def test_read_only_input_accepted() -> None:
     x = _rand((1, 4, 4, 4, 4, 2), 0, np.float32)
     x.flags.writeable = False
     for backend in BACKENDS:
-        y = Conv4D(2, 3, (2, 2, 2, 2), backend=backend).forward(x)  # type: ignore[arg-type]
+        y = Conv4D(2, 3, (2, 2, 2, 2), backend=backend).forward(x)
         assert np.isfinite(y).all()
 
 

@@ -298,3 +298,27 @@ def test_kernels_without_jit_match_compiled(tmp_path: Path) -> None:
         outs[jit] = dict(np.load(path))
     _assert_state_close(outs["1"], outs["0"], rtol=1e-4, atol=1e-4)
     assert json.dumps(sorted(outs["0"])) == json.dumps(sorted(outs["1"]))
+
+
+def test_wiring_sensory_synapses_and_every_wiring_type_runs() -> None:
+    from lillith.fabric.wiring import NCP, MultiScale
+
+    shape = (3, 3, 6)
+    for wiring in (NCP(shape, n_inputs=3, seed=1), MultiScale(shape, seed=1),
+                   Hierarchical(shape, seed=1), Random(shape, fan_in=5, seed=1),
+                   Local3D(shape, radius=2, seed=1)):
+        f = NeuralFabric3D(shape, n_inputs=3, wiring=wiring, seed=0)
+        rng = np.random.default_rng(0)
+        total = 0.0
+        for _ in range(50):
+            total += float(f.step(3 * rng.standard_normal(3)).sum())
+        assert np.isfinite(total) and total > 0, type(wiring).__name__
+    with pytest.raises(FabricError):
+        NeuralFabric3D(shape, n_inputs=2, wiring=NCP(shape, n_inputs=3))
+
+
+def test_torch_baseline_computes_the_same_step() -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from bench_fabric import equivalence_error
+
+    assert equivalence_error((4, 3, 6), steps=5) < 1e-4

@@ -149,7 +149,12 @@ class NeuralFabric3D:
         if conn.s_indices.size:
             self.s_indptr = conn.s_indptr.copy()
             self.s_indices = conn.s_indices.copy()
-            self.s_wsigned = (conn.s_weight * conn.s_polarity).astype(np.float32)
+            # scale each neuron's sensory weights by 1/sqrt(fan-in), like the
+            # dense projection below, so drive does not grow with the width
+            fan = np.diff(conn.s_indptr)
+            rows = np.repeat(np.arange(self.n), fan)
+            scale = 1.0 / np.sqrt(np.maximum(fan[rows], 1))
+            self.s_wsigned = (conn.s_weight * conn.s_polarity * scale).astype(np.float32)
         else:
             face = self.shape[0] * self.shape[1]
             counts = np.zeros(self.n, dtype=np.int64)

@@ -80,12 +80,14 @@ def _kernel(fn: _F) -> _F:
 
 
 @_kernel
-def _dist_all(x: F32, WT: F32, dist: F32) -> None:
-    """Squared Euclidean distance from ``x`` to every unit, float32, in place.
+def _dist_range(x: F32, WT: F32, dist: F32, ua: int, ub: int) -> None:
+    """Squared Euclidean distance from ``x`` to units ``ua <= u < ub``, in place.
 
-    ``dist[u] = sum_k (x[k] - WT[k, u])^2`` accumulated sequentially in ``k``
-    (the same order as a plain loop). The inner loop runs over units, so it
-    is element-wise and LLVM vectorises it without ``fastmath``.
+    ``dist[u] = sum_k (x[k] - WT[k, u])^2`` in float32, accumulated
+    sequentially in ``k`` (exactly the order of a plain loop). The inner
+    loops run over units through views starting at ``ua``, so they are
+    element-wise with non-negative indices and LLVM vectorises them without
+    ``fastmath``.
 
     Parameters
     ----------
@@ -93,36 +95,63 @@ def _dist_all(x: F32, WT: F32, dist: F32) -> None:
     WT : float32 (dim, n_units)
         Feature-major weights.
     dist : float32 (n_units,)
-        Output.
+        Output (entries outside the range are untouched).
+    ua, ub : int
+        Unit range, ``0 <= ua <= ub <= n_units``.
     """
-    n = WT.shape[1]
+    n = ub - ua
     D = WT.shape[0]
-    for u in range(n):
-        dist[u] = np.float32(0.0)
+    dv = dist[ua:ub]
     k = 0
+    if D >= 4:
+        # the first block initialises dist (0 + a == a exactly)
+        x0 = x[0]
+        x1 = x[1]
+        x2 = x[2]
+        x3 = x[3]
+        w0 = WT[0, ua:ub]
+        w1 = WT[1, ua:ub]
+        w2 = WT[2, ua:ub]
+        w3 = WT[3, ua:ub]
+        for t in range(n):
+            d0 = x0 - w0[t]
+            d1 = x1 - w1[t]
+            d2 = x2 - w2[t]
+            d3 = x3 - w3[t]
+            dv[t] = ((d0 * d0 + d1 * d1) + d2 * d2) + d3 * d3
+        k = 4
+    else:
+        for t in range(n):
+            dv[t] = np.float32(0.0)
     while k + 4 <= D:
         x0 = x[k]
         x1 = x[k + 1]
         x2 = x[k + 2]
         x3 = x[k + 3]
-        w0 = WT[k]
-        w1 = WT[k + 1]
-        w2 = WT[k + 2]
-        w3 = WT[k + 3]
-        for u in range(n):
-            d0 = x0 - w0[u]
-            d1 = x1 - w1[u]
-            d2 = x2 - w2[u]
-            d3 = x3 - w3[u]
-            dist[u] = (((dist[u] + d0 * d0) + d1 * d1) + d2 * d2) + d3 * d3
+        w0 = WT[k, ua:ub]
+        w1 = WT[k + 1, ua:ub]
+        w2 = WT[k + 2, ua:ub]
+        w3 = WT[k + 3, ua:ub]
+        for t in range(n):
+            d0 = x0 - w0[t]
+            d1 = x1 - w1[t]
+            d2 = x2 - w2[t]
+            d3 = x3 - w3[t]
+            dv[t] = (((dv[t] + d0 * d0) + d1 * d1) + d2 * d2) + d3 * d3
         k += 4
     while k < D:
         xk = x[k]
-        wk = WT[k]
-        for u in range(n):
-            d = xk - wk[u]
-            dist[u] += d * d
+        wk = WT[k, ua:ub]
+        for t in range(n):
+            d = xk - wk[t]
+            dv[t] += d * d
         k += 1
+
+
+@_kernel
+def _dist_all(x: F32, WT: F32, dist: F32) -> None:
+    """Squared Euclidean distance from ``x`` to every unit (see ``_dist_range``)."""
+    _dist_range(x, WT, dist, 0, WT.shape[1])
 
 
 @_kernel
@@ -138,54 +167,11 @@ def _argmin(dist: F32) -> tuple[int, np.float32]:
 
 
 @_kernel
-def _axis_table(g: F64, side: int, inv2s2: float, h_min: float) -> int:
-    """Fill ``g[k] = exp(-k^2 / (2 sigma^2))`` until it drops below ``h_min``.
-
-    Returns the largest grid offset ``r`` with ``g[r] >= h_min`` (the
-    truncation radius along this axis); entries beyond ``r + 1`` are stale.
-    """
-    r = 0
-    for k in range(side):
-        v = math.exp(-float(k * k) * inv2s2)
-        g[k] = v
-        if v < h_min:
-            break
-        r = k
-    return r
-
-
-@_kernel
-def _fill_coef(
-    coef: F32,
-    i: int,
-    j0: int,
-    j1: int,
-    b1: int,
-    b2: int,
-    r2: int,
-    s2: int,
-    s12: int,
-    gi: float,
-    gtab: F64,
-    lr: float,
-    h_min: float,
-) -> None:
-    """Learning coefficients ``lr * h`` of units ``(i, j0..j1, 0..s2-1)``.
-
-    Units outside the truncation radius, or with ``h < h_min``, get 0 (their
-    update ``w += 0 * (x - w)`` leaves them unchanged).
-    """
-    for j in range(j0, j1 + 1):
-        gij = gi * gtab[1, abs(j - b1)]
-        base = i * s12 + j * s2
-        for m in range(s2):
-            dm = abs(m - b2)
-            c = np.float32(0.0)
-            if dm <= r2:
-                h = gij * gtab[2, dm]
-                if h >= h_min:
-                    c = np.float32(lr * h)
-            coef[base + m] = c
+def _profile(p: F64, g: F64, side: int, b: int, r: int) -> None:
+    """``p[i] = g[|i - b|]`` within radius ``r`` of ``b``, else 0, for ``i < side``."""
+    for i in range(side):
+        o = abs(i - b)
+        p[i] = g[o] if o <= r else 0.0
 
 
 @_kernel
@@ -232,8 +218,9 @@ def _train(
         ``sigma0, sigma_min, lr0, lr_min, decay_steps, h_min``.
     counters : int64 (3,)
         ``step, ring_pos, ring_len``; updated in place.
-    gtab : float64 (3, max_side)
-        Scratch for the per-axis Gaussian tables.
+    gtab : float64 (5, L), ``L >= max(max(shape3), shape3[1] * shape3[2])``
+        Scratch: row 0 the Gaussian of a grid offset, rows 1-3 its profile
+        along each axis around the BMU, row 4 the product of the last two.
     scratch : float32 (2, n_units)
         Scratch: distances and learning coefficients.
     hits : int64 (2, n_units)
@@ -243,6 +230,13 @@ def _train(
         Ring buffers of recent BMUs and their Euclidean distances.
     out_bmu : int64 (n,)
         BMU flat index of each row (found before that row's update).
+
+    Notes
+    -----
+    ``h = exp(-(di^2 + dj^2 + dm^2) / (2 sigma^2))`` is evaluated as the
+    product ``g(di) g(dj) g(dm)`` of one table ``g(o) = exp(-o^2 / (2
+    sigma^2))``; ``h < h_min`` gives coefficient 0. Only the contiguous run
+    of units spanning the bounding box of the truncation radius is touched.
     """
     sigma0 = params[0]
     sigma_min = params[1]
@@ -254,9 +248,15 @@ def _train(
     s1 = shape3[1]
     s2 = shape3[2]
     s12 = s1 * s2
+    smax = max(s0, max(s1, s2))
     window = ring_bmu.shape[0]
     dist = scratch[0]
     coef = scratch[1]
+    g = gtab[0]
+    p0 = gtab[1]
+    p1 = gtab[2]
+    p2 = gtab[3]
+    p12 = gtab[4]
     step = counters[0]
     pos = counters[1]
     length = counters[2]
@@ -282,27 +282,38 @@ def _train(
         sigma = sigma_min + (sigma0 - sigma_min) * e
         lr = lr_min + (lr0 - lr_min) * e
         inv2s2 = 1.0 / (2.0 * sigma * sigma)
-        r0 = _axis_table(gtab[0], s0, inv2s2, h_min)
-        r1 = _axis_table(gtab[1], s1, inv2s2, h_min)
-        r2 = _axis_table(gtab[2], s2, inv2s2, h_min)
+        # Gaussian of a grid offset, up to the truncation radius r
+        r = 0
+        for o in range(smax):
+            v = math.exp(-float(o * o) * inv2s2)
+            g[o] = v
+            if v < h_min:
+                break
+            r = o
         b0 = b // s12
         rem = b - b0 * s12
         b1 = rem // s2
         b2 = rem - b1 * s2
-        i0 = max(0, b0 - r0)
-        i1 = min(s0 - 1, b0 + r0)
-        j0 = max(0, b1 - r1)
-        j1 = min(s1 - 1, b1 + r1)
-        # one contiguous run of units covering the bounding box; units of the
-        # run outside the box get coefficient 0 (long vectorised loops beat
-        # many short ones even with the extra work)
-        ua = i0 * s12 + j0 * s2
-        ub = i1 * s12 + (j1 + 1) * s2
-        for u in range(ua, ub):
-            coef[u] = np.float32(0.0)
+        _profile(p0, g, s0, b0, r)
+        _profile(p1, g, s1, b1, r)
+        _profile(p2, g, s2, b2, r)
+        for j in range(s1):
+            for m in range(s2):
+                p12[j * s2 + m] = p1[j] * p2[m]
+        i0 = max(0, b0 - r)
+        i1 = min(s0 - 1, b0 + r)
+        j0 = max(0, b1 - r)
+        j1 = min(s1 - 1, b1 + r)
         for i in range(i0, i1 + 1):
-            _fill_coef(coef, i, j0, j1, b1, b2, r2, s2, s12, gtab[0, abs(i - b0)], gtab, lr, h_min)
-        _apply(x, WT, coef, ua, ub)
+            pi = p0[i]
+            ci = coef[i * s12 : (i + 1) * s12]
+            for t in range(s12):
+                h = pi * p12[t]
+                ci[t] = np.float32(lr * h) if h >= h_min else np.float32(0.0)
+        # one contiguous run of units covering the bounding box; units of the
+        # run outside the box have coefficient 0 (one long vectorised loop
+        # beats many short ones even with the extra work)
+        _apply(x, WT, coef, i0 * s12 + j0 * s2, i1 * s12 + (j1 + 1) * s2)
         step += 1
     counters[0] = step
     counters[1] = pos
@@ -479,7 +490,8 @@ class SelfOrganizingMap:
         self._ring_bmu = np.full(self.qe_window, -1, dtype=np.int64)
         self._ring_qe = np.zeros(self.qe_window, dtype=np.float64)
         # scratch, preallocated once: Gaussian tables, distances + coefficients
-        self._gtab = np.zeros((3, int(self._shape3.max())), dtype=np.float64)
+        s12 = int(self._shape3[1] * self._shape3[2])
+        self._gtab = np.zeros((5, max(int(self._shape3.max()), s12)), dtype=np.float64)
         self._scratch = np.zeros((2, self.n_units), dtype=np.float32)
         self._one_bmu = np.zeros(1, dtype=np.int64)
 

@@ -1,0 +1,81 @@
+"""The ``lillith`` command line: ``run``, ``replay``, ``inspect``, ``bench``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from lillith.errors import LillithError
+
+BENCHMARKS = ("fabric", "som", "conv4d")
+
+
+def bench_dir() -> Path:
+    """Directory of the benchmark scripts (``bench/`` of the source checkout)."""
+    env = os.environ.get("LILLITH_BENCH_DIR")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[3] / "bench"
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    rows: list[tuple[str, Any]] = []
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            rows.extend(_flatten(v, key + "."))
+        else:
+            rows.append((key, v))
+    return rows
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Run one benchmark; print its JSON object or a table."""
+    where = bench_dir()
+    if not (where / f"bench_{args.name}.py").is_file():
+        raise LillithError("benchmark script not found (bench/ of a source checkout)",
+                           name=args.name, bench_dir=str(where))
+    sys.path.insert(0, str(where))
+    module = importlib.import_module(f"bench_{args.name}")
+    result: dict[str, Any] = module.run(quick=args.quick)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        rows = _flatten(result)
+        width = max(len(k) for k, _ in rows)
+        for k, v in rows:
+            print(f"{k:<{width}}  {v}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Argument parser of every sub-command."""
+    parser = argparse.ArgumentParser(prog="lillith", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("bench", help="run a benchmark against its baseline, side by side")
+    b.add_argument("name", choices=BENCHMARKS)
+    b.add_argument("--json", action="store_true", help="print one JSON object")
+    b.add_argument("--quick", action="store_true", help="shorter timing windows")
+    b.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``lillith`` script."""
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except LillithError as e:
+        print(f"lillith: error: {e}", file=sys.stderr)
+        return 2
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
