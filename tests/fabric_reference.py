@@ -76,7 +76,7 @@ def reference_step(
     cur = gain * s["polarity"] * s["w"] * a_prev[indices]
     ab = dt / prm.tau_branch
     eh = np.exp(-dt / prm.tau_hotspot)
-    hot = s["hot"] * eh
+    hot = s["hot"] * float(s["hot_gain"]) * eh  # true traces
     np.add.at(hot, (rows, br, seg), (1 - eh) * np.abs(cur))
     acc = np.zeros((n, K))
     np.add.at(acc, (rows, br), cur)
@@ -90,7 +90,7 @@ def reference_step(
     eta = prm.eta * plasticity
     w = s["w"].copy()
     post = a_prev[rows]
-    learn = (post > 0) & (eta > 0)
+    learn = (post > 0) & (eta > 0) & (gain > 0)  # gated-off synapses do not learn
     dw = (eta * s["cab"][rows, br] * a_prev[indices] * post * (post - s["theta"][rows])
           - eta * prm.oja_lambda * post * post * w)
     w = np.where(learn, np.clip(w + dw, 0.0, prm.w_max), w)
@@ -123,5 +123,6 @@ def reference_step(
     theta = s["theta"] + dt / prm.tau_theta * (a * a - s["theta"])
     out = dict(s)
     out.update(v=v, m_na=m, n_k=nk, c_ca=c, vb=vb, cab=cab, hot=hot, ref=ref, adapt=adapt,
-               theta=theta, act=a, w=w, pending=np.zeros_like(pend), step=s["step"] + 1)
+               theta=theta, act=a, w=w, pending=np.zeros_like(pend), step=s["step"] + 1,
+               hot_gain=np.array(1.0))
     return out

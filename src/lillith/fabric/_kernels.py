@@ -14,6 +14,8 @@ cross-neuron reduction, no race).
 from __future__ import annotations
 
 import math
+import types
+from typing import Any
 
 import numpy as np
 from numba import njit, prange
@@ -100,17 +102,20 @@ def _gauss_noise(seed: np.uint64, step: np.uint64, idx: np.uint64) -> float:
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _bio_out(v: float, ref: float, adapt: float, p: np.ndarray) -> float:
+def _bio_out(
+    v: float, ref: float, adapt: float, v_half: float, inv_scale: float, rho: float, g_a: float
+) -> float:
     """Biological output nonlinearity: tanh above threshold, refractory, adapted.
 
     ``a = tanh(max(0, (v - V_half) / V_scale)) * (1 - rho * ref) / (1 + g_a * adapt)``
-    in [0, 1].
+    in [0, 1]. Scalars only (array arguments cost reference counting per call).
     """
     one = np.float32(1.0)
-    u = (v - p[P_V_HALF]) / p[P_V_SCALE]
+    u = (v - v_half) * inv_scale
     if u <= np.float32(0.0):
         return np.float32(0.0)
-    return np.float32(math.tanh(u)) * (one - p[P_RHO_REF] * ref) / (one + p[P_G_ADAPT] * adapt)
+    e2 = math.exp(np.float32(-2.0) * u)  # tanh(u) = (1 - e^-2u) / (1 + e^-2u), u > 0
+    return (one - e2) / (one + e2) * (one - rho * ref) / (one + g_a * adapt)
 
 
 def _step_impl(
@@ -122,10 +127,11 @@ def _step_impl(
     plastic_rate: float,
     seed: np.uint64,
     step: np.uint64,
+    inv_hot_gain: float,
     indptr: np.ndarray,
     indices: np.ndarray,
     polarity: np.ndarray,
-    feedback: np.ndarray,
+    fb_start: np.ndarray,
     syn_seg: np.ndarray,
     s_indptr: np.ndarray,
     s_indices: np.ndarray,
@@ -163,8 +169,7 @@ def _step_impl(
     dt = p[P_DT]
     ab = dt / p[P_TAU_B]
     keep_b = f32(1.0) - ab
-    eh = f32(math.exp(-dt / p[P_TAU_H]))
-    ch = f32(1.0) - eh
+    ch = f32(1.0) - f32(math.exp(-dt / p[P_TAU_H]))
     aca = dt / p[P_TAU_CA]
     r_syn = ab * p[P_R_SYN]
     theta_d = p[P_THETA_D]
@@ -199,13 +204,28 @@ def _step_impl(
     else:
         g_ff = f32(1.0)
         g_fb = f32(0.0)
-    g_d = g_fb - g_ff
     plastic = eta > zero
+    inv_kd = one / kappa_d
+    inv_kna = one / p[P_K_NA]
+    inv_kk = one / p[P_K_K]
+    inv_kca = one / p[P_K_CA]
+    v_na = p[P_V_NA]
+    v_k = p[P_V_K]
+    v_ca = p[P_V_CA]
+    v_half = p[P_V_HALF]
+    inv_vs = one / p[P_V_SCALE]
+    rho = p[P_RHO_REF]
+    g_a = p[P_G_ADAPT]
+    # hotspot traces are stored divided by a global gain that carries their
+    # common exponential decay (see NeuralFabric3D._advance_hot_gain): a new
+    # contribution c is stored as c / gain, and nothing decays element-wise
+    chg = ch * f32(inv_hot_gain)
+    hot1 = hot.reshape(n * K * S)
     for i in prange(n):
-        for k in range(K):
-            for s in range(S):
-                hot[i, k, s] *= eh
         post = a_prev[i]
+        learn = plastic and post > zero
+        bcm = post * (post - theta[i])
+        decay = eta * lam * post * post
         lo = indptr[i]
         ln = indptr[i + 1] - lo
         # -- synapses onto branch k are the k-th contiguous block of the row:
@@ -218,18 +238,47 @@ def _step_impl(
             b0 = b1
             b1 = b0 + base + (1 if k < extra else 0)
             acc = zero
+            hb = (i * K + k) * S
             if has_pending:
                 # one-shot inputs injected with add_synaptic_input, consumed here
                 for s in range(S):
                     cur = pending[i, k, s]
                     if cur != zero:
                         acc += cur
-                        hot[i, k, s] += ch * abs(cur)
+                        hot1[hb + s] += chg * abs(cur)
                         pending[i, k, s] = zero
-            for j in range(b0, b1):
-                cur = (g_ff + g_d * feedback[j]) * polarity[j] * w[j] * a_prev[indices[j]]
-                acc += cur
-                hot[i, k, syn_seg[j]] += ch * abs(cur)
+            # forward / lateral synapses first, top-down feedback from fb_start[i];
+            # a gated-off block (gain 0) neither transmits nor learns. (Written
+            # out rather than as a helper: array arguments of a numba call cost
+            # reference-count traffic per call in the serial build.)
+            hebb = eta * cab[i, k] * bcm
+            jf = fb_start[i]
+            for blk in range(2):
+                if blk == 0:
+                    g, j0, j1 = g_ff, b0, min(b1, jf)
+                else:
+                    g, j0, j1 = g_fb, max(b0, jf), b1
+                if g == zero:
+                    continue
+                if learn:
+                    # calcium-gated BCM + Oja on previous-step activities, fused
+                    for j in range(j0, j1):
+                        pre = a_prev[indices[j]]
+                        wj = w[j]
+                        cur = g * polarity[j] * wj * pre
+                        acc += cur
+                        hot1[hb + syn_seg[j]] += chg * abs(cur)
+                        wj += hebb * pre - decay * wj
+                        if wj < zero:
+                            wj = zero
+                        elif wj > w_max:
+                            wj = w_max
+                        w[j] = wj
+                else:
+                    for j in range(j0, j1):
+                        cur = g * polarity[j] * w[j] * a_prev[indices[j]]
+                        acc += cur
+                        hot1[hb + syn_seg[j]] += chg * abs(cur)
             vbk = vb[i, k] * keep_b + r_syn * acc
             if vbk > vb_max:
                 vbk = vb_max
@@ -237,20 +286,8 @@ def _step_impl(
                 vbk = -vb_max
             vb[i, k] = vbk
             # -- dendritic spike and branch calcium
-            spk = _softsig((vbk - theta_d) / kappa_d)
+            spk = _softsig((vbk - theta_d) * inv_kd)
             idend += vbk + a_d * spk
-            if plastic and post > zero:
-                # calcium-gated BCM with Oja normalisation, previous-step activities
-                gate = eta * cab[i, k]
-                bcm = post * (post - theta[i])
-                decay = eta * lam * post * post
-                for j in range(b0, b1):
-                    wj = w[j] + gate * a_prev[indices[j]] * bcm - decay * w[j]
-                    if wj < zero:
-                        wj = zero
-                    elif wj > w_max:
-                        wj = w_max
-                    w[j] = wj
             cab[i, k] += aca * (spk - cab[i, k])
         # -- soma drive: dendrites + sensory projection + mode term
         drive = zero
@@ -269,9 +306,9 @@ def _step_impl(
             drive = -i_max
         vi = v[i]
         # -- ion channel gates relax toward voltage-dependent steady states
-        m_na[i] += a_na * (_softsig((vi - p[P_V_NA]) / p[P_K_NA]) - m_na[i])
-        n_k[i] += a_k * (_softsig((vi - p[P_V_K]) / p[P_K_K]) - n_k[i])
-        c_ca[i] += a_cg * (_softsig((vi - p[P_V_CA]) / p[P_K_CA]) - c_ca[i])
+        m_na[i] += a_na * (_softsig((vi - v_na) * inv_kna) - m_na[i])
+        n_k[i] += a_k * (_softsig((vi - v_k) * inv_kk) - n_k[i])
+        c_ca[i] += a_cg * (_softsig((vi - v_ca) * inv_kca) - c_ca[i])
         dv = (
             (e_l - vi)
             + g_dend * idend
@@ -287,16 +324,41 @@ def _step_impl(
             vi = v_min
         v[i] = vi
         # -- output nonlinearity, refractoriness and adaptation
-        a = _bio_out(vi, ref[i], adapt[i], p)
+        a = _bio_out(vi, ref[i], adapt[i], v_half, inv_vs, rho, g_a)
         a_new[i] = a
-        raw = min(a * (one + p[P_G_ADAPT] * adapt[i]), one)
+        raw = min(a * (one + g_a * adapt[i]), one)
         ref[i] = ref[i] * er + (one - er) * raw
         adapt[i] += a_ad * (a + c_ca[i] - adapt[i])
         theta[i] += a_th * (a * a - theta[i])
 
 
-_step_serial = njit(cache=True, nogil=True)(_step_impl)
-_step_parallel = njit(cache=True, nogil=True, parallel=True)(_step_impl)
+def _renamed(fn: Any, name: str) -> Any:
+    """Copy of ``fn`` under another name.
+
+    numba's on-disk cache is keyed by qualified name and line, so the serial
+    and the parallel build of one Python function would overwrite (and load)
+    each other's machine code; distinct names keep two cache entries.
+    """
+    clone = types.FunctionType(fn.__code__.replace(co_name=name), fn.__globals__, name,
+                               fn.__defaults__, fn.__closure__)
+    clone.__qualname__ = name
+    clone.__doc__ = fn.__doc__
+    return clone
+
+
+_step_serial = njit(cache=True, nogil=True)(_renamed(_step_impl, "_step_serial_impl"))
+_step_parallel = njit(cache=True, nogil=True, parallel=True)(
+    _renamed(_step_impl, "_step_parallel_impl")
+)
+
+
+@njit(cache=True, nogil=True)
+def _scale_inplace(a: np.ndarray, factor: float) -> None:
+    """``a *= factor`` over a contiguous array of any shape, no temporary."""
+    flat = a.reshape(a.size)
+    f = np.float32(factor)
+    for i in range(flat.shape[0]):
+        flat[i] *= f
 
 
 @njit(cache=True, nogil=True)
@@ -325,7 +387,8 @@ def _bio_nonlinearity(
     er = math.exp(-dt / p[P_TAU_REF])
     a_ad = dt / p[P_TAU_ADAPT]
     for i in range(v.shape[0]):
-        a = _bio_out(v[i], ref[i], adapt[i], p)
+        a = _bio_out(v[i], ref[i], adapt[i], p[P_V_HALF], np.float32(1.0) / p[P_V_SCALE],
+                     p[P_RHO_REF], p[P_G_ADAPT])
         out[i] = a
         raw = min(a * (1.0 + p[P_G_ADAPT] * adapt[i]), 1.0)
         ref[i] = ref[i] * er + (1.0 - er) * raw

@@ -33,6 +33,8 @@ PRESETS: dict[str, Shape3] = {
 }
 # neuron count from which the parallel kernel pays for its thread start-up
 PARALLEL_THRESHOLD = 2048
+# below this the hotspot gain is folded into the stored traces
+HOT_GAIN_FLOOR = 1e-12
 
 _DYNAMIC = ("v", "m_na", "n_k", "c_ca", "vb", "cab", "hot", "ref", "adapt", "theta",
             "act", "w")
@@ -138,10 +140,15 @@ class NeuralFabric3D:
     def _init_topology(self, conn: Connectivity) -> None:
         rng = np.random.default_rng(self.seed)
         nnz = conn.nnz
+        # within each row: forward / lateral synapses first, feedback last
+        rows = np.repeat(np.arange(self.n), np.diff(conn.indptr))
+        order = np.lexsort((np.arange(nnz), conn.feedback, rows))
         self.indptr = conn.indptr.copy()
-        self.indices = conn.indices.copy()
-        self.polarity = conn.polarity.astype(np.int8)
-        self.feedback = conn.feedback.copy()
+        self.indices = conn.indices[order]
+        self.polarity = conn.polarity[order].astype(np.int8)
+        self.feedback = conn.feedback[order]
+        self._weight0 = conn.weight[order]
+        self.fb_start = _feedback_start(self.indptr, self.feedback)
         # branch k of a neuron takes the k-th contiguous block of its CSR row
         # (neighbouring presynaptic neurons cluster on one branch); the
         # segment within the branch is drawn once from the seed
@@ -176,13 +183,15 @@ class NeuralFabric3D:
         self.c_ca = np.zeros(n, dtype=np.float32)
         self.vb = np.zeros((n, Kb), dtype=np.float32)
         self.cab = np.zeros((n, Kb), dtype=np.float32)
-        self.hot = np.zeros((n, Kb, S), dtype=np.float32)
+        self.hot = np.zeros((n, Kb, S), dtype=np.float32)  # traces / hot_gain
+        self.hot_gain = 1.0
+        self._hot_decay = float(np.exp(-self.params.dt / self.params.tau_hotspot))
         self.ref = np.zeros(n, dtype=np.float32)
         self.adapt = np.zeros(n, dtype=np.float32)
         self.theta = np.zeros(n, dtype=np.float32)
         self.act = np.zeros(n, dtype=np.float32)
         self._act_next = np.zeros(n, dtype=np.float32)
-        self.w = _row_normalised(conn.indptr, conn.weight, conn.polarity, self.params.g_inh)
+        self.w = _row_normalised(self.indptr, self._weight0, self.polarity, self.params.g_inh)
         self.step_count = 0
         self._pending = np.zeros((n, Kb, S), dtype=np.float32)
         self._has_pending = False
@@ -251,7 +260,8 @@ class NeuralFabric3D:
             kernel(
                 self._p, code, self.noise_scale, self.intent_gain, self.bidirectional_weight,
                 float(plasticity), np.uint64(self.seed), np.uint64(self.step_count),
-                self.indptr, self.indices, self.polarity, self.feedback, self.syn_seg, self.s_indptr, self.s_indices, self.s_wsigned,
+                self._advance_hot_gain(),
+                self.indptr, self.indices, self.polarity, self.fb_start, self.syn_seg, self.s_indptr, self.s_indices, self.s_wsigned,
                 self.tau, self._x, self._goal, self._pending, self._has_pending, self.w,
                 self.v, self.m_na, self.n_k, self.c_ca, self.vb, self.cab, self.hot,
                 self.ref, self.adapt, self.theta, self.act, self._act_next,
@@ -264,6 +274,19 @@ class NeuralFabric3D:
         return view
 
     forward = step
+
+    def _advance_hot_gain(self) -> float:
+        """Decay the hotspot gain by one step; returns ``1 / gain`` for the kernel.
+
+        The traces share one exponential decay, carried by a scalar instead of
+        an element-wise multiply per step; when the gain gets small it is
+        folded back into the stored array (every ~1,400 steps by default).
+        """
+        if self.hot_gain < HOT_GAIN_FLOOR:
+            K._scale_inplace(self.hot, self.hot_gain)
+            self.hot_gain = 1.0
+        self.hot_gain *= self._hot_decay
+        return 1.0 / self.hot_gain
 
     def set_goal(self, goal: npt.ArrayLike) -> None:
         """Set the goal pattern of ``intentional`` mode.
@@ -352,7 +375,12 @@ class NeuralFabric3D:
 
     def hotspots(self, neuron: int | tuple[int, int, int]) -> F32:
         """Segment activity traces of one neuron, shape (n_branches, n_segments)."""
-        return self.hot[self._index(neuron)].copy()
+        return (self.hot[self._index(neuron)] * np.float32(self.hot_gain)).astype(np.float32)
+
+    @property
+    def hotspot_traces(self) -> F32:
+        """All segment activity traces, shape (n, n_branches, n_segments), float32 (a copy)."""
+        return (self.hot * np.float32(self.hot_gain)).astype(np.float32)
 
     def ion_channels(self, neuron: int | tuple[int, int, int]) -> dict[str, float]:
         """Gate states in [0, 1] of one neuron: ``{"Na": m, "K": n, "Ca": c}``."""
@@ -380,6 +408,7 @@ class NeuralFabric3D:
         d["pending"] = self._pending.copy()
         d["goal"] = self._goal.copy()
         d["step"] = np.array(self.step_count, dtype=np.int64)
+        d["hot_gain"] = np.array(self.hot_gain, dtype=np.float64)
         d["shape"] = np.array(self.shape, dtype=np.int64)
         d["sizes"] = np.array([self.n_inputs, self.n_branches, self.n_segments,
                                self.n_features, self.seed], dtype=np.int64)
@@ -442,11 +471,16 @@ class NeuralFabric3D:
         if s_nnz and (arrays["s_indices"].min() < 0
                       or arrays["s_indices"].max() >= self.n_inputs):
             raise StateError("fabric state has sensory channels out of range")
+        try:
+            fb_start = _feedback_start(arrays["indptr"], arrays["feedback"])
+        except FabricError as e:
+            raise StateError("fabric state has feedback synapses before forward ones") from e
         params = np.asarray(state["params"], dtype=np.float32)
         if params.shape != (K.N_PARAMS,):
             raise StateError("fabric parameter vector has wrong length", length=params.size)
         for key, arr in arrays.items():
             setattr(self, key, arr)
+        self.fb_start = fb_start
         self._p = params.copy()
         self._act_next = np.zeros(n, dtype=np.float32)
         if "pending" in state:
@@ -458,6 +492,8 @@ class NeuralFabric3D:
             ns, ig, bw = (float(v) for v in state["modes"])
             self.noise_scale, self.intent_gain, self.bidirectional_weight = ns, ig, bw
         self.seed = sizes[4]
+        self.hot_gain = float(state["hot_gain"]) if "hot_gain" in state else 1.0
+        self._hot_decay = float(np.exp(-float(self._p[K.P_DT]) / float(self._p[K.P_TAU_H])))
         self.step_count = int(state["step"])
 
     # ------------------------------------------------------------------ helpers
@@ -480,6 +516,24 @@ class NeuralFabric3D:
         return (f"NeuralFabric3D(shape={self.shape}, n={self.n}, nnz={self.nnz}, "
                 f"branches={self.n_branches}, segments={self.n_segments}, "
                 f"step={self.step_count})")
+
+
+def _feedback_start(indptr: npt.NDArray[np.int64], feedback: npt.NDArray[np.uint8]
+                    ) -> npt.NDArray[np.int64]:
+    """First feedback synapse of each row, shape (n,), int64.
+
+    Raises
+    ------
+    FabricError
+        When a row has a forward synapse after a feedback one.
+    """
+    n = indptr.shape[0] - 1
+    rows = np.repeat(np.arange(n), np.diff(indptr))
+    fb = feedback.astype(bool)
+    if fb.size and np.any(fb[:-1] & ~fb[1:] & (rows[:-1] == rows[1:])):
+        raise FabricError("rows must list forward synapses before feedback synapses")
+    n_fwd = np.bincount(rows[~fb], minlength=n)
+    return (indptr[:-1] + n_fwd).astype(np.int64)
 
 
 def _row_normalised(

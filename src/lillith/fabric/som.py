@@ -32,14 +32,29 @@ Implementation notes
 --------------------
 The kernels are plain functions over arrays compiled with
 ``@njit(cache=True, nogil=True, fastmath=False)``; they never allocate, raise
-or log inside the per-sample loop, so a whole batch of online updates is one
-call that releases the GIL. The Gaussian is evaluated separably
-(``h = g0[|di|] * g1[|dj|] * g2[|dk|]`` with one small per-axis table per step)
-and only over the bounding box of the truncation radius around the BMU, which
-is what makes late training (small sigma) cheap. The squared distance is
-accumulated in eight independent float32 lanes so that LLVM can vectorise it
-without ``fastmath``. The object is not thread-safe: one owner (the agent's
-worker) mutates it.
+or log inside the per-sample loop (scratch is preallocated once per map), so
+a whole batch of online updates is one call that releases the GIL.
+
+* Layout. The public weights are ``(n_units, dim)`` (``get_state``, the
+  ``weights`` property), but the kernels keep them *feature-major*,
+  ``(dim, n_units)`` float32 C-contiguous. Without ``fastmath`` LLVM may not
+  reorder a floating-point sum, and numba disables the SLP vectoriser, so a
+  per-unit reduction over ``dim`` runs scalar. With units innermost, both the
+  distance pass and the update are element-wise loops over units that the
+  loop vectoriser handles (about 6x faster here), and each distance is still
+  summed over ``k`` in plain sequential order, so results are bit-identical to
+  a straightforward loop (and to ``NUMBA_DISABLE_JIT=1``).
+* Neighbourhood. ``h`` is evaluated as ``g(di) g(dj) g(dk)`` from one table
+  ``g(o) = exp(-o^2 / (2 sigma^2))`` per step, only inside the bounding box
+  of the truncation radius; the update touches the one contiguous run of
+  units that spans that box (units in the run but outside the box, or with
+  ``h < 1e-4``, get coefficient 0 and stay bit-for-bit unchanged). Late in
+  training (small sigma) that is a small fraction of the map.
+* Validation. Every row is checked for finiteness and magnitude by the
+  training kernel itself before anything is learned (one pass, no extra
+  dispatch); the wrapper turns a bad row into :class:`FabricError`.
+
+The object is not thread-safe: one owner (the agent's worker) mutates it.
 """
 
 from __future__ import annotations
@@ -191,6 +206,22 @@ def _apply(x: F32, WT: F32, coef: F32, ua: int, ub: int) -> None:
 
 
 @_kernel
+def _first_bad_row(X: F32, limit: float) -> int:
+    """Index of the first row of ``X`` holding a value with ``not |v| <= limit``.
+
+    Catches NaN, +/-inf and values beyond ``limit``; -1 when every row is fine.
+    """
+    for n in range(X.shape[0]):
+        row = X[n]
+        bad = 0
+        for k in range(row.shape[0]):
+            bad |= not (abs(row[k]) <= limit)
+        if bad:
+            return n
+    return -1
+
+
+@_kernel
 def _train(
     X: F32,
     WT: F32,
@@ -203,8 +234,12 @@ def _train(
     ring_bmu: I64,
     ring_qe: F64,
     out_bmu: I64,
-) -> None:
+) -> int:
     """Sequential online updates over the rows of ``X`` (in place).
+
+    Every row is checked first (finite, ``|v| <= limit``); if any fails,
+    nothing is learned and the index of the first bad row is returned.
+    Otherwise returns -1.
 
     Parameters
     ----------
@@ -214,8 +249,8 @@ def _train(
         Feature-major weights, updated in place.
     shape3 : int64 (3,)
         Map shape padded to 3D with trailing ones.
-    params : float64 (6,)
-        ``sigma0, sigma_min, lr0, lr_min, decay_steps, h_min``.
+    params : float64 (7,)
+        ``sigma0, sigma_min, lr0, lr_min, decay_steps, h_min, limit``.
     counters : int64 (3,)
         ``step, ring_pos, ring_len``; updated in place.
     gtab : float64 (5, L), ``L >= max(max(shape3), shape3[1] * shape3[2])``
@@ -244,6 +279,9 @@ def _train(
     lr_min = params[3]
     decay_steps = params[4]
     h_min = params[5]
+    bad = _first_bad_row(X, params[6])
+    if bad >= 0:
+        return bad
     s0 = shape3[0]
     s1 = shape3[1]
     s2 = shape3[2]
@@ -272,20 +310,20 @@ def _train(
         else:
             length += 1
         ring_bmu[pos] = b
-        ring_qe[pos] = math.sqrt(float(d2))
+        ring_qe[pos] = math.sqrt(np.float64(d2))
         hits[1, b] += 1
         pos += 1
         if pos == window:
             pos = 0
         # schedule (step count only)
-        e = math.exp(-float(step) / decay_steps)
+        e = math.exp(-np.float64(step) / decay_steps)
         sigma = sigma_min + (sigma0 - sigma_min) * e
         lr = lr_min + (lr0 - lr_min) * e
         inv2s2 = 1.0 / (2.0 * sigma * sigma)
         # Gaussian of a grid offset, up to the truncation radius r
         r = 0
         for o in range(smax):
-            v = math.exp(-float(o * o) * inv2s2)
+            v = math.exp(-np.float64(o * o) * inv2s2)
             g[o] = v
             if v < h_min:
                 break
@@ -318,6 +356,7 @@ def _train(
     counters[0] = step
     counters[1] = pos
     counters[2] = length
+    return -1
 
 
 @_kernel
@@ -327,7 +366,7 @@ def _bmu_batch(X: F32, WT: F32, dist: F32, out_bmu: I64, out_d2: F64) -> None:
         _dist_all(X[n], WT, dist)
         b, d2 = _argmin(dist)
         out_bmu[n] = b
-        out_d2[n] = float(d2)
+        out_d2[n] = np.float64(d2)
 
 
 @_kernel
@@ -377,7 +416,7 @@ def _u_matrix(WT: F32, shape3: I64, out: F64) -> None:
                                 continue
                             acc = 0.0
                             for k in range(D):
-                                d = float(WT[k, u]) - float(WT[k, v])
+                                d = np.float64(WT[k, u]) - np.float64(WT[k, v])
                                 acc += d * d
                             total += math.sqrt(acc)
                             count += 1
@@ -400,7 +439,8 @@ class SelfOrganizingMap:
         Grid shape, ``(a, b)`` or ``(a, b, c)``; every side >= 1 and at least
         two units in total. Default ``(17, 17)``.
     dim : int
-        Input dimension (length of each sample), >= 1.
+        Input dimension (length of each sample), >= 1. Required (it is
+        positional after ``map_shape``, hence the ``None`` default).
     sigma0 : float, optional
         Initial neighbourhood radius in grid units. Default
         ``max(map_shape) / 2``.
@@ -441,7 +481,7 @@ class SelfOrganizingMap:
     def __init__(
         self,
         map_shape: tuple[int, ...] = (17, 17),
-        dim: int = 64,
+        dim: int | None = None,
         *,
         sigma0: float | None = None,
         sigma_min: float = 0.5,
@@ -454,6 +494,8 @@ class SelfOrganizingMap:
         qe_window: int = 500,
     ) -> None:
         shape = _check_map_shape(map_shape)
+        if dim is None:
+            raise FabricError("dim (the input dimension) is required")
         if isinstance(dim, bool) or not isinstance(dim, int | np.integer) or dim < 1:
             raise FabricError("dim must be a positive integer", dim=dim)
         if isinstance(qe_window, bool) or not isinstance(qe_window, int | np.integer):
@@ -462,11 +504,11 @@ class SelfOrganizingMap:
             raise FabricError("qe_window must be >= 2", qe_window=qe_window)
         if init != "random":
             raise FabricError("unknown init", init=init, allowed=("random",))
-        if not (math.isfinite(init_scale) and init_scale > 0):
+        if not (_is_real(init_scale) and math.isfinite(init_scale) and init_scale > 0):
             raise FabricError("init_scale must be finite and > 0", init_scale=init_scale)
         if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
             raise FabricError("seed must be a non-negative integer", seed=seed)
-        s0 = max(shape) / 2.0 if sigma0 is None else float(sigma0)
+        s0 = max(shape) / 2.0 if sigma0 is None else sigma0
         self._schedule = _check_schedule(s0, sigma_min, lr0, lr_min, decay_steps, FabricError)
 
         self.map_shape: tuple[int, ...] = shape
@@ -484,7 +526,9 @@ class SelfOrganizingMap:
         w = rng.uniform(-init_scale, init_scale, size=(self.n_units, self.dim))
         # feature-major weights (dim, n_units): see the module notes
         self._wt: F32 = np.ascontiguousarray(w.T, dtype=np.float32)
-        self._params = np.array([*self._schedule, NEIGHBOURHOOD_CUTOFF], dtype=np.float64)
+        self._params = np.array(
+            [*self._schedule, NEIGHBOURHOOD_CUTOFF, MAX_ABS_INPUT], dtype=np.float64
+        )
         self._counters = np.zeros(3, dtype=np.int64)  # step, ring_pos, ring_len
         self._hits = np.zeros((2, self.n_units), dtype=np.int64)  # lifetime, recent window
         self._ring_bmu = np.full(self.qe_window, -1, dtype=np.int64)
@@ -497,7 +541,8 @@ class SelfOrganizingMap:
 
     # ------------------------------------------------------------------ input
 
-    def _as_batch(self, X: npt.ArrayLike, name: str, *, allow_1d: bool) -> F32:
+    def _as_batch(self, X: npt.ArrayLike, name: str, *, allow_1d: bool, check: bool = True) -> F32:
+        """Contiguous float32 ``(n, dim)``; values checked unless ``check=False``."""
         arr = _to_float32(X, name)
         if arr.ndim == 1 and allow_1d:
             arr = arr.reshape(1, -1)
@@ -505,14 +550,18 @@ class SelfOrganizingMap:
             raise FabricError(
                 f"{name} must have shape (n, {self.dim})", shape=arr.shape, dim=self.dim
             )
-        _check_values(arr, name)
+        if check:
+            _raise_if_bad(arr, int(_first_bad_row(arr, MAX_ABS_INPUT)), name)
         return arr
 
-    def _as_sample(self, x: npt.ArrayLike, name: str = "x") -> F32:
+    def _as_sample(self, x: npt.ArrayLike, name: str = "x", *, check: bool = True) -> F32:
+        """Contiguous float32 ``(dim,)``; values checked unless ``check=False``."""
         arr = _to_float32(x, name)
         if arr.shape != (self.dim,):
             raise FabricError(f"{name} must have shape ({self.dim},)", shape=arr.shape)
-        _check_values(arr, name)
+        if check:
+            row = arr.reshape(1, -1)
+            _raise_if_bad(row, int(_first_bad_row(row, MAX_ABS_INPUT)), name)
         return arr
 
     # --------------------------------------------------------------- learning
@@ -536,8 +585,8 @@ class SelfOrganizingMap:
         FabricError
             Wrong shape, non-numeric, non-finite or too-large values.
         """
-        xs = self._as_sample(x)
-        self._run(xs.reshape(1, self.dim), self._one_bmu)
+        xs = self._as_sample(x, check=False)  # values are checked by the kernel
+        self._run(xs.reshape(1, self.dim), self._one_bmu, "x")
         return int(self._one_bmu[0])
 
     learn_one = update
@@ -558,14 +607,15 @@ class SelfOrganizingMap:
         numpy.ndarray of int64, shape (n,)
             BMU flat index of each row, each found before that row's update.
         """
-        Xs = self._as_batch(X, "X", allow_1d=False)
+        Xs = self._as_batch(X, "X", allow_1d=False, check=False)
         out = np.empty(Xs.shape[0], dtype=np.int64)
         if Xs.shape[0]:
-            self._run(Xs, out)
+            self._run(Xs, out, "X")
         return out
 
-    def _run(self, Xs: F32, out: I64) -> None:
-        _train(
+    def _run(self, Xs: F32, out: I64, name: str) -> None:
+        """Run the training kernel; it checks every row before learning any."""
+        bad = _train(
             Xs,
             self._wt,
             self._shape3,
@@ -578,6 +628,7 @@ class SelfOrganizingMap:
             self._ring_qe,
             out,
         )
+        _raise_if_bad(Xs, int(bad), name)
 
     def init_from_data(self, X: npt.ArrayLike) -> None:
         """Re-initialise the weights scaled to data (seeded, no PCA).
@@ -697,15 +748,13 @@ class SelfOrganizingMap:
         _dist_all(xs, self._wt, dist)
         d2 = dist.astype(np.float64)
         m = float(d2.mean())
-        if not m > 0.0:
-            act = np.ones(self.n_units, dtype=np.float64)
-        else:
-            act = np.exp(-d2 / m)
+        act = np.exp(-d2 / m) if m > 0.0 else np.ones(self.n_units, dtype=np.float64)
         return act.astype(np.float32).reshape(self.map_shape)
 
     def hit_map(self) -> I64:
         """Lifetime BMU counts per unit, int64 of shape ``map_shape`` (a copy)."""
-        return self._hits[0].reshape(self.map_shape).copy()
+        counts: I64 = self._hits[0].reshape(self.map_shape).copy()
+        return counts
 
     def u_matrix(self) -> F64:
         """Mean Euclidean weight distance of each unit to its grid neighbours.
@@ -865,10 +914,10 @@ class SelfOrganizingMap:
         hits = _state_array(state, "hits", np.int64, (self.n_units,))
         ring_bmu = _state_array(state, "ring_bmu", np.int64, (self.qe_window,))
         ring_qe = _state_array(state, "ring_qe", np.float64, (self.qe_window,))
-        sched = tuple(
+        s0, smin, l0, lmin, tau = (
             float(_state_array(state, k, np.float64, (1,))[0]) for k in _SCHEDULE_KEYS
         )
-        schedule = _check_schedule(*sched, StateError)
+        schedule = _check_schedule(s0, smin, l0, lmin, tau, StateError)
         if step < 0 or np.any(hits < 0):
             raise StateError("SOM step and hits must be non-negative", step=step)
         if not (0 <= length <= self.qe_window and 0 <= pos < self.qe_window):
@@ -941,7 +990,13 @@ def _check_schedule(
     decay_steps: float,
     error: type[FabricError] | type[StateError],
 ) -> tuple[float, float, float, float, float]:
-    vals = tuple(float(v) for v in (sigma0, sigma_min, lr0, lr_min, decay_steps))
+    raw = (sigma0, sigma_min, lr0, lr_min, decay_steps)
+    if not all(_is_real(v) for v in raw):
+        raise error(
+            "schedule parameters must be real numbers",
+            **dict(zip(_SCHEDULE_KEYS, raw, strict=True)),
+        )
+    vals = tuple(float(v) for v in raw)
     s0, smin, l0, lmin, tau = vals
     fields = dict(zip(_SCHEDULE_KEYS, vals, strict=True))
     if not all(math.isfinite(v) for v in vals):
@@ -955,8 +1010,15 @@ def _check_schedule(
     return s0, smin, l0, lmin, tau
 
 
+def _is_real(v: object) -> bool:
+    """True for int / float (Python or numpy), False for bool and anything else."""
+    return isinstance(v, int | float | np.integer | np.floating) and not isinstance(v, bool)
+
+
 def _to_float32(x: npt.ArrayLike, name: str) -> F32:
     """Convert to a contiguous float32 array or raise FabricError."""
+    if type(x) is np.ndarray and x.dtype == np.float32 and x.flags.c_contiguous:
+        return x  # fast path for the per-sample API
     try:
         arr = np.asarray(x)
     except (TypeError, ValueError) as exc:
@@ -970,17 +1032,20 @@ def _to_float32(x: npt.ArrayLike, name: str) -> F32:
     return np.ascontiguousarray(arr, dtype=np.float32)
 
 
-def _check_values(arr: F32, name: str) -> None:
-    """Reject non-finite values and values with ``|v| > MAX_ABS_INPUT``."""
-    if arr.size and not bool(np.all(np.abs(arr) <= MAX_ABS_INPUT)):
-        n_bad = int(np.count_nonzero(~np.isfinite(arr)))
-        if n_bad:
-            raise FabricError(f"{name} contains non-finite values", count=n_bad)
-        raise FabricError(
-            f"{name} has values beyond the accepted magnitude",
-            max_abs=float(np.abs(arr).max()),
-            limit=MAX_ABS_INPUT,
-        )
+def _raise_if_bad(X2: F32, bad: int, name: str) -> None:
+    """Raise FabricError describing row ``bad`` of ``X2`` (no-op when ``bad < 0``)."""
+    if bad < 0:
+        return
+    row = X2[bad]
+    n_bad = int(np.count_nonzero(~np.isfinite(row)))
+    if n_bad:
+        raise FabricError(f"{name} contains non-finite values", row=bad, count=n_bad)
+    raise FabricError(
+        f"{name} has values beyond the accepted magnitude",
+        row=bad,
+        max_abs=float(np.abs(row).max()),
+        limit=MAX_ABS_INPUT,
+    )
 
 
 def _state_array(

@@ -62,7 +62,7 @@ class SomConfig(_Model):
     map_shape: tuple[int, ...] = (17, 17)
     sigma_min: float = Field(0.5, gt=0)
     lr0: float = Field(0.5, gt=0, le=1)
-    lr_min: float = Field(0.01, ge=0, le=1)
+    lr_min: float = Field(0.01, gt=0, le=1)
     decay_steps: int = Field(10_000, ge=1)
 
     @field_validator("map_shape")
