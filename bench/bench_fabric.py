@@ -4,7 +4,8 @@ For each preset (small (5,5,16), medium (13,13,64), large (17,17,128)) with
 the default wiring (Local3D, 26-neighbourhood) and 5 branches x 10 segments,
 it times our numba step and the vectorised torch step of
 ``bench/torch_fabric.py`` in the same run (torch in a fresh subprocess), with
-the same thread count, and checks that both compute the same step. Run: ``lillith bench fabric --json``.
+the same thread count, and checks that both compute the same step.
+Run: ``lillith bench fabric --json``.
 """
 
 from __future__ import annotations
@@ -22,9 +23,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from torch_fabric import TorchFabric  # noqa: E402
-
-from lillith.fabric.neural_fabric import PRESETS, NeuralFabric3D  # noqa: E402
+from lillith.fabric.neural_fabric import PRESETS, NeuralFabric3D
+from torch_fabric import TorchFabric
 
 N_INPUTS = 8
 
@@ -95,7 +95,7 @@ def run(*, quick: bool = False) -> dict[str, Any]:
         theirs = float(proc.stdout.strip().splitlines()[-1])
         fab = NeuralFabric3D(shape, n_inputs=N_INPUTS, seed=0)
         _warm(fab, xs, 200)  # compile + settle the dynamics
-        ours = _time_loop(lambda i: fab.step(xs[i & 255]), min_time, 20)
+        ours = _time_loop(lambda i, f=fab: f.step(xs[i & 255]), min_time, 20)
         if fab.parallel:
             out["threading_layer"] = numba.threading_layer()
         out[name] = {

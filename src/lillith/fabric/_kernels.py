@@ -73,7 +73,7 @@ _U64_M2 = np.uint64(0x94D049BB133111EB)
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _softsig(x: float) -> float:
+def _softsig(x: np.float32) -> np.float32:
     """Rational sigmoid ``0.5 * (1 + x / (1 + |x|))``, in (0, 1), monotone."""
     one = np.float32(1.0)
     return np.float32(0.5) * (one + x / (one + abs(x)))
@@ -103,8 +103,14 @@ def _gauss_noise(seed: np.uint64, step: np.uint64, idx: np.uint64) -> float:
 
 @njit(cache=True, nogil=True, inline="always")
 def _bio_out(
-    v: float, ref: float, adapt: float, v_half: float, inv_scale: float, rho: float, g_a: float
-) -> float:
+    v: np.float32,
+    ref: np.float32,
+    adapt: np.float32,
+    v_half: np.float32,
+    inv_scale: np.float32,
+    rho: np.float32,
+    g_a: np.float32,
+) -> np.float32:
     """Biological output nonlinearity: tanh above threshold, refractory, adapted.
 
     ``a = tanh(max(0, (v - V_half) / V_scale)) * (1 - rho * ref) / (1 + g_a * adapt)``

@@ -261,7 +261,8 @@ class NeuralFabric3D:
                 self._p, code, self.noise_scale, self.intent_gain, self.bidirectional_weight,
                 float(plasticity), np.uint64(self.seed), np.uint64(self.step_count),
                 self._advance_hot_gain(),
-                self.indptr, self.indices, self.polarity, self.fb_start, self.syn_seg, self.s_indptr, self.s_indices, self.s_wsigned,
+                self.indptr, self.indices, self.polarity, self.fb_start, self.syn_seg,
+                self.s_indptr, self.s_indices, self.s_wsigned,
                 self.tau, self._x, self._goal, self._pending, self._has_pending, self.w,
                 self.v, self.m_na, self.n_k, self.c_ca, self.vb, self.cab, self.hot,
                 self.ref, self.adapt, self.theta, self.act, self._act_next,
@@ -367,15 +368,18 @@ class NeuralFabric3D:
 
     def dendrite_voltage(self, neuron: int | tuple[int, int, int]) -> F32:
         """Branch voltages of one neuron, shape (n_branches,), mV above rest."""
-        return self.vb[self._index(neuron)].copy()
+        out: F32 = self.vb[self._index(neuron)].copy()
+        return out
 
     def dendrite_calcium(self, neuron: int | tuple[int, int, int]) -> F32:
         """Branch calcium of one neuron, shape (n_branches,), in [0, 1]."""
-        return self.cab[self._index(neuron)].copy()
+        out: F32 = self.cab[self._index(neuron)].copy()
+        return out
 
     def hotspots(self, neuron: int | tuple[int, int, int]) -> F32:
         """Segment activity traces of one neuron, shape (n_branches, n_segments)."""
-        return (self.hot[self._index(neuron)] * np.float32(self.hot_gain)).astype(np.float32)
+        out: F32 = (self.hot[self._index(neuron)] * np.float32(self.hot_gain)).astype(np.float32)
+        return out
 
     @property
     def hotspot_traces(self) -> F32:
@@ -447,7 +451,8 @@ class NeuralFabric3D:
             "theta": (np.float32, (n,)), "act": (np.float32, (n,)),
             "w": (np.float32, (nnz,)), "indptr": (np.int64, (n + 1,)),
             "indices": (np.int32, (nnz,)), "polarity": (np.int8, (nnz,)),
-            "feedback": (np.uint8, (nnz,)), "syn_seg": (np.int16, (nnz,)), "s_indptr": (np.int64, (n + 1,)),
+            "feedback": (np.uint8, (nnz,)), "syn_seg": (np.int16, (nnz,)),
+            "s_indptr": (np.int64, (n + 1,)),
             "s_indices": (np.int32, (s_nnz,)), "s_wsigned": (np.float32, (s_nnz,)),
             "tau": (np.float32, (n,)), "population": (np.int8, (n,)),
             "neuron_id": (np.int64, (n,)),
@@ -537,7 +542,7 @@ def _feedback_start(indptr: npt.NDArray[np.int64], feedback: npt.NDArray[np.uint
 
 
 def _row_normalised(
-    indptr: npt.NDArray[np.int64], weight: F32, polarity: F32, g_inh: float
+    indptr: npt.NDArray[np.int64], weight: F32, polarity: npt.NDArray[np.int8], g_inh: float
 ) -> F32:
     """Balance each neuron's inputs: excitatory weights sum to 1, inhibitory to ``g_inh``.
 
@@ -545,7 +550,7 @@ def _row_normalised(
     ----------
     indptr : ndarray, shape (n + 1,), int64
     weight : ndarray, shape (nnz,), float32, magnitudes >= 0
-    polarity : ndarray, shape (nnz,), float32, +1 / -1
+    polarity : ndarray, shape (nnz,), int8, +1 / -1
     g_inh : float
         Inhibitory-to-excitatory ratio of the summed weights.
 

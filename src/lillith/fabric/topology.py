@@ -15,6 +15,7 @@ initial weights; the fabric owns the plastic copy of the weights.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -122,7 +123,7 @@ class Connectivity:
         """
         n = self.n
         nnz = self.nnz
-        expect = {
+        expect: dict[str, tuple[npt.NDArray[Any], Any, tuple[int, ...]]] = {
             "indptr": (self.indptr, np.int64, (n + 1,)),
             "indices": (self.indices, np.int32, (nnz,)),
             "weight": (self.weight, np.float32, (nnz,)),
