@@ -1,8 +1,8 @@
 """Conv4D forward: numba kernel vs torch-CPU formulation, same thread count.
 
 Run ``.venv/bin/python bench/bench_conv4d.py [--quick]``; prints JSON with,
-per size, ``numba_ms`` and ``torch_ms`` (median forward time over several
-repeats after warm-up), ``ratio_numba_vs_torch`` (``torch_ms / numba_ms``:
+per size, ``numba_ms`` and ``torch_ms`` (median forward time after warm-up,
+timed in alternating rounds), ``ratio_numba_vs_torch`` (``torch_ms / numba_ms``:
 > 1 means numba is faster) and ``backend_auto`` (what ``Conv4D(backend="auto")``
 runs for that size), plus the backward times for reference. The top-level
 ``backend_auto`` names the backend auto picks at the main encoder size
@@ -52,15 +52,25 @@ BACKENDS: tuple[Backend, ...] = ("numba", "torch")
 QUICK_SIZES = 3
 
 
-def _median_ms(fn: Callable[[], Any], repeats: int, warmup: int) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return float(statistics.median(times))
+def _interleaved_median_ms(
+    fns: dict[str, Callable[[], Any]], rounds: int, per_round: int, warmup: int
+) -> dict[str, float]:
+    """Median wall time (ms) of each function, timed in alternating rounds.
+
+    Alternating blocks of ``per_round`` calls spreads any drift in machine
+    load evenly over the backends being compared.
+    """
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            for _ in range(per_round):
+                t0 = time.perf_counter()
+                fn()
+                times[name].append((time.perf_counter() - t0) * 1e3)
+    return {name: float(statistics.median(ts)) for name, ts in times.items()}
 
 
 def run(*, quick: bool = False) -> dict[str, Any]:
@@ -69,7 +79,7 @@ def run(*, quick: bool = False) -> dict[str, Any]:
     Parameters
     ----------
     quick : bool
-        Fewer repeats, only the first three sizes, no backward timing.
+        Fewer rounds, only the first three sizes, no backward timing.
 
     Returns
     -------
@@ -80,7 +90,7 @@ def run(*, quick: bool = False) -> dict[str, Any]:
     """
     threads = int(numba.get_num_threads())
     torch.set_num_threads(threads)
-    repeats, warmup = (7, 2) if quick else (21, 3)
+    rounds, per_round, warmup = (3, 2, 2) if quick else (7, 3, 3)
     sizes = list(SIZES.items())[:QUICK_SIZES] if quick else list(SIZES.items())
     rng = np.random.default_rng(0)
     result: dict[str, Any] = {}
@@ -88,21 +98,23 @@ def run(*, quick: bool = False) -> dict[str, Any]:
         layer = Conv4D(cin, cout, (k,) * 4, stride=s, padding=p, seed=0)
         x = rng.standard_normal((batch, *spatial, cin)).astype(np.float32)
         gain = layer.gain
-        fwd_ms: dict[str, float] = {}
-        bwd_ms: dict[str, float] = {}
-        outs: dict[str, Any] = {}
-        for backend in BACKENDS:
-            fwd = functools.partial(
-                conv4d_forward, x, layer.weight, layer.bias, s, p, gain=gain, backend=backend
+        fwd: dict[str, Callable[[], Any]] = {
+            be: functools.partial(
+                conv4d_forward, x, layer.weight, layer.bias, s, p, gain=gain, backend=be
             )
-            outs[backend] = fwd()
-            fwd_ms[backend] = _median_ms(fwd, repeats, warmup)
+            for be in BACKENDS
+        }
+        outs = {be: fn() for be, fn in fwd.items()}
+        fwd_ms = _interleaved_median_ms(fwd, rounds, per_round, warmup)
         y = outs["numba"]
+        bwd_ms: dict[str, float] = {}
         if not quick:
             g = rng.standard_normal(y.shape).astype(np.float32)
-            for backend in BACKENDS:
-                bwd = functools.partial(conv4d_backward, x, layer.weight, g, s, p, backend=backend)
-                bwd_ms[backend] = _median_ms(bwd, max(5, repeats // 3), 1)
+            bwd: dict[str, Callable[[], Any]] = {
+                be: functools.partial(conv4d_backward, x, layer.weight, g, s, p, backend=be)
+                for be in BACKENDS
+            }
+            bwd_ms = _interleaved_median_ms(bwd, 3, 2, 1)
         macs = conv4d_macs(x.shape, layer.weight.shape, y.shape[1:5])
         auto = resolve_backend("auto", macs)
         entry: dict[str, Any] = {
@@ -126,7 +138,7 @@ def run(*, quick: bool = False) -> dict[str, Any]:
     result["backend_auto"] = result[MAIN_SIZE]["backend_auto"]
     result["auto_numba_max_macs"] = AUTO_NUMBA_MAX_MACS
     result["threads"] = threads
-    result["repeats"] = repeats
+    result["timed_calls_per_backend"] = rounds * per_round
     result["load_avg_1m"] = round(os.getloadavg()[0], 2)
     return result
 

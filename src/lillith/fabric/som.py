@@ -799,6 +799,14 @@ class SelfOrganizingMap:
             return self._ring_qe[:length].copy()
         return np.roll(self._ring_qe, -pos)
 
+    @property
+    def last_quant_error(self) -> float:
+        """BMU distance of the most recent update (0.0 before any)."""
+        _, pos, length = (int(v) for v in self._counters)
+        if length == 0:
+            return 0.0
+        return float(self._ring_qe[(pos - 1) % self.qe_window])
+
     def utilization_fraction(self) -> float:
         """Fraction of units that were BMU at least once in the recent window."""
         return float(np.count_nonzero(self._hits[1])) / self.n_units

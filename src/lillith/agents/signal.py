@@ -1,0 +1,169 @@
+"""Online statistics of a stream: robust normaliser and anomaly likelihood.
+
+Both run on step counts only (never wall-clock) and keep their whole state
+as plain numpy arrays for snapshots.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from lillith.errors import StateError
+
+F64 = npt.NDArray[np.float64]
+
+
+class RobustNormalizer:
+    """Per-channel online normalisation robust to outliers and drift.
+
+    Location ``m`` and scale ``s`` follow the stream with a Huber-clipped
+    exponential moving average: a sample more than ``clip`` scales from the
+    location moves the statistics as if it were ``clip`` scales away, so a
+    spike barely shifts them while a sustained level shift is tracked within
+    about ``1 / alpha`` steps. The rate starts at ``1 / (t + 1)`` (an exact
+    running mean for the first samples) and decays to the floor ``alpha``.
+
+    Parameters
+    ----------
+    n_channels : int
+        Width of a frame.
+    alpha : float
+        Floor of the adaptation rate per step (1 / effective memory).
+    clip : float
+        Huber clip in scale units.
+    min_scale : float
+        Floor of the scale relative to ``1 + |m|``, so a constant channel
+        does not divide by zero.
+    z_max : float
+        Normalised values are clipped to ``[-z_max, z_max]``.
+    """
+
+    def __init__(
+        self,
+        n_channels: int,
+        *,
+        alpha: float = 2e-3,
+        clip: float = 3.0,
+        min_scale: float = 1e-3,
+        z_max: float = 10.0,
+    ) -> None:
+        self.n_channels = int(n_channels)
+        self.alpha = float(alpha)
+        self.clip = float(clip)
+        self.min_scale = float(min_scale)
+        self.z_max = float(z_max)
+        self.mean = np.zeros(self.n_channels)
+        self.scale = np.ones(self.n_channels)
+        self.count = 0
+
+    def _floor(self) -> F64:
+        return self.min_scale * (1.0 + np.abs(self.mean))
+
+    def transform(self, x: F64) -> F64:
+        """Normalise ``x`` (shape (C,), input units) with the current statistics."""
+        z: F64 = np.clip((x - self.mean) / np.maximum(self.scale, self._floor()),
+                         -self.z_max, self.z_max)
+        return z
+
+    def inverse(self, z: F64) -> F64:
+        """Map normalised values back to input units, shape (C,)."""
+        out: F64 = self.mean + z * np.maximum(self.scale, self._floor())
+        return out
+
+    def learn_one(self, x: F64) -> None:
+        """Update the statistics with one frame ``x`` (shape (C,))."""
+        if self.count == 0:
+            self.mean = x.astype(np.float64).copy()
+            self.scale = np.maximum(np.abs(x) * 0.1, self._floor())
+            self.count = 1
+            return
+        rate = max(1.0 / (self.count + 1), self.alpha)
+        s = np.maximum(self.scale, self._floor())
+        dev = np.clip(x - self.mean, -self.clip * s, self.clip * s)
+        self.mean = self.mean + rate * dev
+        # mean absolute deviation * 1.25 estimates the std of a normal
+        self.scale = self.scale + rate * (1.25 * np.abs(dev) - self.scale)
+        self.count += 1
+
+    def get_state(self) -> dict[str, npt.NDArray[Any]]:
+        """Statistics as plain arrays."""
+        return {"mean": self.mean.copy(), "scale": self.scale.copy(),
+                "count": np.array(self.count, dtype=np.int64)}
+
+    def set_state(self, state: dict[str, npt.NDArray[Any]]) -> None:
+        """Restore from :meth:`get_state`."""
+        mean = np.asarray(state["mean"], dtype=np.float64)
+        if mean.shape != (self.n_channels,):
+            raise StateError("normaliser state has another width", shape=mean.shape,
+                             expected=(self.n_channels,))
+        self.mean = mean.copy()
+        self.scale = np.asarray(state["scale"], dtype=np.float64).copy()
+        self.count = int(state["count"])
+
+
+class AnomalyLikelihood:
+    """Turn raw anomaly scores into a likelihood in [0, 1] over a rolling window.
+
+    Keeps the last ``window`` raw scores. The likelihood of step t compares
+    the mean of the last ``short`` raw scores with the distribution of the
+    window (robust location = median, scale = 1.4826 * MAD, floored):
+    ``z = (short_mean - median) / scale`` and ``likelihood = 1 / (1 + exp(-1.7 z))``,
+    a logistic approximation of the normal CDF whose tail does not round to
+    1.0 before z ~ 20, so strong anomalies stay ranked. Until ``min_history``
+    scores have been seen the likelihood is 0.5.
+
+    Parameters
+    ----------
+    window : int
+        Rolling window of raw scores (steps).
+    short : int
+        Steps averaged for the current level.
+    min_history : int
+        Scores needed before the likelihood departs from 0.5.
+    """
+
+    def __init__(self, *, window: int = 1000, short: int = 5, min_history: int = 50) -> None:
+        self.window = int(window)
+        self.short = int(short)
+        self.min_history = int(min_history)
+        self.buf = np.zeros(self.window)
+        self.pos = 0
+        self.count = 0
+
+    def score_one(self, raw: float) -> float:
+        """Add one raw score and return the likelihood of the current step."""
+        self.buf[self.pos] = raw
+        self.pos = (self.pos + 1) % self.window
+        self.count += 1
+        n = min(self.count, self.window)
+        if n < self.min_history:
+            return 0.5
+        hist = self.buf if n == self.window else self.buf[:n]
+        k = min(self.short, n)
+        idx = (self.pos - 1 - np.arange(k)) % self.window
+        recent = float(self.buf[idx].mean())
+        med = float(np.median(hist))
+        mad = float(np.median(np.abs(hist - med)))
+        scale = max(1.4826 * mad, 1e-6 * (1.0 + abs(med)), 1e-12)
+        # the mean of k samples has a k**0.5 smaller spread than one sample
+        z = (recent - med) / scale * math.sqrt(k)
+        return 1.0 / (1.0 + math.exp(-1.7 * max(min(z, 400.0), -400.0)))
+
+    def get_state(self) -> dict[str, npt.NDArray[Any]]:
+        """Window and counters as plain arrays."""
+        return {"buf": self.buf.copy(), "pos": np.array(self.pos, dtype=np.int64),
+                "count": np.array(self.count, dtype=np.int64)}
+
+    def set_state(self, state: dict[str, npt.NDArray[Any]]) -> None:
+        """Restore from :meth:`get_state`."""
+        buf = np.asarray(state["buf"], dtype=np.float64)
+        if buf.shape != (self.window,):
+            raise StateError("likelihood window has another length", shape=buf.shape,
+                             expected=(self.window,))
+        self.buf = buf.copy()
+        self.pos = int(state["pos"])
+        self.count = int(state["count"])
