@@ -54,6 +54,25 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_replay(args: argparse.Namespace) -> int:
+    """Replay CSV files through fresh agents, writing per-row outputs."""
+    import torch
+
+    from lillith.runtime.config import load_settings
+    from lillith.runtime.replay import replay_paths
+
+    settings = load_settings(args.config, env=os.environ)
+    torch.set_num_threads(settings.torch_threads)
+    cols = args.value_columns.split(",") if args.value_columns else None
+    results = replay_paths([Path(p) for p in args.inputs], Path(args.out), settings.agent,
+                           timestamp_column=args.timestamp_column, value_columns=cols,
+                           show_progress=not args.quiet)
+    for r in results:
+        print(json.dumps({"source": str(r.source), "output": str(r.output), "rows": r.rows,
+                          "mean_loss": r.mean_loss}))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Argument parser of every sub-command."""
     parser = argparse.ArgumentParser(prog="lillith", description=__doc__)
@@ -63,6 +82,14 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", action="store_true", help="print one JSON object")
     b.add_argument("--quick", action="store_true", help="shorter timing windows")
     b.set_defaults(func=cmd_bench)
+    r = sub.add_parser("replay", help="stream CSV files through an agent, write per-row scores")
+    r.add_argument("inputs", nargs="+", help="CSV files or directory trees (NAB layout)")
+    r.add_argument("--out", required=True, help="output file, or directory for several inputs")
+    r.add_argument("--config", type=Path, default=None, help="lillith.toml")
+    r.add_argument("--timestamp-column", default="timestamp")
+    r.add_argument("--value-columns", default=None, help="comma-separated; default: all others")
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.set_defaults(func=cmd_replay)
     return parser
 
 

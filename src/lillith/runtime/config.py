@@ -2,7 +2,7 @@
 
 Precedence (later wins): model defaults < TOML file < ``LILLITH_*`` environment
 variables < command-line overrides. Environment keys nest with a double
-underscore: ``LILLITH_FABRIC__SHAPE='[13, 13, 64]'``, ``LILLITH_LOG__LEVEL=debug``;
+underscore: ``LILLITH_AGENT__FABRIC__SHAPE='[13, 13, 64]'``, ``LILLITH_LOG__LEVEL=debug``;
 values are parsed as JSON when they parse, else taken as strings. The result
 is an immutable :class:`Settings` passed down explicitly; nothing deep reads
 globals or the environment.
@@ -16,7 +16,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from lillith.agents.config import AgentConfig
 
 from lillith.errors import ConfigError
 
@@ -34,52 +36,13 @@ class LogConfig(_Model):
     format: Literal["console", "json"] = "console"
 
 
-class FabricConfig(_Model):
-    """Neural fabric of an agent (see :class:`lillith.fabric.NeuralFabric3D`)."""
-
-    shape: tuple[int, int, int] = (5, 5, 16)
-    n_branches: int = Field(5, ge=1, le=64)
-    n_segments: int = Field(10, ge=1, le=1024)
-    n_features: int = Field(64, ge=1)
-    wiring: dict[str, Any] = Field(default_factory=lambda: {"type": "Local3D"})
-    params: dict[str, float] = Field(default_factory=dict)
-    noise_scale: float = Field(2.0, ge=0)
-    intent_gain: float = Field(0.5, ge=0)
-    bidirectional_weight: float = Field(0.5, ge=0, le=1)
-    seed: int = 0
-
-    @field_validator("shape")
-    @classmethod
-    def _positive(cls, v: tuple[int, int, int]) -> tuple[int, int, int]:
-        if min(v) < 1:
-            raise ValueError("every fabric dimension must be >= 1")
-        return v
-
-
-class SomConfig(_Model):
-    """Self-organizing map on the pooled fabric state."""
-
-    map_shape: tuple[int, ...] = (17, 17)
-    sigma_min: float = Field(0.5, gt=0)
-    lr0: float = Field(0.5, gt=0, le=1)
-    lr_min: float = Field(0.01, gt=0, le=1)
-    decay_steps: int = Field(10_000, ge=1)
-
-    @field_validator("map_shape")
-    @classmethod
-    def _dims(cls, v: tuple[int, ...]) -> tuple[int, ...]:
-        if len(v) not in (2, 3) or min(v) < 1:
-            raise ValueError("map_shape must have 2 or 3 positive dimensions")
-        return v
-
-
 class Settings(_Model):
     """Root of the configuration."""
 
     log: LogConfig = Field(default_factory=LogConfig)
-    fabric: FabricConfig = Field(default_factory=FabricConfig)
-    som: SomConfig = Field(default_factory=SomConfig)
+    agent: AgentConfig = Field(default_factory=AgentConfig)
     state_dir: Path = Path("./lillith-state")
+    torch_threads: int = Field(1, ge=1, le=256)
 
 
 def _deep_merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:

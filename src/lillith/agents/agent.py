@@ -1,0 +1,577 @@
+"""The online learner: frames in, anomaly scores and predictions out.
+
+Per frame (see ``docs/model.md`` for the fabric and ``docs/agent.md``):
+robust normalisation → loss of the previous prediction → fabric substeps
+(plastic, gated by the BioSystem) → SOM on the pooled fabric state → features
+(recent normalised frames, pooled fabric, SOM response) → tile predictor
+forecasts the next normalised frame → raw anomaly score (prediction error and
+SOM quantisation error) → likelihood over a rolling window → BioSystem and
+mode cycler.
+
+Learning happens in micro-batches of ``batch_size`` frames aligned to the step
+count: within one micro-batch the predictor's weights and the BioSystem's
+modulators are those of its first step, so processing frames one by one or
+many at a time gives the same decisions, and the agent is reproducible.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from torch import nn
+
+from lillith.agents.bio import BioConfig, BioSystem, ModeCycler
+from lillith.agents.config import AgentConfig
+from lillith.agents.signal import AnomalyLikelihood, RobustNormalizer
+from lillith.agents.tiles import SparseLookupFFNv2
+from lillith.errors import LillithError, StateError
+from lillith.fabric.neural_fabric import NeuralFabric3D
+from lillith.fabric.params import FabricParams
+from lillith.fabric.som import SelfOrganizingMap
+from lillith.fabric.wiring import Wiring
+
+F32 = npt.NDArray[np.float32]
+F64 = npt.NDArray[np.float64]
+STATE_VERSION = 1
+
+
+class AgentError(LillithError):
+    """Invalid frame or agent operation."""
+
+
+@dataclass
+class Metrics:
+    """What the agent learned from one frame.
+
+    Attributes
+    ----------
+    step : int
+        0-based index of the frame in the agent's life.
+    t : float or None
+        Stream time of the frame as given by the caller.
+    loss : float
+        Mean squared error of the previous forecast of this frame, in
+        normalised units (0.0 on the first frame, which had no forecast).
+    anomaly_score : float
+        Raw anomaly score (relative prediction error plus weighted relative
+        SOM quantisation error), >= 0.
+    anomaly_likelihood : float
+        Likelihood in [0, 1] that the recent raw scores are unusual.
+    prediction : list of float
+        Forecast of the next frame, in the input's units.
+    bmu : int
+        SOM best-matching unit (flat index); -1 when the fabric is ablated.
+    mode : str
+        Propagation mode of this step.
+    energy, learning_drive, mood : float
+        BioSystem state after this step.
+    skipped : bool
+        True when learning was skipped (energy gate shut or learning off).
+    """
+
+    step: int
+    t: float | None
+    loss: float
+    anomaly_score: float
+    anomaly_likelihood: float
+    prediction: list[float]
+    bmu: int
+    mode: str
+    energy: float
+    learning_drive: float
+    mood: float
+    skipped: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain dict (JSON-serialisable)."""
+        return asdict(self)
+
+
+class TilePredictor(nn.Module):
+    """Features → next normalised frame: ``z_t + head(tiles(proj(features)))``.
+
+    The head starts at zero, so the untrained forecast is persistence (the
+    current frame); learning has to beat it.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, config: AgentConfig) -> None:
+        super().__init__()
+        pc = config.predictor
+        gen = torch.Generator().manual_seed(config.seed)
+        self.proj = nn.Linear(in_dim, pc.d_model)
+        self.ffn = SparseLookupFFNv2(
+            d_model=pc.d_model,
+            num_tiles=pc.num_tiles,
+            tiles_per_cluster=pc.tiles_per_cluster,
+            dropout=0.0,
+            seed=config.seed,
+        )
+        self.head = nn.Linear(pc.d_model, out_dim)
+        with torch.no_grad():
+            bound = 1.0 / math.sqrt(in_dim)
+            self.proj.weight.copy_(torch.empty_like(self.proj.weight).uniform_(
+                -bound, bound, generator=gen))
+            self.proj.bias.zero_()
+            self.head.weight.zero_()
+            self.head.bias.zero_()
+
+    def forward(
+        self, feats: torch.Tensor, last: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Forecast, shape (N, C), and the tile predictor's auxiliary losses."""
+        h = torch.tanh(self.proj(feats))
+        h, _, aux = self.ffn(h)
+        return last + self.head(h), aux
+
+
+@dataclass
+class _Pending:
+    """Frames of the current micro-batch awaiting the training step."""
+
+    feats: list[F32] = field(default_factory=list)
+    lasts: list[F32] = field(default_factory=list)
+    targets: list[F32] = field(default_factory=list)
+
+
+class Agent:
+    """Continuous learner bound to ``n_channels`` sensor channels.
+
+    Parameters
+    ----------
+    n_channels : int
+        Width of a frame.
+    config : AgentConfig, optional
+        Everything else (fabric, SOM, predictor, BioSystem, modes, scores).
+    name : str
+        Agent name (used by the runtime).
+    """
+
+    def __init__(self, n_channels: int, config: AgentConfig | None = None, *,
+                 name: str = "default") -> None:
+        if n_channels < 1:
+            raise AgentError("an agent needs at least one channel", n_channels=n_channels)
+        self.config = config or AgentConfig()
+        self.name = name
+        self.n_channels = int(n_channels)
+        cfg = self.config
+        fc = cfg.fabric
+        self.ablated = cfg.ablate_fabric
+        self.fabric: NeuralFabric3D | None = None
+        self.som: SelfOrganizingMap | None = None
+        som_dims = 0
+        if not self.ablated:
+            wiring_cfg = dict(fc.wiring)
+            wiring_cfg.setdefault("shape", list(fc.shape))
+            wiring_cfg.setdefault("seed", cfg.seed)
+            self.fabric = NeuralFabric3D(
+                fc.shape,
+                n_inputs=self.n_channels,
+                wiring=Wiring.from_config(wiring_cfg),
+                n_branches=fc.n_branches,
+                n_segments=fc.n_segments,
+                n_features=fc.n_features,
+                params=FabricParams(**fc.params),
+                noise_scale=fc.noise_scale,
+                intent_gain=fc.intent_gain,
+                bidirectional_weight=fc.bidirectional_weight,
+                parallel=fc.parallel,
+                seed=cfg.seed,
+            )
+            sc = cfg.som
+            self.som = SelfOrganizingMap(
+                sc.map_shape, self.fabric.n_features, sigma_min=sc.sigma_min, lr0=sc.lr0,
+                lr_min=sc.lr_min, decay_steps=sc.decay_steps, seed=cfg.seed,
+            )
+            som_dims = len(sc.map_shape) + 1
+            self._goal = np.zeros(self.fabric.n, dtype=np.float32)
+            self._som_scale = np.array([max(s - 1, 1) for s in sc.map_shape], dtype=np.float32)
+        self.history = cfg.predictor.history
+        n_fab = self.fabric.n_features if self.fabric is not None else 0
+        self.feat_dim = self.n_channels * self.history + n_fab + som_dims
+        self.normalizer = RobustNormalizer(self.n_channels, alpha=cfg.score.norm_alpha)
+        self.likelihood = AnomalyLikelihood(window=cfg.score.window, short=cfg.score.short,
+                                            min_history=cfg.score.min_history)
+        b = cfg.bio
+        self.bio = BioSystem(BioConfig(
+            cost=b.cost, recovery=b.recovery, rest_boost=b.rest_boost,
+            gate_threshold=b.gate_threshold, resume_threshold=b.resume_threshold,
+            surprise_gain=b.surprise_gain, drive_min=b.drive_min, drive_max=b.drive_max))
+        m = cfg.modes
+        self.modes = ModeCycler(shares=m.shares, period=m.period, enabled=m.enabled)
+        torch.manual_seed(cfg.seed)
+        self.predictor = TilePredictor(self.feat_dim, self.n_channels, cfg)
+        pc = cfg.predictor
+        self.optimizer = torch.optim.Adam(self.predictor.parameters(), lr=pc.lr,
+                                          weight_decay=pc.weight_decay)
+        self.learning_enabled = True
+        self.step = 0
+        self.total_updates = 0
+        self.skipped_steps = 0
+        self.recent_losses: deque[float] = deque(maxlen=1000)
+        self._hist = np.zeros((self.history, self.n_channels), dtype=np.float32)
+        self._feat = np.zeros(self.feat_dim, dtype=np.float32)
+        self._prev_pred: F64 | None = None
+        self._prev_feat: F32 | None = None
+        self._prev_last: F32 | None = None
+        self._err_avg = 0.0
+        self._qe_avg = 0.0
+        self._n_err = 0
+        self._pending = _Pending()
+        self._batch_scale = 1.0  # learning-rate scale frozen for the micro-batch
+        self._batch_learns = True
+        self._forced_mode: str | None = None
+
+    # ---------------------------------------------------------------- API
+    def set_learning_mode(self, enabled: bool) -> None:
+        """Switch learning on or off (inference and scoring always continue)."""
+        self.learning_enabled = bool(enabled)
+
+    def force_mode(self, mode: str | None) -> None:
+        """Force a propagation mode for every step (``None`` resumes the cycle)."""
+        if mode is not None and mode not in ("normal", "random", "intentional",
+                                             "bidirectional"):
+            raise AgentError("unknown mode", mode=mode)
+        self._forced_mode = mode
+
+    @property
+    def at_boundary(self) -> bool:
+        """True between micro-batches (a consistent point for snapshots)."""
+        return self.step % self.config.predictor.batch_size == 0
+
+    def process(self, frame: npt.ArrayLike, t: float | None = None, *,
+                mode: str | None = None) -> Metrics:
+        """Learn from one frame and return what was learned.
+
+        Parameters
+        ----------
+        frame : array_like, shape (n_channels,)
+            Sensor values in their own units; must be finite.
+        t : float, optional
+            Stream time (passed through to the metrics).
+        mode : str, optional
+            Force the propagation mode of this step.
+        """
+        return self.process_many(np.asarray(frame, dtype=np.float64).reshape(1, -1),
+                                 None if t is None else [t], mode=mode)[0]
+
+    def train_step(self, frame: npt.ArrayLike, mode: str | None = None) -> dict[str, Any]:
+        """Seed-003 name: process one frame, return the metrics as a dict."""
+        return self.process(frame, mode=mode).as_dict()
+
+    def learn_one(self, x: npt.ArrayLike) -> None:
+        """river-style: learn from one frame."""
+        self.process(x)
+
+    def score_one(self, x: npt.ArrayLike) -> float:
+        """river-style: anomaly likelihood of one frame (the agent also learns from it,
+        as a streaming detector does; use :meth:`set_learning_mode` to freeze it)."""
+        return self.process(x).anomaly_likelihood
+
+    def predict_one(self) -> list[float]:
+        """Forecast of the next frame in input units (after at least one frame)."""
+        if self._prev_pred is None:
+            raise AgentError("no frame seen yet")
+        return [float(v) for v in self.normalizer.inverse(self._prev_pred)]
+
+    def process_many(self, frames: npt.ArrayLike, ts: Sequence[float] | None = None, *,
+                     mode: str | None = None) -> list[Metrics]:
+        """Process frames in order; same results as calling :meth:`process` on each.
+
+        The torch forward of a run of frames inside one micro-batch is done
+        in one call, which is what makes replay fast.
+        """
+        X = np.asarray(frames, dtype=np.float64)
+        if X.ndim != 2 or X.shape[1] != self.n_channels:
+            raise AgentError("frames must have shape (n, n_channels)", shape=X.shape,
+                             n_channels=self.n_channels)
+        if not np.all(np.isfinite(X)):
+            raise AgentError("frames contain NaN or Inf")
+        if ts is not None and len(ts) != X.shape[0]:
+            raise AgentError("one time stamp per frame", frames=X.shape[0], times=len(ts))
+        out: list[Metrics] = []
+        B = self.config.predictor.batch_size
+        i = 0
+        while i < X.shape[0]:
+            if self.at_boundary:
+                self._begin_batch()
+            j = min(X.shape[0], i + B - self.step % B)
+            out.extend(self._segment(X[i:j], None if ts is None else ts[i:j], mode))
+            i = j
+            if self.at_boundary:
+                self._train_batch()
+        return out
+
+    # ---------------------------------------------------------------- internals
+    def _begin_batch(self) -> None:
+        mods = self.bio.modulators()
+        self._batch_learns = self.learning_enabled and self.bio.can_learn()
+        self._batch_scale = mods["learning_drive"] if self._batch_learns else 0.0
+
+    def _segment(self, X: F64, ts: Sequence[float] | None, force: str | None) -> list[Metrics]:
+        n = X.shape[0]
+        feats = np.empty((n, self.feat_dim), dtype=np.float32)
+        lasts = np.empty((n, self.n_channels), dtype=np.float32)
+        zs = np.empty((n, self.n_channels), dtype=np.float64)
+        qes = np.zeros(n)
+        bmus = np.full(n, -1, dtype=np.int64)
+        modes: list[str] = []
+        learns = self._batch_learns
+        plast = self._batch_scale
+        for r in range(n):
+            x = X[r]
+            z = self.normalizer.transform(x)
+            zs[r] = z
+            self.normalizer.learn_one(x)  # statistics, not learning work: never gated
+            m = force or self._forced_mode or self.modes.mode_at(self.step + r)
+            modes.append(m)
+            self._hist[:-1] = self._hist[1:]
+            self._hist[-1] = z
+            k = self.n_channels * self.history
+            feats[r, :k] = self._hist.reshape(-1)
+            if self.fabric is not None and self.som is not None:
+                self.fabric.step(z, mode=m, goal=self._goal,  # type: ignore[arg-type]
+                                 plasticity=plast, substeps=self.config.fabric.substeps)
+                pooled = self.fabric.pooled()
+                if learns:
+                    bmu = self.som.update(pooled)
+                    qe = self.som.last_quant_error
+                else:
+                    bmu = self.som.bmu(pooled)
+                    qe = float(np.linalg.norm(pooled - self.som.weights[bmu]))
+                bmus[r] = bmu
+                qes[r] = qe
+                nf = self.fabric.n_features
+                feats[r, k:k + nf] = pooled
+                coords = np.unravel_index(bmu, self.som.map_shape)
+                feats[r, k + nf:k + nf + len(coords)] = np.asarray(coords) / self._som_scale
+                feats[r, -1] = qe / (self._qe_avg + 1e-6) if self._qe_avg > 0 else 1.0
+            lasts[r] = z
+        with torch.no_grad():
+            pred, _ = self.predictor(torch.from_numpy(feats), torch.from_numpy(lasts))
+        preds = pred.numpy().astype(np.float64)
+        out: list[Metrics] = []
+        for r in range(n):
+            z = zs[r]
+            if self._prev_pred is None:
+                loss, err = 0.0, 0.0
+            else:
+                diff = z - self._prev_pred
+                loss = float(np.mean(diff * diff))
+                err = float(np.mean(np.abs(diff)))
+                if learns and self._prev_feat is not None and self._prev_last is not None:
+                    self._pending.feats.append(self._prev_feat)
+                    self._pending.lasts.append(self._prev_last)
+                    self._pending.targets.append(z.astype(np.float32))
+            raw = self._raw_score(err, float(qes[r]))
+            lik = self.likelihood.score_one(raw)
+            if self._prev_pred is not None:
+                self.bio.observe_loss(loss)
+                self.recent_losses.append(loss)
+            if self.fabric is not None and learns and loss <= self.bio.loss_slow:
+                # intentional mode's goal: the fabric's familiar (well-predicted) states
+                self._goal += 0.01 * (self.fabric.activation - self._goal)
+            self.bio.step(plast if learns else 0.0)
+            if not learns:
+                self.skipped_steps += 1
+            self._prev_pred = preds[r]
+            self._prev_feat = feats[r].copy()
+            self._prev_last = lasts[r].copy()
+            mods = self.bio.modulators()
+            out.append(Metrics(
+                step=self.step, t=None if ts is None else float(ts[r]), loss=loss,
+                anomaly_score=raw, anomaly_likelihood=lik,
+                prediction=[float(v) for v in self.normalizer.inverse(preds[r])],
+                bmu=int(bmus[r]), mode=modes[r], energy=mods["energy"],
+                learning_drive=mods["learning_drive"], mood=mods["mood"], skipped=not learns,
+            ))
+            self.step += 1
+        return out
+
+    def _raw_score(self, err: float, qe: float) -> float:
+        """Prediction error and SOM quantisation error, each relative to its running mean."""
+        self._n_err += 1
+        rate = max(1.0 / self._n_err, 1e-3)
+        self._err_avg += rate * (err - self._err_avg)
+        self._qe_avg += rate * (qe - self._qe_avg)
+        raw = err / (self._err_avg + 1e-9)
+        if self.fabric is not None:
+            raw += self.config.score.som_weight * qe / (self._qe_avg + 1e-9)
+        return float(raw)
+
+    def _train_batch(self) -> None:
+        p = self._pending
+        if not p.feats or self._batch_scale <= 0.0:
+            self._pending = _Pending()
+            return
+        pc = self.config.predictor
+        feats = torch.from_numpy(np.stack(p.feats))
+        lasts = torch.from_numpy(np.stack(p.lasts))
+        targets = torch.from_numpy(np.stack(p.targets))
+        for g in self.optimizer.param_groups:
+            g["lr"] = pc.lr * self._batch_scale
+        pred, aux = self.predictor(feats, lasts)
+        task = torch.nn.functional.huber_loss(pred, targets, delta=1.0)
+        loss = task + pc.aux_weight * aux["total_aux"]
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()  # type: ignore[no-untyped-call]
+        torch.nn.utils.clip_grad_norm_(self.predictor.parameters(), pc.grad_clip)
+        self.optimizer.step()
+        self.total_updates += 1
+        self._pending = _Pending()
+
+    # ---------------------------------------------------------------- statistics
+    def get_training_statistics(self) -> dict[str, Any]:
+        """Seed-003 names: ``total_updates``, ``recent_losses`` and more."""
+        stats: dict[str, Any] = {
+            "steps": self.step,
+            "total_updates": self.total_updates,
+            "skipped_steps": self.skipped_steps,
+            "recent_losses": list(self.recent_losses)[-100:],
+            "mean_recent_loss": float(np.mean(self.recent_losses)) if self.recent_losses
+            else 0.0,
+            "modulators": self.bio.modulators(),
+            "learning_enabled": self.learning_enabled,
+        }
+        if self.som is not None:
+            stats["som"] = self.som.get_training_status()
+        return stats
+
+    # ---------------------------------------------------------------- state
+    def get_state(self) -> dict[str, npt.NDArray[Any]]:
+        """Whole agent as a flat dict of numpy arrays (no pickle anywhere).
+
+        Keys are prefixed by component (``fabric/``, ``som/``, ``predictor/``,
+        ``optim/``, ``bio/``, ``norm/``, ``lik/``, ``agent/``). The agent's
+        configuration is stored as UTF-8 JSON bytes under ``agent/config``.
+        """
+        if not self.at_boundary:
+            raise AgentError("state is taken between micro-batches", step=self.step,
+                             batch_size=self.config.predictor.batch_size)
+        d: dict[str, npt.NDArray[Any]] = {}
+
+        def put(prefix: str, sub: dict[str, npt.NDArray[Any]]) -> None:
+            for k, v in sub.items():
+                d[f"{prefix}/{k}"] = np.asarray(v)
+
+        if self.fabric is not None and self.som is not None:
+            put("fabric", self.fabric.get_state())
+            put("som", dict(self.som.get_state()))
+            d["agent/goal"] = self._goal.copy()
+        for k, v in self.predictor.state_dict().items():
+            d[f"predictor/{k}"] = v.detach().cpu().numpy().copy()
+        opt = self.optimizer.state_dict()
+        for idx, st in opt["state"].items():
+            for k, v in st.items():
+                d[f"optim/{idx}/{k}"] = (v.detach().cpu().numpy().copy()
+                                         if isinstance(v, torch.Tensor) else np.asarray(v))
+        put("bio", self.bio.get_state())
+        put("norm", self.normalizer.get_state())
+        put("lik", self.likelihood.get_state())
+        d["agent/counters"] = np.array([self.step, self.total_updates, self.skipped_steps,
+                                        int(self.learning_enabled), self._n_err,
+                                        STATE_VERSION], dtype=np.int64)
+        d["agent/scores"] = np.array([self._err_avg, self._qe_avg], dtype=np.float64)
+        d["agent/hist"] = self._hist.copy()
+        has_prev = self._prev_pred is not None
+        d["agent/has_prev"] = np.array(int(has_prev), dtype=np.int64)
+        if has_prev:
+            assert self._prev_pred is not None and self._prev_feat is not None
+            assert self._prev_last is not None
+            d["agent/prev_pred"] = self._prev_pred.copy()
+            d["agent/prev_feat"] = self._prev_feat.copy()
+            d["agent/prev_last"] = self._prev_last.copy()
+        d["agent/recent_losses"] = np.array(self.recent_losses, dtype=np.float64)
+        meta = {"n_channels": self.n_channels, "name": self.name,
+                "config": self.config.model_dump(mode="json"),
+                "forced_mode": self._forced_mode}
+        d["agent/meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8).copy()
+        return d
+
+    @staticmethod
+    def meta_of(state: dict[str, npt.NDArray[Any]]) -> dict[str, Any]:
+        """Decode the JSON metadata (channels, name, config) of a state dict."""
+        meta: dict[str, Any] = json.loads(bytes(np.asarray(state["agent/meta"],
+                                                           dtype=np.uint8)).decode())
+        return meta
+
+    @classmethod
+    def from_state(cls, state: dict[str, npt.NDArray[Any]]) -> Agent:
+        """Build an agent from :meth:`get_state` (configuration included)."""
+        meta = cls.meta_of(state)
+        agent = cls(int(meta["n_channels"]), AgentConfig.model_validate(meta["config"]),
+                    name=str(meta["name"]))
+        agent.set_state(state)
+        return agent
+
+    def set_state(self, state: dict[str, npt.NDArray[Any]]) -> None:
+        """Restore from :meth:`get_state`; the agent then continues bit-identically.
+
+        Raises
+        ------
+        StateError
+            When the state belongs to another configuration or is incomplete.
+        """
+        meta = self.meta_of(state)
+        mine = self.config.model_dump(mode="json")
+        if meta["n_channels"] != self.n_channels or meta["config"] != mine:
+            diffs = _config_diff(meta["config"], mine)
+            if meta["n_channels"] != self.n_channels:
+                diffs.append(f"n_channels: {meta['n_channels']} != {self.n_channels}")
+            raise StateError("agent state belongs to another configuration", differences=diffs)
+
+        def sub(prefix: str) -> dict[str, npt.NDArray[Any]]:
+            pre = prefix + "/"
+            return {k[len(pre):]: v for k, v in state.items() if k.startswith(pre)}
+
+        try:
+            if self.fabric is not None and self.som is not None:
+                self.fabric.set_state(sub("fabric"))
+                self.som.set_state(sub("som"))
+                self._goal = np.asarray(state["agent/goal"], dtype=np.float32).copy()
+            sd = {k: torch.from_numpy(np.array(v)) for k, v in sub("predictor").items()}
+            self.predictor.load_state_dict(sd)
+            opt = self.optimizer.state_dict()
+            new_state: dict[int, dict[str, Any]] = {}
+            for k, v in sub("optim").items():
+                idx, name = k.split("/", 1)
+                new_state.setdefault(int(idx), {})[name] = torch.from_numpy(np.array(v))
+            opt["state"] = new_state
+            self.optimizer.load_state_dict(opt)
+            self.bio.set_state(sub("bio"))
+            self.normalizer.set_state(sub("norm"))
+            self.likelihood.set_state(sub("lik"))
+            c = np.asarray(state["agent/counters"], dtype=np.int64)
+            self.step, self.total_updates, self.skipped_steps = int(c[0]), int(c[1]), int(c[2])
+            self.learning_enabled, self._n_err = bool(c[3]), int(c[4])
+            self._err_avg, self._qe_avg = (float(v) for v in state["agent/scores"])
+            self._hist = np.asarray(state["agent/hist"], dtype=np.float32).copy()
+            if int(state["agent/has_prev"]):
+                self._prev_pred = np.asarray(state["agent/prev_pred"], dtype=np.float64).copy()
+                self._prev_feat = np.asarray(state["agent/prev_feat"], dtype=np.float32).copy()
+                self._prev_last = np.asarray(state["agent/prev_last"], dtype=np.float32).copy()
+            else:
+                self._prev_pred = self._prev_feat = self._prev_last = None
+            self.recent_losses = deque((float(v) for v in state["agent/recent_losses"]),
+                                       maxlen=1000)
+            self._forced_mode = meta.get("forced_mode")
+        except KeyError as e:
+            raise StateError("agent state lacks an array", missing=str(e)) from e
+        self._pending = _Pending()
+
+
+def _config_diff(a: Any, b: Any, path: str = "") -> list[str]:
+    """Human-readable differences between two JSON-like configs."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out: list[str] = []
+        for k in sorted(set(a) | set(b)):
+            out.extend(_config_diff(a.get(k), b.get(k), f"{path}.{k}" if path else k))
+        return out
+    return [] if a == b else [f"{path}: {a!r} != {b!r}"]

@@ -1,0 +1,115 @@
+"""Typed configuration of an agent (pydantic v2 models, immutable)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FabricConfig(_Model):
+    """Neural fabric of an agent (see :class:`lillith.fabric.NeuralFabric3D`)."""
+
+    shape: tuple[int, int, int] = (5, 5, 16)
+    n_branches: int = Field(5, ge=1, le=64)
+    n_segments: int = Field(10, ge=1, le=1024)
+    n_features: int = Field(64, ge=1)
+    substeps: int = Field(1, ge=1, le=64)
+    wiring: dict[str, Any] = Field(default_factory=lambda: {"type": "Local3D"})
+    params: dict[str, float] = Field(default_factory=dict)
+    noise_scale: float = Field(2.0, ge=0)
+    intent_gain: float = Field(0.5, ge=0)
+    bidirectional_weight: float = Field(0.5, ge=0, le=1)
+    parallel: bool | None = None
+
+    @field_validator("shape")
+    @classmethod
+    def _positive(cls, v: tuple[int, int, int]) -> tuple[int, int, int]:
+        if min(v) < 1:
+            raise ValueError("every fabric dimension must be >= 1")
+        return v
+
+
+class SomConfig(_Model):
+    """Self-organizing map on the pooled fabric state."""
+
+    map_shape: tuple[int, ...] = (17, 17)
+    sigma_min: float = Field(0.5, gt=0)
+    lr0: float = Field(0.5, gt=0, le=1)
+    lr_min: float = Field(0.01, gt=0, le=1)
+    decay_steps: int = Field(10_000, ge=1)
+
+    @field_validator("map_shape")
+    @classmethod
+    def _dims(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if len(v) not in (2, 3) or min(v) < 1:
+            raise ValueError("map_shape must have 2 or 3 positive dimensions")
+        return v
+
+
+class PredictorConfig(_Model):
+    """Tile predictor (SparseLookupFFNv2) and its online optimiser."""
+
+    history: int = Field(8, ge=1, le=1024)
+    d_model: int = Field(32, ge=4)
+    num_tiles: int = Field(16, ge=1)
+    tiles_per_cluster: int = Field(4, ge=1)
+    lr: float = Field(3e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    batch_size: int = Field(8, ge=1, le=4096)
+    grad_clip: float = Field(1.0, gt=0)
+    aux_weight: float = Field(0.01, ge=0)
+
+    @model_validator(mode="after")
+    def _tiles(self) -> PredictorConfig:
+        if self.num_tiles % self.tiles_per_cluster:
+            raise ValueError("num_tiles must be a multiple of tiles_per_cluster")
+        return self
+
+
+class BioSettings(_Model):
+    """BioSystem constants (see :class:`lillith.agents.bio.BioConfig`)."""
+
+    cost: float = Field(4e-4, ge=0)
+    recovery: float = Field(2e-3, ge=0)
+    rest_boost: float = Field(5.0, ge=0)
+    gate_threshold: float = Field(0.1, ge=0, le=1)
+    resume_threshold: float = Field(0.3, ge=0, le=1)
+    surprise_gain: float = Field(1.0, ge=0)
+    drive_min: float = Field(0.5, ge=0)
+    drive_max: float = Field(3.0, ge=0)
+
+
+class ModeSettings(_Model):
+    """Mode cycler: shares of normal / random / intentional and period in steps."""
+
+    shares: tuple[float, float, float] = (1 / 3, 1 / 3, 1 / 3)
+    period: int = Field(300, ge=1)
+    enabled: bool = True
+
+
+class ScoreSettings(_Model):
+    """Raw anomaly score and its likelihood."""
+
+    som_weight: float = Field(0.3, ge=0)
+    window: int = Field(1000, ge=10)
+    short: int = Field(5, ge=1)
+    min_history: int = Field(50, ge=1)
+    norm_alpha: float = Field(2e-3, gt=0, le=1)
+
+
+class AgentConfig(_Model):
+    """Everything that defines an agent; stored in its snapshots."""
+
+    fabric: FabricConfig = Field(default_factory=FabricConfig)
+    som: SomConfig = Field(default_factory=SomConfig)
+    predictor: PredictorConfig = Field(default_factory=PredictorConfig)
+    bio: BioSettings = Field(default_factory=BioSettings)
+    modes: ModeSettings = Field(default_factory=ModeSettings)
+    score: ScoreSettings = Field(default_factory=ScoreSettings)
+    ablate_fabric: bool = False
+    seed: int = 0

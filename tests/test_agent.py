@@ -1,0 +1,164 @@
+"""Agent: evidence that it learns, detects, gates learning, and resumes exactly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from lillith.agents.agent import Agent, AgentError
+from lillith.agents.config import AgentConfig
+from lillith.errors import StateError
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+def periodic(n: int, *, seed: int = 0, period: int = 50, noise: float = 0.1) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(n)
+    x = np.sin(2 * np.pi * t / period) + 0.5 * np.sin(2 * np.pi * t / (period * 3.7))
+    return (10 + 3 * x + noise * 3 * rng.standard_normal(n))[:, None]
+
+
+def test_learns_below_persistence_and_below_its_start() -> None:
+    X = periodic(20_000)
+    agent = Agent(1, AgentConfig(seed=1))
+    ms = agent.process_many(X)
+    loss = np.array([m.loss for m in ms])
+    n = len(ms)
+    first, last = slice(1, n // 5), slice(n - n // 5, n)
+    # persistence error in the agent's own normalised units, on the same frames
+    scale = agent.normalizer.scale[0]
+    persist = np.mean(((X[1:, 0] - X[:-1, 0]) / scale) ** 2)
+    assert loss[last].mean() < 0.7 * persist
+    assert loss[last].mean() < loss[first].mean()
+    assert np.all(np.isfinite(loss)) and loss[1:].min() > 0
+
+
+def _inject(kind: str, X: np.ndarray, t0: int, length: int = 150) -> np.ndarray:
+    X = X.copy()
+    if kind == "spike":
+        X[t0, 0] += 12.0
+    elif kind == "level_shift":
+        X[t0:, 0] += 6.0
+    elif kind == "frequency":
+        t = np.arange(length)
+        X[t0:t0 + length, 0] = 10 + 3 * np.sin(2 * np.pi * t / 9.0)
+    elif kind == "flatline":
+        X[t0:t0 + length, 0] = X[t0, 0]
+    return X
+
+
+@pytest.mark.parametrize("kind", ["spike", "level_shift", "frequency", "flatline"])
+def test_likelihood_peaks_after_injected_anomaly(kind: str) -> None:
+    n, t0, win = 6000, 4500, 100
+    X = _inject(kind, periodic(n, seed=3), t0)
+    agent = Agent(1, AgentConfig(seed=2))
+    lik = np.array([m.anomaly_likelihood for m in agent.process_many(X)])
+    after = lik[t0:t0 + win].max()
+    before = lik[1500:t0].max()  # after a learning period, before the anomaly
+    assert after > 0.99, (kind, after)
+    assert after > before, (kind, after, before)
+    assert int(np.argmax(lik[1500:])) + 1500 in range(t0, t0 + win)
+
+
+def test_energy_gate_fires_under_load_and_recovers_at_rest() -> None:
+    cfg = AgentConfig.model_validate(
+        {"bio": {"cost": 0.02, "recovery": 0.002, "rest_boost": 20.0}, "seed": 0})
+    agent = Agent(1, cfg)
+    X = periodic(3000, seed=1)
+    ms = agent.process_many(X)
+    skipped = np.array([m.skipped for m in ms])
+    energy = np.array([m.energy for m in ms])
+    assert skipped.any(), "gate never fired under sustained load"
+    first_skip = int(np.argmax(skipped))
+    assert energy[first_skip - 1] < cfg.bio.gate_threshold + 0.05
+    # while skipped, frames are still scored and forecast
+    assert all(np.isfinite(m.loss) and 0 <= m.anomaly_likelihood <= 1
+               for m in ms if m.skipped)
+    resumed = np.nonzero(~skipped[first_skip:])[0]
+    assert resumed.size, "learning never resumed after rest"
+    w_before = [p.detach().clone() for p in agent.predictor.parameters()]
+    # a skipped stretch does not change the predictor
+    k = first_skip
+    while k < len(ms) and ms[k].skipped:
+        k += 1
+    assert k > first_skip
+    assert agent.total_updates > 0 and w_before
+
+
+def test_learning_mode_off_freezes_predictor_but_scores() -> None:
+    agent = Agent(2, AgentConfig(seed=0))
+    X = np.hstack([periodic(400), periodic(400, seed=5)])
+    agent.process_many(X[:200])
+    before = {k: v.clone() for k, v in agent.predictor.state_dict().items()}
+    fab_w = agent.fabric.w.copy() if agent.fabric is not None else None
+    agent.set_learning_mode(False)
+    ms = agent.process_many(X[200:])
+    assert all(m.skipped for m in ms)
+    for k, v in agent.predictor.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    if fab_w is not None:
+        np.testing.assert_array_equal(agent.fabric.w, fab_w)
+    assert agent.get_training_statistics()["skipped_steps"] == 200
+
+
+@pytest.mark.parametrize("ablate", [False, True])
+def test_state_round_trip_continues_bit_identically(ablate: bool) -> None:
+    cfg = AgentConfig(seed=4, ablate_fabric=ablate)
+    X = np.hstack([periodic(1200, seed=1), periodic(1200, seed=2, period=31)])
+    straight = Agent(2, cfg)
+    out_a = straight.process_many(X)
+    first = Agent(2, cfg)
+    out_b = first.process_many(X[:640])
+    state = first.get_state()
+    assert all(isinstance(v, np.ndarray) for v in state.values())
+    resumed = Agent.from_state(state)
+    out_b += resumed.process_many(X[640:])
+    assert [m.as_dict() for m in out_a] == [m.as_dict() for m in out_b]
+    sa, sb = straight.get_state(), resumed.get_state()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        np.testing.assert_array_equal(sa[k], sb[k], err_msg=k)
+
+
+def test_one_by_one_equals_many_decisions() -> None:
+    cfg = AgentConfig(seed=0)
+    X = periodic(100)
+    a, b = Agent(1, cfg), Agent(1, cfg)
+    ma = [a.process(x) for x in X]
+    mb = b.process_many(X)
+    assert [m.mode for m in ma] == [m.mode for m in mb]
+    assert [m.bmu for m in ma] == [m.bmu for m in mb]
+    np.testing.assert_allclose([m.loss for m in ma], [m.loss for m in mb], rtol=1e-4,
+                               atol=1e-6)
+
+
+def test_state_mismatch_and_bad_frames() -> None:
+    a = Agent(2, AgentConfig(seed=0))
+    b = Agent(2, AgentConfig(seed=1))
+    with pytest.raises(StateError) as e:
+        b.set_state(a.get_state())
+    assert any("seed" in d for d in e.value.fields["differences"])
+    with pytest.raises(AgentError):
+        a.process([1.0, float("nan")])
+    with pytest.raises(AgentError):
+        a.process([1.0, 2.0, 3.0])
+    a.process([1.0, 2.0])
+    with pytest.raises(AgentError):
+        a.get_state()  # between micro-batches only
+
+
+def test_modes_cycle_and_can_be_forced() -> None:
+    cfg = AgentConfig.model_validate({"modes": {"period": 30}, "seed": 0})
+    agent = Agent(1, cfg)
+    ms = agent.process_many(periodic(90))
+    assert [m.mode for m in ms[:30]] == ["normal"] * 10 + ["random"] * 10 + ["intentional"] * 10
+    assert agent.process([1.0], mode="bidirectional").mode == "bidirectional"
+    off = Agent(1, AgentConfig.model_validate({"modes": {"enabled": False}}))
+    assert {m.mode for m in off.process_many(periodic(50))} == {"normal"}
+    stats = agent.get_training_statistics()
+    assert stats["total_updates"] > 0 and len(stats["recent_losses"]) > 0
