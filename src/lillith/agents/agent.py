@@ -41,6 +41,10 @@ from lillith.fabric.wiring import Wiring
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
 STATE_VERSION = 1
+# weight of the frame-to-frame change of the pooled fabric state in the SOM input
+DELTA_GAIN = 4.0
+# weight of log(mean |frame-to-frame change| of the recent normalised inputs) in it
+VAR_GAIN = 0.5
 
 
 class AgentError(LillithError):
@@ -186,8 +190,13 @@ class Agent:
                 seed=cfg.seed,
             )
             sc = cfg.som
+            # the SOM sees the pooled state and its change since the last frame,
+            # so unusual dynamics (a frozen or racing fabric) are novel too
+            # plus the log of the recent input variability, so a stuck (flat) or
+            # suddenly erratic sensor is far from every prototype
+            self._som_in = np.zeros(2 * self.fabric.n_features + 1, dtype=np.float32)
             self.som = SelfOrganizingMap(
-                sc.map_shape, self.fabric.n_features, sigma_min=sc.sigma_min, lr0=sc.lr0,
+                sc.map_shape, 2 * self.fabric.n_features + 1, sigma_min=sc.sigma_min, lr0=sc.lr0,
                 lr_min=sc.lr_min, decay_steps=sc.decay_steps, seed=cfg.seed,
             )
             som_dims = len(sc.map_shape) + 1
@@ -340,15 +349,20 @@ class Agent:
                 self.fabric.step(z, mode=m, goal=self._goal,  # type: ignore[arg-type]
                                  plasticity=plast, substeps=self.config.fabric.substeps)
                 pooled = self.fabric.pooled()
+                nf = self.fabric.n_features
+                som_in = self._som_in
+                som_in[nf:2 * nf] = DELTA_GAIN * (pooled - som_in[:nf])
+                som_in[:nf] = pooled
+                som_in[-1] = VAR_GAIN * math.log(
+                    float(np.mean(np.abs(np.diff(self._hist, axis=0)))) + 1e-3)
                 if learns:
-                    bmu = self.som.update(pooled)
+                    bmu = self.som.update(som_in)
                     qe = self.som.last_quant_error
                 else:
-                    bmu = self.som.bmu(pooled)
-                    qe = float(np.linalg.norm(pooled - self.som.weights[bmu]))
+                    bmu = self.som.bmu(som_in)
+                    qe = float(np.linalg.norm(som_in - self.som.weights[bmu]))
                 bmus[r] = bmu
                 qes[r] = qe
-                nf = self.fabric.n_features
                 feats[r, k:k + nf] = pooled
                 coords = np.unravel_index(bmu, self.som.map_shape)
                 feats[r, k + nf:k + nf + len(coords)] = np.asarray(coords) / self._som_scale
@@ -465,6 +479,7 @@ class Agent:
             put("fabric", self.fabric.get_state())
             put("som", dict(self.som.get_state()))
             d["agent/goal"] = self._goal.copy()
+            d["agent/som_in"] = self._som_in.copy()
         for k, v in self.predictor.state_dict().items():
             d[f"predictor/{k}"] = v.detach().cpu().numpy().copy()
         opt = self.optimizer.state_dict()
@@ -536,6 +551,7 @@ class Agent:
                 self.fabric.set_state(sub("fabric"))
                 self.som.set_state(sub("som"))
                 self._goal = np.asarray(state["agent/goal"], dtype=np.float32).copy()
+                self._som_in = np.asarray(state["agent/som_in"], dtype=np.float32).copy()
             sd = {k: torch.from_numpy(np.array(v)) for k, v in sub("predictor").items()}
             self.predictor.load_state_dict(sd)
             opt = self.optimizer.state_dict()

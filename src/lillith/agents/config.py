@@ -95,7 +95,7 @@ class ModeSettings(_Model):
 class ScoreSettings(_Model):
     """Raw anomaly score and its likelihood."""
 
-    som_weight: float = Field(0.3, ge=0)
+    som_weight: float = Field(1.0, ge=0)
     window: int = Field(1000, ge=10)
     short: int = Field(5, ge=1)
     min_history: int = Field(50, ge=1)

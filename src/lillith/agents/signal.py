@@ -108,62 +108,66 @@ class RobustNormalizer:
 class AnomalyLikelihood:
     """Turn raw anomaly scores into a likelihood in [0, 1] over a rolling window.
 
-    Keeps the last ``window`` raw scores. The likelihood of step t compares
-    the mean of the last ``short`` raw scores with the distribution of the
-    window (robust location = median, scale = 1.4826 * MAD, floored):
-    ``z = (short_mean - median) / scale`` and ``likelihood = 1 / (1 + exp(-1.7 z))``,
+    As Numenta's anomaly likelihood: the current level is the mean of the
+    last ``short`` raw scores; its distribution is estimated from the same
+    short means over the last ``window`` steps (robust location = median,
+    scale = 1.4826 * MAD, floored at a fraction of the location).
+    ``z = (level - median) / scale`` and ``likelihood = 1 / (1 + exp(-1.7 z))``,
     a logistic approximation of the normal CDF whose tail does not round to
     1.0 before z ~ 20, so strong anomalies stay ranked. Until ``min_history``
-    scores have been seen the likelihood is 0.5.
+    steps have been seen the likelihood is 0.5.
 
     Parameters
     ----------
     window : int
-        Rolling window of raw scores (steps).
+        Rolling window of short means (steps).
     short : int
         Steps averaged for the current level.
     min_history : int
-        Scores needed before the likelihood departs from 0.5.
+        Steps needed before the likelihood departs from 0.5.
     """
 
     def __init__(self, *, window: int = 1000, short: int = 5, min_history: int = 50) -> None:
         self.window = int(window)
         self.short = int(short)
         self.min_history = int(min_history)
+        self.raw = np.zeros(self.short)
         self.buf = np.zeros(self.window)
         self.pos = 0
         self.count = 0
 
     def score_one(self, raw: float) -> float:
         """Add one raw score and return the likelihood of the current step."""
-        self.buf[self.pos] = raw
-        self.pos = (self.pos + 1) % self.window
+        self.raw[self.count % self.short] = raw
         self.count += 1
-        n = min(self.count, self.window)
-        if n < self.min_history:
-            return 0.5
-        hist = self.buf if n == self.window else self.buf[:n]
-        k = min(self.short, n)
-        idx = (self.pos - 1 - np.arange(k)) % self.window
-        recent = float(self.buf[idx].mean())
-        med = float(np.median(hist))
-        mad = float(np.median(np.abs(hist - med)))
-        scale = max(1.4826 * mad, 1e-6 * (1.0 + abs(med)), 1e-12)
-        # the mean of k samples has a k**0.5 smaller spread than one sample
-        z = (recent - med) / scale * math.sqrt(k)
-        return 1.0 / (1.0 + math.exp(-1.7 * max(min(z, 400.0), -400.0)))
+        level = float(self.raw[:min(self.count, self.short)].mean())
+        n = min(self.count - 1, self.window)
+        lik = 0.5
+        if self.count > self.min_history and n > 0:
+            hist = self.buf if n == self.window else self.buf[:n]
+            med = float(np.median(hist))
+            mad = float(np.median(np.abs(hist - med)))
+            scale = max(1.4826 * mad, 0.05 * abs(med), 1e-12)
+            z = (level - med) / scale
+            lik = 1.0 / (1.0 + math.exp(-1.7 * max(min(z, 400.0), -400.0)))
+        self.buf[self.pos] = level
+        self.pos = (self.pos + 1) % self.window
+        return lik
 
     def get_state(self) -> dict[str, npt.NDArray[Any]]:
-        """Window and counters as plain arrays."""
-        return {"buf": self.buf.copy(), "pos": np.array(self.pos, dtype=np.int64),
+        """Windows and counters as plain arrays."""
+        return {"raw": self.raw.copy(), "buf": self.buf.copy(),
+                "pos": np.array(self.pos, dtype=np.int64),
                 "count": np.array(self.count, dtype=np.int64)}
 
     def set_state(self, state: dict[str, npt.NDArray[Any]]) -> None:
         """Restore from :meth:`get_state`."""
         buf = np.asarray(state["buf"], dtype=np.float64)
-        if buf.shape != (self.window,):
-            raise StateError("likelihood window has another length", shape=buf.shape,
+        raw = np.asarray(state["raw"], dtype=np.float64)
+        if buf.shape != (self.window,) or raw.shape != (self.short,):
+            raise StateError("likelihood windows have another length", shape=buf.shape,
                              expected=(self.window,))
         self.buf = buf.copy()
+        self.raw = raw.copy()
         self.pos = int(state["pos"])
         self.count = int(state["count"])

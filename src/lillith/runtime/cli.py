@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import json
 import os
 import sys
@@ -13,7 +14,7 @@ from typing import Any
 
 from lillith.errors import LillithError
 
-BENCHMARKS = ("fabric", "som", "conv4d")
+BENCHMARKS = ("fabric", "som", "conv4d", "agent", "nab")
 
 
 def bench_dir() -> Path:
@@ -43,7 +44,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
                            name=args.name, bench_dir=str(where))
     sys.path.insert(0, str(where))
     module = importlib.import_module(f"bench_{args.name}")
-    result: dict[str, Any] = module.run(quick=args.quick)
+    kwargs: dict[str, Any] = {"quick": args.quick}
+    params = inspect.signature(module.run).parameters
+    for name in ("data", "out"):
+        value = getattr(args, name)
+        if value is not None:
+            if name not in params:
+                raise LillithError("this benchmark takes no such option", option=name)
+            kwargs[name] = Path(value)
+    result: dict[str, Any] = module.run(**kwargs)
     if args.json:
         print(json.dumps(result))
     else:
@@ -81,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("name", choices=BENCHMARKS)
     b.add_argument("--json", action="store_true", help="print one JSON object")
     b.add_argument("--quick", action="store_true", help="shorter timing windows")
+    b.add_argument("--data", default=None, help="data directory (nab)")
+    b.add_argument("--out", default=None, help="output directory (nab)")
     b.set_defaults(func=cmd_bench)
     r = sub.add_parser("replay", help="stream CSV files through an agent, write per-row scores")
     r.add_argument("inputs", nargs="+", help="CSV files or directory trees (NAB layout)")

@@ -1,0 +1,1234 @@
+"""Sparse-lookup tile FFN with signature surgery (seed 004, made real).
+
+The seed's ``SparseLookupFFNv2`` routed every token to one "tile" by an argmax
+over signature scores, so the task loss never reached the signatures or the
+calibration spline; its island statistics rounded the signatures before
+measuring them (so ``ternary_fraction`` was trivially 1), and "frozen"
+signatures drifted under weight decay. This module keeps the seed's names and
+API and makes each of those parts do what its name says.
+
+Model
+-----
+For a token ``x`` (``d = d_model``), with ``T = num_tiles`` tiles grouped in
+``C = T / K`` clusters of ``K = tiles_per_cluster`` consecutive tiles::
+
+    xn   = LayerNorm(x)
+    c    = W_c2 silu(W_c1 xn + b_c1) + b_c2                 routing code, (d,)
+    z_t  = (c . s_t) / (sqrt(d) * temperature)              tile logits, (T,)
+    cluster score  z_C = mean_{t in C} z_t                  (= c . mean signature)
+    C*   = argmax_C z_C,   t* = argmax_{t in C*} z_t        hierarchical top-1
+    p    = softmax_C(z_C)[C*] * softmax_{t in C*}(z_t)[t*]  route probability
+    g    = spline(cos(c, s_t*)) * p / stop_grad(p)          gate (value = spline)
+    y    = W2[t*] silu(W1[t*] xn + b1[t*]) + b2[t*]         tile expert, d -> H -> d
+    out  = x + g * dropout(y)                               residual FFN
+
+``s_t`` is the *effective* signature of tile ``t`` (see "Frozen signatures").
+The forward value of ``p / stop_grad(p)`` is exactly 1, but its gradient is
+``d p / p``: the task loss reaches the routing code ``c`` (compression net),
+every signature of the chosen cluster (through the cluster softmax of mean
+signatures and the within-cluster softmax) and, through ``cos``, the chosen
+signature and the calibration spline. ``p >= 1 / T`` always (each factor is
+the largest entry of its softmax), so the straight-through factor is bounded.
+With ``use_score_calibration=False`` the gate is the straight-through factor
+alone (value 1).
+
+Frozen signatures
+-----------------
+The learnable parameter ``signatures_raw`` (T, d) is never used directly:
+every consumer (routing, regularisers, analysis, statistics, state) reads the
+effective signatures ``torch.where(frozen_mask[:, None], frozen_values,
+signatures_raw)``. A frozen row therefore receives no gradient and is
+*bit-for-bit* the stored buffer, whatever the optimiser does to the raw row
+(Adam momentum, AdamW weight decay). Unfreezing copies the buffer back into
+the raw row, so learning resumes from the frozen value (the optimiser's
+moment estimates for that row are stale; they decay away).
+
+Aux losses
+----------
+All entries of ``aux_losses`` are already multiplied by their weight;
+``total_aux`` is their sum. A term whose weight is 0 is not computed (its
+entry is a zero tensor). The unweighted values come from
+:meth:`SparseLookupFFNv2.compute_ternary_loss` and friends.
+
+* ``balance`` = ``T * sum_t f_t P_t`` (Switch Transformer): ``f_t`` fraction
+  of the batch's tokens routed to ``t`` (no gradient), ``P_t`` mean joint
+  route probability ``softmax_C * softmax_{t in C}`` over the batch.
+  Equals 1 for a perfectly uniform router.
+* ``ternary`` = mean squared distance of each signature value to the nearest
+  of {-1, 0, +1}.
+* ``sparsity`` = mean absolute signature value (L1).
+* ``diversity`` = mean over ordered pairs ``i != j`` of ``cos(s_i, s_j)^2``.
+
+Performance
+-----------
+A forward pass is a fixed sequence of about 60 tensor operations whatever
+``T`` is: no Python loop over tiles or tokens, no host synchronisation
+(except ``labels.max()`` when claim tracking is requested). Tile experts are
+applied by gathering the chosen tiles' weights and one batched matmul
+(``baddbmm``), so the cost is ``O(N d H)``, not ``O(N T d H)``. Usage and
+claim counters are updated under ``torch.no_grad``. Inputs are not checked
+for non-finite values (the sensor layer rejects them before they get here).
+
+The modules are not thread-safe: one owner (the agent's worker) mutates them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import operator
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lillith.errors import LillithError, StateError
+
+__all__ = [
+    "ANALYSIS_THRESHOLD",
+    "TERNARY_TOLERANCE",
+    "ScoreCalibrationSpline",
+    "SparseLookupBlockV2",
+    "SparseLookupFFNv2",
+    "TileError",
+]
+
+#: A signature value counts as "near" a ternary level (for
+#: :meth:`SparseLookupFFNv2.get_island_stats`) when within this distance of it.
+TERNARY_TOLERANCE = 0.1
+#: :meth:`SparseLookupFFNv2.get_signature_analysis` calls a dimension positive
+#: when ``s > 0.5``, negative when ``s < -0.5`` and zero otherwise.
+ANALYSIS_THRESHOLD = 0.5
+
+_STATE_VERSION = 1
+_CONFIG_KEYS = (
+    "d_model",
+    "num_tiles",
+    "tiles_per_cluster",
+    "grid_size",
+    "compress_hidden",
+    "tile_hidden",
+    "use_score_calibration",
+)
+_HYPER_KEYS = (
+    "dropout",
+    "ternary_weight",
+    "sparsity_weight",
+    "diversity_weight",
+    "balance_weight",
+    "temperature",
+    "usage_decay",
+)
+_EXTRA_KEYS = ("config", "hyper", "counters", "claim_counts", "surgery_history", "rng_state")
+
+
+class TileError(LillithError):
+    """Invalid tile configuration, tile index, signature or input shape."""
+
+
+def _make_generator(seed: int | None) -> torch.Generator:
+    gen = torch.Generator()
+    if seed is None:
+        gen.seed()
+    else:
+        gen.manual_seed(int(seed) % (2**63))
+    return gen
+
+
+def _uniform(shape: tuple[int, ...], bound: float, gen: torch.Generator) -> Tensor:
+    """float32 tensor uniform in ``[-bound, bound]`` drawn from ``gen``."""
+    return (torch.rand(shape, generator=gen) * 2.0 - 1.0) * bound
+
+
+def _check_positive_int(name: str, value: int) -> int:
+    if isinstance(value, bool):
+        raise TileError(f"{name} must be an integer", **{name: value})
+    try:
+        v = operator.index(value)
+    except TypeError as e:
+        raise TileError(f"{name} must be an integer", **{name: value}) from e
+    if v < 1:
+        raise TileError(f"{name} must be >= 1", **{name: v})
+    return v
+
+
+def _check_weight(name: str, value: float) -> float:
+    v = float(value)
+    if not (math.isfinite(v) and v >= 0.0):
+        raise TileError(f"{name} must be finite and >= 0", **{name: value})
+    return v
+
+
+# ----------------------------------------------------------------------------
+# score calibration
+# ----------------------------------------------------------------------------
+
+
+class ScoreCalibrationSpline(nn.Module):
+    """Learnable monotone piecewise-linear map from a score to a gate in (0, 1).
+
+    ``num_knots`` knots sit at fixed, evenly spaced positions
+    ``x_0 = x_min < ... < x_{n-1} = x_max``. Their values are
+    ``y_k = sum_{j <= k} w_j`` with ``w = softmax(logits)`` over ``n + 1``
+    learnable logits, so ``0 < y_0 < y_1 < ... < y_{n-1} < 1``: monotone and
+    bounded by construction, for any parameter values. Between knots the map
+    interpolates linearly; outside ``[x_min, x_max]`` it is constant
+    (``y_0`` resp. ``y_{n-1}``). It is evaluated as
+    ``y_0 + sum_k w_{k+1} clamp((x - x_k) / h, 0, 1)`` (one broadcast, one
+    clamp, one matmul), so the gradient reaches both the input (inside the
+    domain) and every logit.
+
+    With zero logits (the initial value) the map is a straight ramp from
+    ``1 / (n + 1)`` to ``n / (n + 1)``.
+
+    Parameters
+    ----------
+    num_knots : int, default 8
+        Number of knots, >= 2.
+    x_min, x_max : float, default -1.0, 1.0
+        Domain of the knots (``x_min < x_max``). The tile FFN feeds cosine
+        similarities, so the default covers their whole range.
+    """
+
+    knots_x: Tensor
+
+    def __init__(self, num_knots: int = 8, x_min: float = -1.0, x_max: float = 1.0) -> None:
+        super().__init__()
+        n = _check_positive_int("num_knots", num_knots)
+        if n < 2:
+            raise TileError("num_knots must be >= 2", num_knots=n)
+        lo, hi = float(x_min), float(x_max)
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+            raise TileError("spline domain must satisfy x_min < x_max", x_min=lo, x_max=hi)
+        self.num_knots = n
+        self.x_min = lo
+        self.x_max = hi
+        self._inv_h = (n - 1) / (hi - lo)
+        #: Learnable logits, float32 (num_knots + 1,): softmax gives the knot increments.
+        self.logits = nn.Parameter(torch.zeros(n + 1))
+        # left end of each of the n - 1 segments
+        self.register_buffer("knots_x", torch.linspace(lo, hi, n)[:-1].clone())
+
+    def knot_values(self) -> Tensor:
+        """Knot values ``y_k``, float (num_knots,), strictly increasing in (0, 1)."""
+        w = torch.softmax(self.logits, 0)
+        return torch.cumsum(w, 0)[: self.num_knots]
+
+    def forward(self, scores: Tensor) -> Tensor:
+        """Calibrate raw scores.
+
+        Parameters
+        ----------
+        scores : Tensor, float, any shape
+            Raw scores.
+
+        Returns
+        -------
+        Tensor
+            Gates, same shape and dtype as ``scores``, in (0, 1).
+        """
+        logits: Tensor = self.logits
+        knots = self.knots_x
+        if scores.dtype != logits.dtype:
+            logits = logits.to(scores.dtype)
+            knots = knots.to(scores.dtype)
+        w = torch.softmax(logits, 0)
+        ramp = ((scores.unsqueeze(-1) - knots) * self._inv_h).clamp(0.0, 1.0)
+        return w[0] + ramp @ w[1 : self.num_knots]
+
+    def extra_repr(self) -> str:
+        return f"num_knots={self.num_knots}, x_min={self.x_min}, x_max={self.x_max}"
+
+
+# ----------------------------------------------------------------------------
+# tile FFN
+# ----------------------------------------------------------------------------
+
+
+class SparseLookupFFNv2(nn.Module):
+    """Hierarchically routed top-1 tile FFN with signature surgery and regularisers.
+
+    See the module docstring for the equations. Call it as
+    ``output, routing_info, aux_losses = ffn(x, labels=None)``.
+
+    Parameters
+    ----------
+    d_model : int, default 128
+        Model dimension ``d``.
+    num_tiles : int, default 64
+        Number of tiles ``T``; a multiple of ``tiles_per_cluster``.
+    tiles_per_cluster : int, default 8
+        Tiles per routing cluster ``K``; tile ``t`` belongs to cluster ``t // K``.
+    grid_size : int, default 16
+        Knots of the score calibration spline (>= 2).
+    compress_hidden : int, optional
+        Hidden width of the compression (routing) net; default ``max(1, d // 4)``.
+    dropout : float, default 0.1
+        Dropout on the tile output (training mode only), in [0, 1).
+    use_score_calibration : bool, default True
+        Gate tile outputs by the calibration spline of the chosen tile's
+        cosine score; without it the gate is the straight-through factor
+        alone (value 1).
+    ternary_weight, sparsity_weight, diversity_weight, balance_weight : float, default 0.01
+        Weights of the auxiliary losses (>= 0; 0 skips the computation).
+    tile_hidden : int, optional
+        Hidden width ``H`` of each tile's expert; default ``max(4, d // 4)``.
+    temperature : float, default 1.0
+        Softmax temperature of the route probabilities (> 0).
+    seed : int, optional
+        Seed of the initialisation generator (also used by :meth:`reseed_tile`).
+        Same seed, same parameters, same outputs. ``None``: nondeterministic.
+    usage_decay : float, default 0.99
+        Per-forward decay of the usage EMA (:meth:`tile_usage`), in [0, 1).
+
+    Raises
+    ------
+    TileError
+        Invalid configuration (e.g. ``num_tiles % tiles_per_cluster != 0``).
+
+    Attributes
+    ----------
+    signatures_raw : Parameter, float32 (T, d)
+        Raw learnable signatures; use :attr:`signatures` for the effective ones.
+    w1, b1, w2, b2 : Parameter, float32 (T, d, H), (T, H), (T, H, d), (T, d)
+        Tile experts.
+    frozen_mask : buffer, bool (T,)
+    frozen_values : buffer, float32 (T, d)
+        Values of frozen signatures (rows of unfrozen tiles are unused).
+    usage_counts : buffer, int64 (T,)
+        Tokens routed to each tile since the last :meth:`reset_stats`.
+    usage_ema : buffer, float32 (T,)
+        EMA of the per-forward fraction of tokens routed to each tile.
+    """
+
+    frozen_mask: Tensor
+    frozen_values: Tensor
+    usage_counts: Tensor
+    usage_ema: Tensor
+    _offdiag: Tensor
+
+    def __init__(
+        self,
+        d_model: int = 128,
+        num_tiles: int = 64,
+        tiles_per_cluster: int = 8,
+        grid_size: int = 16,
+        compress_hidden: int | None = None,
+        dropout: float = 0.1,
+        use_score_calibration: bool = True,
+        ternary_weight: float = 0.01,
+        sparsity_weight: float = 0.01,
+        diversity_weight: float = 0.01,
+        balance_weight: float = 0.01,
+        tile_hidden: int | None = None,
+        temperature: float = 1.0,
+        seed: int | None = None,
+        usage_decay: float = 0.99,
+    ) -> None:
+        super().__init__()
+        d = _check_positive_int("d_model", d_model)
+        T = _check_positive_int("num_tiles", num_tiles)
+        K = _check_positive_int("tiles_per_cluster", tiles_per_cluster)
+        if T % K != 0:
+            raise TileError(
+                "num_tiles must be a multiple of tiles_per_cluster",
+                num_tiles=T,
+                tiles_per_cluster=K,
+            )
+        G = _check_positive_int("grid_size", grid_size)
+        if G < 2:
+            raise TileError("grid_size must be >= 2", grid_size=G)
+        Hc = max(1, d // 4) if compress_hidden is None else compress_hidden
+        Hc = _check_positive_int("compress_hidden", Hc)
+        H = max(4, d // 4) if tile_hidden is None else tile_hidden
+        H = _check_positive_int("tile_hidden", H)
+        self.d_model = d
+        self.num_tiles = T
+        self.tiles_per_cluster = K
+        self.num_clusters = T // K
+        self.grid_size = G
+        self.compress_hidden = Hc
+        self.tile_hidden = H
+        self.use_score_calibration = bool(use_score_calibration)
+        self._set_hyper(
+            dropout=dropout,
+            ternary_weight=ternary_weight,
+            sparsity_weight=sparsity_weight,
+            diversity_weight=diversity_weight,
+            balance_weight=balance_weight,
+            temperature=temperature,
+            usage_decay=usage_decay,
+        )
+        self.seed = seed
+        self._gen = _make_generator(seed)
+        gen = self._gen
+
+        # input norm and compression (routing) net
+        self.norm_weight = nn.Parameter(torch.ones(d))
+        self.norm_bias = nn.Parameter(torch.zeros(d))
+        self.compress_w1 = nn.Parameter(_uniform((Hc, d), 1.0 / math.sqrt(d), gen))
+        self.compress_b1 = nn.Parameter(_uniform((Hc,), 1.0 / math.sqrt(d), gen))
+        self.compress_w2 = nn.Parameter(_uniform((d, Hc), 1.0 / math.sqrt(Hc), gen))
+        self.compress_b2 = nn.Parameter(_uniform((d,), 1.0 / math.sqrt(Hc), gen))
+        # signatures and tile experts
+        self.signatures_raw = nn.Parameter(self._random_signatures(T))
+        self.w1 = nn.Parameter(torch.empty(T, d, H))
+        self.b1 = nn.Parameter(torch.empty(T, H))
+        self.w2 = nn.Parameter(torch.empty(T, H, d))
+        self.b2 = nn.Parameter(torch.empty(T, d))
+        with torch.no_grad():
+            for t in range(T):
+                self._init_expert(t)
+        self.calibration: ScoreCalibrationSpline | None = (
+            ScoreCalibrationSpline(G) if self.use_score_calibration else None
+        )
+
+        self.register_buffer("frozen_mask", torch.zeros(T, dtype=torch.bool))
+        self.register_buffer("frozen_values", torch.zeros(T, d))
+        self.register_buffer("usage_counts", torch.zeros(T, dtype=torch.int64))
+        self.register_buffer("usage_ema", torch.full((T,), 1.0 / T))
+        self.register_buffer("_offdiag", 1.0 - torch.eye(T), persistent=False)
+        self._any_frozen = False
+        self._claims = torch.zeros(T, 0, dtype=torch.int64)
+        self._history: list[dict[str, Any]] = []
+        self._forward_calls = 0
+        self._history_seq = 0
+
+    # ------------------------------------------------------------ internals
+
+    def _set_hyper(self, **values: float) -> None:
+        dropout = float(values["dropout"])
+        if not (math.isfinite(dropout) and 0.0 <= dropout < 1.0):
+            raise TileError("dropout must be in [0, 1)", dropout=dropout)
+        temperature = float(values["temperature"])
+        if not (math.isfinite(temperature) and temperature > 0.0):
+            raise TileError("temperature must be > 0", temperature=temperature)
+        decay = float(values["usage_decay"])
+        if not (math.isfinite(decay) and 0.0 <= decay < 1.0):
+            raise TileError("usage_decay must be in [0, 1)", usage_decay=decay)
+        weights = {
+            k: _check_weight(k, values[k])
+            for k in ("ternary_weight", "sparsity_weight", "diversity_weight", "balance_weight")
+        }
+        self.dropout = dropout
+        self.temperature = temperature
+        self.usage_decay = decay
+        self.ternary_weight = weights["ternary_weight"]
+        self.sparsity_weight = weights["sparsity_weight"]
+        self.diversity_weight = weights["diversity_weight"]
+        self.balance_weight = weights["balance_weight"]
+        self._score_scale = 1.0 / (math.sqrt(self.d_model) * temperature)
+
+    def _random_signatures(self, n: int) -> Tensor:
+        """``n`` random signatures, float32 (n, d), N(0, 0.5^2) from the init generator."""
+        return torch.randn(n, self.d_model, generator=self._gen) * 0.5
+
+    def _init_expert(self, t: int) -> None:
+        """Re-initialise tile ``t``'s expert from the init generator (under no_grad)."""
+        d, H, gen = self.d_model, self.tile_hidden, self._gen
+        dev = self.w1.device
+        self.w1[t].copy_(_uniform((d, H), 1.0 / math.sqrt(d), gen).to(dev))
+        self.b1[t].copy_(_uniform((H,), 1.0 / math.sqrt(d), gen).to(dev))
+        self.w2[t].copy_(_uniform((H, d), 1.0 / math.sqrt(H), gen).to(dev))
+        self.b2[t].zero_()
+
+    def _effective_signatures(self) -> Tensor:
+        """Effective signatures, float32 (T, d): frozen rows from the buffer."""
+        if not self._any_frozen:
+            return self.signatures_raw
+        return torch.where(self.frozen_mask.unsqueeze(1), self.frozen_values, self.signatures_raw)
+
+    def _check_tile(self, tile_idx: int) -> int:
+        if isinstance(tile_idx, bool):
+            raise TileError("tile index must be an integer", tile_idx=tile_idx)
+        try:
+            t = operator.index(tile_idx)
+        except TypeError as e:
+            raise TileError("tile index must be an integer", tile_idx=tile_idx) from e
+        if not 0 <= t < self.num_tiles:
+            raise TileError("tile index out of range", tile_idx=t, num_tiles=self.num_tiles)
+        return t
+
+    def _as_signature(self, signature: Tensor | npt.ArrayLike) -> Tensor:
+        try:
+            sig = torch.as_tensor(signature, dtype=self.signatures_raw.dtype)
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise TileError("signature must be a numeric vector") from e
+        if sig.shape != (self.d_model,):
+            raise TileError(
+                "signature has the wrong shape",
+                shape=tuple(sig.shape),
+                expected=(self.d_model,),
+            )
+        if not bool(torch.isfinite(sig).all()):
+            raise TileError("signature contains non-finite values")
+        return sig.to(self.signatures_raw.device)
+
+    def _record(self, op: str, tile_idx: int, tag: str = "") -> None:
+        self._history.append(
+            {
+                "op": op,
+                "tile_idx": int(tile_idx),
+                "tag": str(tag),
+                "step": self._forward_calls,
+                "seq": self._history_seq,
+                "frozen": bool(self.frozen_mask[tile_idx]),
+            }
+        )
+        self._history_seq += 1
+
+    def _refresh_frozen_flag(self) -> None:
+        self._any_frozen = bool(self.frozen_mask.any())
+
+    @staticmethod
+    def _ternary(sig: Tensor) -> Tensor:
+        target = torch.round(sig.detach().clamp(-1.0, 1.0))
+        return (sig - target).square().mean()
+
+    @staticmethod
+    def _sparsity(sig: Tensor) -> Tensor:
+        return sig.abs().mean()
+
+    def _diversity(self, sig: Tensor, norms: Tensor | None = None) -> Tensor:
+        T = sig.shape[0]
+        if T < 2:
+            return sig.new_zeros(())
+        if norms is None:
+            norms = torch.linalg.vector_norm(sig, dim=1)
+        sn = sig / norms.clamp_min(1e-8).unsqueeze(1)
+        gram = sn @ sn.t()
+        return (gram.square() * self._offdiag).sum() / (T * (T - 1))
+
+    # ------------------------------------------------------------ forward
+
+    def forward(
+        self, x: Tensor, labels: Tensor | None = None, *, track: bool = True
+    ) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
+        """Route each token to one tile and add its gated output.
+
+        Parameters
+        ----------
+        x : Tensor, float32 (N, d) or (B, L, d)
+            Tokens.
+        labels : Tensor, integer, shape ``x.shape[:-1]``, optional
+            Class labels for claim tracking (negative values are ignored).
+            The class table grows to ``labels.max() + 1`` as needed.
+        track : bool, default True
+            Update usage counters (and claims when ``labels`` is given).
+
+        Returns
+        -------
+        output : Tensor, same shape and dtype as ``x``
+            ``x + gate * tile_output`` (residual FFN).
+        routing_info : dict of str to Tensor, each of shape ``x.shape[:-1]``
+            ``tile_idx`` int64 chosen tile; ``cluster_idx`` int64 chosen
+            cluster; ``gate`` float gate value; ``score`` float cosine of the
+            routing code with the chosen signature; ``prob`` float route
+            probability of the chosen tile. All detached.
+        aux_losses : dict of str to Tensor (0-d, float)
+            Weighted ``balance``, ``ternary``, ``sparsity``, ``diversity`` and
+            their sum ``total_aux``.
+
+        Raises
+        ------
+        TileError
+            ``x`` is not 2-D/3-D with last dimension ``d_model`` or has no
+            tokens; ``labels`` has the wrong shape or dtype.
+        """
+        d = self.d_model
+        if x.dim() not in (2, 3) or x.shape[-1] != d:
+            raise TileError(
+                "x must have shape (N, d_model) or (B, L, d_model)",
+                shape=tuple(x.shape),
+                d_model=d,
+            )
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, d)
+        N = x2.shape[0]
+        if N == 0:
+            raise TileError("x must contain at least one token", shape=tuple(x.shape))
+        if labels is not None and (
+            labels.shape != lead or labels.is_floating_point() or labels.dtype == torch.bool
+        ):
+            raise TileError(
+                "labels must be an integer tensor of shape x.shape[:-1]",
+                shape=tuple(labels.shape),
+                dtype=str(labels.dtype),
+                expected=tuple(lead),
+            )
+        T, C, K = self.num_tiles, self.num_clusters, self.tiles_per_cluster
+
+        xn = F.layer_norm(x2, (d,), self.norm_weight, self.norm_bias)
+        code = F.linear(
+            F.silu(F.linear(xn, self.compress_w1, self.compress_b1)),
+            self.compress_w2,
+            self.compress_b2,
+        )
+        sig = self._effective_signatures()
+        sig_norms = torch.linalg.vector_norm(sig, dim=1)  # (T,)
+        dots = code @ sig.t()  # (N, T)
+        z = (dots * self._score_scale).view(N, C, K)
+        z_cluster = z.mean(-1)  # (N, C) == code . mean cluster signature
+        joint = (torch.softmax(z_cluster, -1).unsqueeze(-1) * torch.softmax(z, -1)).view(N, T)
+        with torch.no_grad():
+            cl = z_cluster.argmax(-1, keepdim=True)  # (N, 1)
+            idx1 = cl * K + z.argmax(-1).gather(1, cl)  # (N, 1)
+            idx = idx1.view(N)
+        p = joint.gather(1, idx1)  # (N, 1)
+        straight = p / p.detach()
+        cos = dots.gather(1, idx1) / (
+            torch.linalg.vector_norm(code, dim=1, keepdim=True) * sig_norms[idx1]
+        ).clamp_min(1e-8)
+        gate = straight if self.calibration is None else self.calibration.forward(cos) * straight
+
+        hidden = F.silu(torch.baddbmm(self.b1[idx].unsqueeze(1), xn.unsqueeze(1), self.w1[idx]))
+        y = torch.baddbmm(self.b2[idx].unsqueeze(1), hidden, self.w2[idx]).view(N, d)
+        if self.dropout > 0.0 and self.training:
+            y = F.dropout(y, self.dropout, True)
+        out = torch.addcmul(x2, gate, y).view(x.shape)
+
+        with torch.no_grad():
+            counts = torch.bincount(idx, minlength=T)
+        zero = x2.new_zeros(())
+        aux: dict[str, Tensor] = {}
+        total = zero
+        if self.balance_weight > 0.0:
+            frac = counts.to(joint.dtype) / N
+            aux["balance"] = (self.balance_weight * T) * (frac @ joint.mean(0))
+            total = total + aux["balance"]
+        else:
+            aux["balance"] = zero
+        for name, weight in (
+            ("ternary", self.ternary_weight),
+            ("sparsity", self.sparsity_weight),
+            ("diversity", self.diversity_weight),
+        ):
+            if weight > 0.0:
+                if name == "ternary":
+                    value = self._ternary(sig)
+                elif name == "sparsity":
+                    value = self._sparsity(sig)
+                else:
+                    value = self._diversity(sig, sig_norms)
+                aux[name] = weight * value
+                total = total + aux[name]
+            else:
+                aux[name] = zero
+        aux["total_aux"] = total
+
+        if track:
+            with torch.no_grad():
+                self._forward_calls += 1
+                self.usage_counts.add_(counts)
+                self.usage_ema.mul_(self.usage_decay).add_(
+                    counts, alpha=(1.0 - self.usage_decay) / N
+                )
+                if labels is not None:
+                    self._track_claims(idx, labels.reshape(-1))
+
+        info = {
+            "tile_idx": idx.view(lead),
+            "cluster_idx": cl.view(lead),
+            "gate": gate.detach().view(lead),
+            "score": cos.detach().view(lead),
+            "prob": p.detach().view(lead),
+        }
+        return out, info, aux
+
+    def _track_claims(self, idx: Tensor, labels: Tensor) -> None:
+        lab = labels.to(device=idx.device, dtype=torch.int64)
+        valid = lab >= 0
+        if not bool(valid.all()):
+            lab, idx = lab[valid], idx[valid]
+        if lab.numel() == 0:
+            return
+        n_cls = max(int(lab.max()) + 1, self._claims.shape[1])
+        claims = self._claims
+        if claims.device != idx.device:
+            claims = claims.to(idx.device)
+        if n_cls > claims.shape[1]:
+            grown = torch.zeros(self.num_tiles, n_cls, dtype=torch.int64, device=idx.device)
+            grown[:, : claims.shape[1]] = claims
+            claims = grown
+        claims += torch.bincount(idx * n_cls + lab, minlength=self.num_tiles * n_cls).view(
+            self.num_tiles, n_cls
+        )
+        self._claims = claims
+
+    # ------------------------------------------------------------ regularisers
+
+    def compute_ternary_loss(self) -> Tensor:
+        """Unweighted ternary loss, 0-d float32: mean squared distance to {-1, 0, +1}."""
+        return self._ternary(self._effective_signatures())
+
+    def compute_sparsity_loss(self) -> Tensor:
+        """Unweighted sparsity loss, 0-d float32: mean absolute signature value."""
+        return self._sparsity(self._effective_signatures())
+
+    def compute_diversity_loss(self) -> Tensor:
+        """Unweighted diversity loss, 0-d float32: mean off-diagonal squared cosine."""
+        return self._diversity(self._effective_signatures())
+
+    # ------------------------------------------------------------ surgery
+
+    @property
+    def signatures(self) -> Tensor:
+        """Effective signatures, float32 (T, d), a detached copy."""
+        return self._effective_signatures().detach().clone()
+
+    def insert_signature(
+        self,
+        tile_idx: int,
+        signature: Tensor | npt.ArrayLike,
+        freeze: bool = True,
+        tag: str = "",
+    ) -> None:
+        """Write a designed signature into a tile.
+
+        Parameters
+        ----------
+        tile_idx : int
+            Tile, ``0 <= tile_idx < num_tiles``.
+        signature : Tensor or array-like, shape (d_model,)
+            Finite values; stored as float32 exactly.
+        freeze : bool, default True
+            Freeze the tile afterwards; ``False`` leaves it trainable (and
+            unfreezes it if it was frozen).
+        tag : str
+            Free text recorded in the surgery history.
+
+        Raises
+        ------
+        TileError
+            Bad tile index or signature shape / values.
+        """
+        t = self._check_tile(tile_idx)
+        sig = self._as_signature(signature)
+        with torch.no_grad():
+            self.signatures_raw[t].copy_(sig)
+            if freeze:
+                self.frozen_values[t].copy_(sig)
+            self.frozen_mask[t] = bool(freeze)
+        self._refresh_frozen_flag()
+        self._record("insert", t, tag)
+
+    def freeze_signature(self, tile_idx: int) -> None:
+        """Freeze a tile's current effective signature (no-op value-wise if frozen)."""
+        t = self._check_tile(tile_idx)
+        with torch.no_grad():
+            if not bool(self.frozen_mask[t]):
+                self.frozen_values[t].copy_(self.signatures_raw[t])
+                self.frozen_mask[t] = True
+        self._refresh_frozen_flag()
+        self._record("freeze", t)
+
+    def unfreeze_signature(self, tile_idx: int) -> None:
+        """Unfreeze a tile; its raw signature restarts from the frozen value."""
+        t = self._check_tile(tile_idx)
+        with torch.no_grad():
+            if bool(self.frozen_mask[t]):
+                self.signatures_raw[t].copy_(self.frozen_values[t])
+                self.frozen_mask[t] = False
+        self._refresh_frozen_flag()
+        self._record("unfreeze", t)
+
+    def is_frozen(self, tile_idx: int) -> bool:
+        """Whether tile ``tile_idx``'s signature is frozen."""
+        return bool(self.frozen_mask[self._check_tile(tile_idx)])
+
+    def reseed_tile(self, tile_idx: int, signature: Tensor | npt.ArrayLike | None = None) -> None:
+        """Re-initialise a tile: new expert weights and a new (unfrozen) signature.
+
+        The expert is drawn from the module's init generator; the signature
+        is ``signature`` if given, else random N(0, 0.5^2). The tile's usage
+        count and claim counts are zeroed and its usage EMA set to the
+        uniform share ``1 / num_tiles`` (a grace period before it can look
+        dead again). Optimiser moments of the tile's parameters are not
+        touched. Recorded in the surgery history as ``"reseed"``.
+        """
+        t = self._check_tile(tile_idx)
+        sig = (
+            self._random_signatures(1)[0].to(self.signatures_raw.device)
+            if signature is None
+            else self._as_signature(signature)
+        )
+        with torch.no_grad():
+            self._init_expert(t)
+            self.signatures_raw[t].copy_(sig)
+            self.frozen_mask[t] = False
+            self.usage_counts[t] = 0
+            self.usage_ema[t] = 1.0 / self.num_tiles
+            if self._claims.shape[1] > 0:
+                self._claims[t] = 0
+        self._refresh_frozen_flag()
+        self._record("reseed", t)
+
+    def get_signature_analysis(self, tile_idx: int) -> dict[str, Any]:
+        """Describe a tile's effective signature.
+
+        A dimension is positive when ``s > ANALYSIS_THRESHOLD`` (0.5),
+        negative when ``s < -0.5``, zero otherwise (``|s| <= 0.5``).
+
+        Returns
+        -------
+        dict
+            ``tile_idx`` int, ``positive_dims`` list[int], ``negative_dims``
+            list[int], ``zero_count`` int, ``frozen`` bool.
+        """
+        t = self._check_tile(tile_idx)
+        s = self._effective_signatures()[t].detach().cpu().numpy()
+        pos = np.flatnonzero(s > ANALYSIS_THRESHOLD)
+        neg = np.flatnonzero(s < -ANALYSIS_THRESHOLD)
+        return {
+            "tile_idx": t,
+            "positive_dims": [int(i) for i in pos],
+            "negative_dims": [int(i) for i in neg],
+            "zero_count": int(s.size - pos.size - neg.size),
+            "frozen": bool(self.frozen_mask[t]),
+        }
+
+    def get_surgery_history(self) -> list[dict[str, Any]]:
+        """Surgery operations so far, oldest first (copies).
+
+        Each entry: ``op`` ("insert", "freeze", "unfreeze", "reseed"),
+        ``tile_idx``, ``tag``, ``step`` (tracked forward calls so far),
+        ``seq`` (running operation number), ``frozen`` (state after the op).
+        """
+        return [dict(h) for h in self._history]
+
+    # ------------------------------------------------------------ claims
+
+    def get_claim_rate(self, tile_idx: int, target_class: int) -> float:
+        """Fraction of tracked tokens of ``target_class`` routed to ``tile_idx``.
+
+        0.0 when the class has not been seen.
+        """
+        t = self._check_tile(tile_idx)
+        c = operator.index(target_class)
+        if c < 0:
+            raise TileError("target_class must be >= 0", target_class=c)
+        if c >= self._claims.shape[1]:
+            return 0.0
+        col = self._claims[:, c]
+        total = int(col.sum())
+        return 0.0 if total == 0 else int(col[t]) / total
+
+    def get_tile_purity(self, tile_idx: int) -> tuple[int, float]:
+        """``(dominant_class, purity)`` of a tile's tracked traffic; ``(-1, 0.0)`` if unused.
+
+        Purity is the fraction of the tile's labelled tokens that belong to
+        its dominant class (ties go to the lowest class).
+        """
+        t = self._check_tile(tile_idx)
+        if self._claims.shape[1] == 0:
+            return -1, 0.0
+        row = self._claims[t]
+        total = int(row.sum())
+        if total == 0:
+            return -1, 0.0
+        dom = int(row.argmax())
+        return dom, int(row[dom]) / total
+
+    def claim_counts(self) -> npt.NDArray[np.int64]:
+        """Tracked claims, int64 (num_tiles, num_classes_seen), a copy."""
+        return self._claims.cpu().numpy().copy()
+
+    def reset_claim_tracking(self) -> None:
+        """Forget all claim counts (and the classes seen)."""
+        self._claims = torch.zeros(self.num_tiles, 0, dtype=torch.int64)
+
+    # ------------------------------------------------------------ statistics
+
+    def get_island_stats(self) -> dict[str, float]:
+        """Statistics of the raw effective signatures (no rounding first).
+
+        Returns
+        -------
+        dict of str to float
+            ``ternary_fraction``: fraction of values within
+            ``TERNARY_TOLERANCE`` (0.1) of -1, 0 or +1; ``sparsity``: fraction
+            within 0.1 of 0; ``mean_pairwise_similarity``: mean ``|cos|`` over
+            tile pairs ``i < j`` (0 for a single tile); ``diversity``:
+            ``1 - mean_pairwise_similarity``.
+        """
+        s = self._effective_signatures().detach().double()
+        near = (s - torch.round(s.clamp(-1.0, 1.0))).abs() <= TERNARY_TOLERANCE
+        zero = s.abs() <= TERNARY_TOLERANCE
+        T = s.shape[0]
+        if T > 1:
+            sn = F.normalize(s, dim=1, eps=1e-12)
+            gram = (sn @ sn.t()).abs()
+            iu = torch.triu_indices(T, T, 1, device=s.device)
+            sim = float(gram[iu[0], iu[1]].mean())
+        else:
+            sim = 0.0
+        return {
+            "ternary_fraction": float(near.double().mean()),
+            "sparsity": float(zero.double().mean()),
+            "mean_pairwise_similarity": sim,
+            "diversity": 1.0 - sim,
+        }
+
+    def get_routing_stats(self) -> dict[str, Any]:
+        """Routing statistics since the last :meth:`reset_stats`.
+
+        Returns
+        -------
+        dict
+            ``num_tiles``, ``num_clusters``, ``active_tiles`` (tiles with at
+            least one routed token), ``frozen_tiles``, ``total_tokens`` (int);
+            ``usage`` (list of float, per-tile fraction of routed tokens, all
+            0 before any token), ``usage_mean``, ``usage_std`` (population)
+            of that list; ``usage_ema`` (list of float, see :meth:`tile_usage`).
+        """
+        counts = self.usage_counts.detach().cpu().numpy().astype(np.float64)
+        total = float(counts.sum())
+        usage = counts / total if total > 0 else np.zeros_like(counts)
+        return {
+            "num_tiles": self.num_tiles,
+            "num_clusters": self.num_clusters,
+            "active_tiles": int(np.count_nonzero(counts)),
+            "frozen_tiles": int(self.frozen_mask.sum()),
+            "total_tokens": int(total),
+            "usage_mean": float(usage.mean()),
+            "usage_std": float(usage.std()),
+            "usage": [float(u) for u in usage],
+            "usage_ema": [float(u) for u in self.tile_usage()],
+        }
+
+    def tile_usage(self) -> npt.NDArray[np.float64]:
+        """Recent usage, float64 (num_tiles,): EMA of per-forward token fractions.
+
+        Starts (and restarts after :meth:`reset_stats`) at ``1 / num_tiles``.
+        """
+        return self.usage_ema.detach().cpu().numpy().astype(np.float64)
+
+    def reset_stats(self) -> None:
+        """Reset usage counts, usage EMA and claim tracking."""
+        with torch.no_grad():
+            self.usage_counts.zero_()
+            self.usage_ema.fill_(1.0 / self.num_tiles)
+        self.reset_claim_tracking()
+
+    # ------------------------------------------------------------ state
+
+    def get_state(self) -> dict[str, npt.NDArray[Any]]:
+        """Complete state as plain numpy arrays (copies, no pickle).
+
+        Returns
+        -------
+        dict of str to numpy.ndarray
+            Every entry of ``state_dict()`` under its own name (parameters
+            float32, ``frozen_mask`` bool, ``usage_counts`` int64, ...), plus
+            ``config`` int64 (7,) (d_model, num_tiles, tiles_per_cluster,
+            grid_size, compress_hidden, tile_hidden, use_score_calibration);
+            ``hyper`` float64 (7,) (dropout, the four loss weights,
+            temperature, usage_decay); ``counters`` int64 (3,) (state version,
+            tracked forward calls, surgery sequence number); ``claim_counts``
+            int64 (num_tiles, classes); ``surgery_history`` uint8, UTF-8 JSON
+            of :meth:`get_surgery_history`; ``rng_state`` uint8, the init
+            generator's state (used by :meth:`reseed_tile`).
+        """
+        state: dict[str, npt.NDArray[Any]] = {
+            k: v.detach().cpu().numpy().copy() for k, v in self.state_dict().items()
+        }
+        state["config"] = np.array([self._config()[k] for k in _CONFIG_KEYS], dtype=np.int64)
+        state["hyper"] = np.array([getattr(self, k) for k in _HYPER_KEYS], dtype=np.float64)
+        state["counters"] = np.array(
+            [_STATE_VERSION, self._forward_calls, self._history_seq], dtype=np.int64
+        )
+        state["claim_counts"] = self.claim_counts()
+        state["surgery_history"] = np.frombuffer(
+            json.dumps(self._history).encode("utf-8"), dtype=np.uint8
+        ).copy()
+        state["rng_state"] = self._gen.get_state().numpy().copy()
+        return state
+
+    def _config(self) -> dict[str, int]:
+        return {
+            "d_model": self.d_model,
+            "num_tiles": self.num_tiles,
+            "tiles_per_cluster": self.tiles_per_cluster,
+            "grid_size": self.grid_size,
+            "compress_hidden": self.compress_hidden,
+            "tile_hidden": self.tile_hidden,
+            "use_score_calibration": int(self.use_score_calibration),
+        }
+
+    def set_state(self, state: Mapping[str, npt.ArrayLike]) -> None:
+        """Restore a state produced by :meth:`get_state`, exactly.
+
+        The configuration must match this instance; hyper-parameters (loss
+        weights, dropout, temperature, usage decay) are taken from the state.
+        Parameters are copied in place, so optimisers built on this module
+        stay attached.
+
+        Raises
+        ------
+        StateError
+            Missing keys, wrong shapes or dtypes, non-finite parameters,
+            inconsistent values. The instance is left unchanged.
+        """
+        own = self.state_dict()
+        missing = [k for k in (*own.keys(), *_EXTRA_KEYS) if k not in state]
+        if missing:
+            raise StateError("tile state is missing keys", missing=missing)
+        config = np.asarray(state["config"])
+        expected = np.array([self._config()[k] for k in _CONFIG_KEYS], dtype=np.int64)
+        if config.shape != expected.shape or not np.array_equal(config, expected):
+            raise StateError(
+                "tile state belongs to another configuration",
+                expected=expected.tolist(),
+                got=config.tolist(),
+            )
+        tensors: dict[str, Tensor] = {}
+        for key, ref in own.items():
+            arr = np.asarray(state[key])
+            if tuple(arr.shape) != tuple(ref.shape):
+                raise StateError(
+                    "tile state array has wrong shape",
+                    array=key,
+                    shape=arr.shape,
+                    expected=tuple(ref.shape),
+                )
+            want = torch.empty((), dtype=ref.dtype).numpy().dtype
+            if arr.dtype.kind != want.kind:
+                raise StateError(
+                    "tile state array has wrong dtype", array=key, dtype=str(arr.dtype)
+                )
+            arr = np.ascontiguousarray(arr, dtype=want)
+            if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+                raise StateError("tile state array has non-finite values", array=key)
+            tensors[key] = torch.from_numpy(arr.copy())
+        hyper = np.asarray(state["hyper"], dtype=np.float64)
+        if hyper.shape != (len(_HYPER_KEYS),):
+            raise StateError("tile state 'hyper' has wrong shape", shape=hyper.shape)
+        counters = np.asarray(state["counters"])
+        if counters.shape != (3,) or counters.dtype.kind not in "iu":
+            raise StateError("tile state 'counters' must be int64 (3,)", shape=counters.shape)
+        if int(counters[0]) != _STATE_VERSION or int(counters[1]) < 0 or int(counters[2]) < 0:
+            raise StateError("tile state counters are invalid", counters=counters.tolist())
+        claims = np.asarray(state["claim_counts"])
+        if (
+            claims.ndim != 2
+            or claims.shape[0] != self.num_tiles
+            or claims.dtype.kind not in "iu"
+            or (claims.size and int(claims.min()) < 0)
+        ):
+            raise StateError("tile state 'claim_counts' is invalid", shape=claims.shape)
+        raw_hist = np.asarray(state["surgery_history"])
+        if raw_hist.dtype != np.uint8 or raw_hist.ndim != 1:
+            raise StateError("tile state 'surgery_history' must be uint8 (n,)")
+        try:
+            history = json.loads(raw_hist.tobytes().decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise StateError("tile state 'surgery_history' is not UTF-8 JSON") from e
+        if not isinstance(history, list) or not all(
+            isinstance(h, dict) and {"op", "tile_idx", "tag", "step", "seq"} <= h.keys()
+            for h in history
+        ):
+            raise StateError("tile state 'surgery_history' has the wrong structure")
+        rng = np.asarray(state["rng_state"])
+        gen = torch.Generator()
+        try:
+            gen.set_state(torch.from_numpy(np.ascontiguousarray(rng, dtype=np.uint8)).clone())
+        except (RuntimeError, ValueError, TypeError) as e:
+            raise StateError("tile state 'rng_state' is invalid") from e
+        try:
+            self._set_hyper(**{k: float(v) for k, v in zip(_HYPER_KEYS, hyper, strict=True)})
+        except TileError as e:
+            raise StateError("tile state hyper-parameters are invalid", reason=str(e)) from e
+
+        # commit
+        self.load_state_dict(tensors, strict=True)
+        self._claims = torch.from_numpy(np.ascontiguousarray(claims, dtype=np.int64).copy()).to(
+            self.usage_counts.device
+        )
+        self._history = [dict(h) for h in history]
+        self._forward_calls = int(counters[1])
+        self._history_seq = int(counters[2])
+        self._gen = gen
+        self._refresh_frozen_flag()
+
+    def extra_repr(self) -> str:
+        return (
+            f"d_model={self.d_model}, num_tiles={self.num_tiles}, "
+            f"tiles_per_cluster={self.tiles_per_cluster}, tile_hidden={self.tile_hidden}, "
+            f"compress_hidden={self.compress_hidden}, grid_size={self.grid_size}"
+        )
+
+
+# ----------------------------------------------------------------------------
+# transformer block
+# ----------------------------------------------------------------------------
+
+
+class SparseLookupBlockV2(nn.Module):
+    """Pre-norm transformer block whose FFN is a :class:`SparseLookupFFNv2`.
+
+    ``h = x + dropout(Attn(LayerNorm(x)))``, then ``out = ffn(h)``. The FFN
+    carries its own LayerNorm and residual (``ffn(h) = h + gate * tile(LN(h))``),
+    so the second half is the usual ``LayerNorm -> FFN -> residual``; the
+    second LayerNorm's parameters are ``block.ffn.norm_weight`` / ``norm_bias``.
+    Attention is multi-head self-attention through
+    :func:`torch.nn.functional.scaled_dot_product_attention`.
+
+    Parameters
+    ----------
+    d_model : int, default 128
+    n_heads : int, default 4
+        Must divide ``d_model``.
+    num_tiles, tiles_per_cluster, grid_size, compress_hidden, dropout,
+    use_score_calibration, ternary_weight, sparsity_weight, diversity_weight,
+    balance_weight, tile_hidden, temperature :
+        As for :class:`SparseLookupFFNv2`; ``dropout`` also applies to the
+        attention weights and output (training mode only).
+    seed : int, optional
+        Seeds the attention initialisation and (derived) the FFN's.
+
+    Attributes
+    ----------
+    ffn : SparseLookupFFNv2
+        The tile FFN, with the surgery API.
+    """
+
+    def __init__(
+        self,
+        d_model: int = 128,
+        n_heads: int = 4,
+        num_tiles: int = 64,
+        tiles_per_cluster: int = 8,
+        grid_size: int = 16,
+        compress_hidden: int | None = None,
+        dropout: float = 0.1,
+        use_score_calibration: bool = True,
+        ternary_weight: float = 0.01,
+        sparsity_weight: float = 0.01,
+        diversity_weight: float = 0.01,
+        balance_weight: float = 0.01,
+        tile_hidden: int | None = None,
+        temperature: float = 1.0,
+        seed: int | None = None,
+    ) -> None:
+        super().__init__()
+        d = _check_positive_int("d_model", d_model)
+        h = _check_positive_int("n_heads", n_heads)
+        if d % h != 0:
+            raise TileError("n_heads must divide d_model", d_model=d, n_heads=h)
+        self.d_model = d
+        self.n_heads = h
+        gen = _make_generator(seed)
+        bound = 1.0 / math.sqrt(d)
+        self.ln1_weight = nn.Parameter(torch.ones(d))
+        self.ln1_bias = nn.Parameter(torch.zeros(d))
+        self.qkv_weight = nn.Parameter(_uniform((3 * d, d), bound, gen))
+        self.qkv_bias = nn.Parameter(torch.zeros(3 * d))
+        self.out_weight = nn.Parameter(_uniform((d, d), bound, gen))
+        self.out_bias = nn.Parameter(torch.zeros(d))
+        ffn_seed = None if seed is None else int(torch.randint(0, 2**62, (1,), generator=gen))
+        self.ffn = SparseLookupFFNv2(
+            d_model=d,
+            num_tiles=num_tiles,
+            tiles_per_cluster=tiles_per_cluster,
+            grid_size=grid_size,
+            compress_hidden=compress_hidden,
+            dropout=dropout,
+            use_score_calibration=use_score_calibration,
+            ternary_weight=ternary_weight,
+            sparsity_weight=sparsity_weight,
+            diversity_weight=diversity_weight,
+            balance_weight=balance_weight,
+            tile_hidden=tile_hidden,
+            temperature=temperature,
+            seed=ffn_seed,
+        )
+
+    def forward(
+        self, x: Tensor, is_causal: bool = True, labels: Tensor | None = None
+    ) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
+        """Attention then tile FFN.
+
+        Parameters
+        ----------
+        x : Tensor, float32 (B, L, d) or (L, d)
+            Sequences (a 2-D input is one sequence).
+        is_causal : bool, default True
+            Causal attention mask.
+        labels : Tensor, integer, shape ``x.shape[:-1]``, optional
+            Passed to the FFN for claim tracking.
+
+        Returns
+        -------
+        output : Tensor, same shape as ``x``
+        routing_info, aux_losses : dict of str to Tensor
+            From the FFN (routing entries have shape ``x.shape[:-1]``).
+        """
+        d = self.d_model
+        if x.dim() not in (2, 3) or x.shape[-1] != d:
+            raise TileError(
+                "x must have shape (B, L, d_model) or (L, d_model)",
+                shape=tuple(x.shape),
+                d_model=d,
+            )
+        x3 = x if x.dim() == 3 else x.unsqueeze(0)
+        B, L, _ = x3.shape
+        hd = d // self.n_heads
+        p = self.ffn.dropout if self.training else 0.0
+        hn = F.layer_norm(x3, (d,), self.ln1_weight, self.ln1_bias)
+        qkv = F.linear(hn, self.qkv_weight, self.qkv_bias).view(B, L, 3, self.n_heads, hd)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        att = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=is_causal)
+        att = att.transpose(1, 2).reshape(B, L, d)
+        proj = F.linear(att, self.out_weight, self.out_bias)
+        if p > 0.0:
+            proj = F.dropout(proj, p, True)
+        h = (x3 + proj).view(x.shape)
+        return self.ffn.forward(h, labels)
+
+    _ATTN_PARAMS = ("ln1_weight", "ln1_bias", "qkv_weight", "qkv_bias", "out_weight", "out_bias")
+
+    def get_state(self) -> dict[str, npt.NDArray[Any]]:
+        """Complete state as plain numpy arrays: the attention parameters
+        (float32, under their own names) and the FFN's
+        :meth:`SparseLookupFFNv2.get_state` entries prefixed with ``"ffn."``."""
+        state: dict[str, npt.NDArray[Any]] = {
+            name: getattr(self, name).detach().cpu().numpy().copy() for name in self._ATTN_PARAMS
+        }
+        for key, value in self.ffn.get_state().items():
+            state["ffn." + key] = value
+        return state
+
+    def set_state(self, state: Mapping[str, npt.ArrayLike]) -> None:
+        """Restore a state produced by :meth:`get_state`, exactly.
+
+        Raises
+        ------
+        StateError
+            Missing keys, wrong shapes, non-finite values, or an FFN state
+            that does not fit (see :meth:`SparseLookupFFNv2.set_state`). The
+            block is left unchanged.
+        """
+        arrays: dict[str, Tensor] = {}
+        for name in self._ATTN_PARAMS:
+            if name not in state:
+                raise StateError("block state is missing keys", missing=[name])
+            ref: Tensor = getattr(self, name)
+            arr = np.asarray(state[name])
+            if tuple(arr.shape) != tuple(ref.shape) or arr.dtype.kind != "f":
+                raise StateError(
+                    "block state array has wrong shape or dtype",
+                    array=name,
+                    shape=arr.shape,
+                    expected=tuple(ref.shape),
+                )
+            if not np.all(np.isfinite(arr)):
+                raise StateError("block state array has non-finite values", array=name)
+            arrays[name] = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32).copy())
+        self.ffn.set_state({k[4:]: v for k, v in state.items() if k.startswith("ffn.")})
+        with torch.no_grad():
+            for name, value in arrays.items():
+                getattr(self, name).copy_(value)
