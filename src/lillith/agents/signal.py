@@ -145,10 +145,9 @@ class AnomalyLikelihood:
         lik = 0.5
         if self.count > self.min_history and n > 0:
             hist = self.buf if n == self.window else self.buf[:n]
-            med = float(np.median(hist))
-            mad = float(np.median(np.abs(hist - med)))
-            scale = max(1.4826 * mad, 0.05 * abs(med), 1e-12)
-            z = (level - med) / scale
+            mu = float(hist.mean())
+            sd = max(float(hist.std()), 0.05 * abs(mu), 1e-12)
+            z = (level - mu) / sd
             lik = 1.0 / (1.0 + math.exp(-1.7 * max(min(z, 400.0), -400.0)))
         self.buf[self.pos] = level
         self.pos = (self.pos + 1) % self.window

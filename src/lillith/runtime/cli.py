@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from lillith.errors import LillithError
 
 BENCHMARKS = ("fabric", "som", "conv4d", "agent", "nab")
@@ -82,10 +84,82 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run an agent on a source until stopped (Ctrl-C), a frame count or a duration.
+
+    This is the synchronous foreground loop of the embedded default (synthetic
+    source); the asyncio MQTT daemon, snapshots and resume come with their
+    own issues.
+    """
+    import time
+
+    import torch
+
+    from lillith.agents.agent import Agent
+    from lillith.runtime.config import load_settings
+    from lillith.runtime.logging import configure_logging, get_logger
+    from lillith.sensors.csvfile import read_csv_stream
+    from lillith.sensors.synthetic import SyntheticSignal
+
+    settings = load_settings(args.config, env=os.environ)
+    configure_logging(settings.log.level, settings.log.format)
+    log = get_logger("run")
+    torch.set_num_threads(settings.torch_threads)
+    source = args.source
+    if source == "synthetic":
+        signal = SyntheticSignal(4, seed=settings.agent.seed)
+        width = signal.n_channels
+
+        def frames(start: int, n: int) -> Any:
+            return signal.generate(start, n)
+    elif source.startswith("replay:"):
+        stream = read_csv_stream(Path(source[len("replay:"):]))
+        width = stream.values.shape[1]
+
+        def frames(start: int, n: int) -> Any:
+            vals = stream.values[start:start + n]
+            return vals, np.zeros(vals.shape[0], dtype=bool)
+    else:
+        raise LillithError("unsupported source for this build (mqtt comes with the daemon)",
+                           source=source)
+    agent = Agent(width, settings.agent)
+    log.info("agent_started", source=source, channels=width,
+             fabric=list(settings.agent.fabric.shape), state_dir=str(settings.state_dir))
+    start = time.monotonic()
+    done = 0
+    chunk = 256
+    try:
+        while args.max_frames is None or done < args.max_frames:
+            if args.duration is not None and time.monotonic() - start >= args.duration:
+                break
+            n = chunk if args.max_frames is None else min(chunk, args.max_frames - done)
+            values, labels = frames(done, n)
+            if values.shape[0] == 0:
+                break
+            ms = agent.process_many(values)
+            done += len(ms)
+            top = max(ms, key=lambda m: m.anomaly_likelihood)
+            log.info("frames_processed", step=agent.step, mean_loss=float(
+                np.mean([m.loss for m in ms])), max_likelihood=round(top.anomaly_likelihood, 6),
+                at_step=top.step, labelled_anomalies=int(np.sum(labels)),
+                energy=round(ms[-1].energy, 4), mode=ms[-1].mode,
+                frames_per_s=round(done / max(time.monotonic() - start, 1e-9), 1))
+    except KeyboardInterrupt:
+        log.info("interrupted", step=agent.step)
+    log.info("agent_stopped", frames=done, seconds=round(time.monotonic() - start, 2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Argument parser of every sub-command."""
     parser = argparse.ArgumentParser(prog="lillith", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run an agent on a source (default: synthetic)")
+    run.add_argument("--config", type=Path, default=None, help="lillith.toml")
+    run.add_argument("--source", default="synthetic", help="synthetic | replay:PATH")
+    run.add_argument("--max-frames", type=int, default=None)
+    run.add_argument("--duration", type=float, default=None, help="seconds")
+    run.set_defaults(func=cmd_run)
     b = sub.add_parser("bench", help="run a benchmark against its baseline, side by side")
     b.add_argument("name", choices=BENCHMARKS)
     b.add_argument("--json", action="store_true", help="print one JSON object")

@@ -1,0 +1,136 @@
+"""Normaliser, likelihood, BioSystem, mode cycler, synthetic signal, CSV replay."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lillith.agents.bio import BioConfig, BioSystem, ModeCycler
+from lillith.agents.signal import AnomalyLikelihood, RobustNormalizer
+from lillith.errors import ConfigError, StateError
+from lillith.sensors.csvfile import CsvError, read_csv_stream
+from lillith.sensors.synthetic import SyntheticSignal
+
+
+def test_normalizer_robust_to_outliers_and_tracks_drift() -> None:
+    rng = np.random.default_rng(0)
+    norm = RobustNormalizer(1, alpha=0.01)
+    for _ in range(2000):
+        norm.learn_one(np.array([5.0 + rng.standard_normal()]))
+    m0, s0 = norm.mean[0], norm.scale[0]
+    assert abs(m0 - 5.0) < 0.2 and 0.7 < s0 < 1.4
+    norm.learn_one(np.array([1e6]))  # one huge outlier barely moves it
+    assert abs(norm.mean[0] - m0) < 0.1 and norm.scale[0] < 2 * s0
+    for _ in range(3000):  # a sustained level shift is followed
+        norm.learn_one(np.array([50.0 + rng.standard_normal()]))
+    assert abs(norm.mean[0] - 50.0) < 1.0
+    z = norm.transform(np.array([norm.mean[0]]))
+    assert abs(z[0]) < 1e-9
+    np.testing.assert_allclose(norm.inverse(norm.transform(np.array([51.0]))), [51.0])
+    st = norm.get_state()
+    other = RobustNormalizer(1)
+    other.set_state(st)
+    assert other.mean[0] == norm.mean[0]
+    with pytest.raises(StateError):
+        RobustNormalizer(2).set_state(st)
+
+
+def test_likelihood_high_only_for_unusual_levels() -> None:
+    rng = np.random.default_rng(1)
+    lik = AnomalyLikelihood(window=500, short=5, min_history=50)
+    vals = [lik.score_one(float(abs(rng.standard_normal()))) for _ in range(1000)]
+    assert vals[0] == 0.5 and all(0 <= v <= 1 for v in vals)
+    assert np.mean(vals[100:]) < 0.7
+    spike = max(lik.score_one(20.0) for _ in range(3))
+    assert spike > 0.999 and spike > max(vals[100:])
+
+
+def test_bio_gate_hysteresis_and_drive() -> None:
+    bio = BioSystem(BioConfig(cost=0.05, recovery=0.001, rest_boost=10.0))
+    steps = 0
+    while bio.can_learn():
+        bio.step(1.0)
+        steps += 1
+        assert steps < 10_000
+    assert bio.energy < bio.config.gate_threshold and bio.gated
+    bio.step(0.0)
+    assert not bio.can_learn()  # hysteresis: not back until resume_threshold
+    while not bio.can_learn():
+        bio.step(0.0)
+    assert bio.energy >= bio.config.resume_threshold
+    for loss in [1.0] * 200:
+        bio.observe_loss(loss)
+    base = bio.learning_drive
+    for loss in [5.0] * 10:
+        bio.observe_loss(loss)
+    assert bio.learning_drive > base and bio.mood < 0
+    mods = bio.modulators()
+    assert {"energy_gate", "learning_drive", "mood", "fatigue"} <= set(mods)
+    with pytest.raises(ConfigError):
+        BioConfig(gate_threshold=0.5, resume_threshold=0.2)
+
+
+def test_mode_cycler_shares() -> None:
+    mc = ModeCycler(shares=(2, 1, 1), period=40)
+    modes = [mc.mode_at(i) for i in range(80)]
+    assert modes.count("normal") == 40 and modes.count("random") == 20
+    assert modes[:20] == ["normal"] * 20
+    with pytest.raises(ConfigError):
+        ModeCycler(shares=(0, 0, 0))
+
+
+def test_synthetic_signal_chunking_and_labels() -> None:
+    s = SyntheticSignal(3, anomaly_every=1000, seed=4)
+    a, la = s.generate(0, 5000)
+    b1, lb1 = s.generate(0, 1234)
+    b2, lb2 = s.generate(1234, 5000 - 1234)
+    np.testing.assert_array_equal(a, np.concatenate([b1, b2]))
+    np.testing.assert_array_equal(la, np.concatenate([lb1, lb2]))
+    assert la.any() and np.all(np.isfinite(a))
+
+
+def test_csv_reader_errors(tmp_path: Path) -> None:
+    p = tmp_path / "x.csv"
+    p.write_text("timestamp,a,b\n2020-01-01 00:00:00,1,2\n2020-01-01 00:05:00,3,x\n")
+    with pytest.raises(CsvError) as e:
+        read_csv_stream(p)
+    assert e.value.fields["line"] == 3
+    p.write_text("timestamp,a,b\n2020-01-01 00:00:00,1,2\n2020-01-01 00:05:00,3,4\n")
+    s = read_csv_stream(p)
+    assert s.columns == ["a", "b"] and s.t[1] - s.t[0] == 300.0
+    with pytest.raises(CsvError):
+        read_csv_stream(p, value_columns=["c"])
+
+
+def test_replay_cli_writes_one_row_per_input_row(tmp_path: Path) -> None:
+    src = tmp_path / "in" / "cat"
+    src.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in ("a.csv", "b.csv"):
+        with (src / name).open("w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["timestamp", "value"])
+            for i in range(300):
+                w.writerow([f"2020-01-01 {i // 60:02d}:{i % 60:02d}:00",
+                            f"{np.sin(i / 5) + 0.1 * rng.standard_normal():.5f}"])
+    out = tmp_path / "out"
+    res = subprocess.run([sys.executable, "-m", "lillith.runtime.cli", "replay",
+                          str(tmp_path / "in"), "--out", str(out), "--quiet"],
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    lines = [json.loads(x) for x in res.stdout.splitlines()]
+    assert len(lines) == 2 and all(x["rows"] == 300 for x in lines)
+    with (out / "cat" / "a.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 300
+    assert set(rows[0]) >= {"timestamp", "value", "anomaly_score", "anomaly_likelihood",
+                            "prediction", "loss", "bmu", "mode", "energy", "skipped"}
+    preds = np.array([float(r["prediction"]) for r in rows[100:-1]])
+    vals = np.array([float(r["value"]) for r in rows[101:]])
+    assert np.mean(np.abs(preds - vals)) < 0.5  # forecasts are in the input's units
