@@ -207,7 +207,8 @@ class Agent:
         self.feat_dim = self.n_channels * self.history + n_fab + som_dims
         self.normalizer = RobustNormalizer(self.n_channels, alpha=cfg.score.norm_alpha)
         self.likelihood = AnomalyLikelihood(window=cfg.score.window, short=cfg.score.short,
-                                            min_history=cfg.score.min_history)
+                                            min_history=cfg.score.min_history,
+                                            suppress=cfg.score.suppress)
         b = cfg.bio
         self.bio = BioSystem(BioConfig(
             cost=b.cost, recovery=b.recovery, rest_boost=b.rest_boost,

@@ -96,9 +96,10 @@ class ScoreSettings(_Model):
     """Raw anomaly score and its likelihood."""
 
     som_weight: float = Field(1.0, ge=0)
-    window: int = Field(1000, ge=10)
-    short: int = Field(5, ge=1)
+    window: int = Field(2000, ge=10)
+    short: int = Field(2, ge=1)
     min_history: int = Field(50, ge=1)
+    suppress: int = Field(100, ge=0)
     norm_alpha: float = Field(2e-3, gt=0, le=1)
 
 

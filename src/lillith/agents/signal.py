@@ -117,6 +117,11 @@ class AnomalyLikelihood:
     1.0 before z ~ 20, so strong anomalies stay ranked. Until ``min_history``
     steps have been seen the likelihood is 0.5.
 
+    Rest period (as CAD OSE and other NAB detectors have): a likelihood above
+    0.5 that does not exceed every likelihood of the previous ``suppress``
+    steps is damped to ``0.5 * min(likelihood, 0.5)``, so a sustained anomaly
+    alarms at its onset (and whenever it grows), not on every row.
+
     Parameters
     ----------
     window : int
@@ -125,12 +130,17 @@ class AnomalyLikelihood:
         Steps averaged for the current level.
     min_history : int
         Steps needed before the likelihood departs from 0.5.
+    suppress : int
+        Rest period in steps (0: none).
     """
 
-    def __init__(self, *, window: int = 1000, short: int = 5, min_history: int = 50) -> None:
+    def __init__(self, *, window: int = 2000, short: int = 2, min_history: int = 50,
+                 suppress: int = 100) -> None:
         self.window = int(window)
         self.short = int(short)
         self.min_history = int(min_history)
+        self.suppress = int(suppress)
+        self.recent = np.zeros(max(self.suppress, 1))
         self.raw = np.zeros(self.short)
         self.buf = np.zeros(self.window)
         self.pos = 0
@@ -151,11 +161,20 @@ class AnomalyLikelihood:
             lik = 1.0 / (1.0 + math.exp(-1.7 * max(min(z, 400.0), -400.0)))
         self.buf[self.pos] = level
         self.pos = (self.pos + 1) % self.window
+        if self.suppress > 0:
+            k = (self.count - 1) % self.suppress
+            seen = min(self.count - 1, self.suppress)
+            prior = float(self.recent[:seen].max()) if seen else 0.0
+            self.recent[k] = lik
+            if lik > 0.5 and prior >= lik:
+                # rest period: an alarm that is not a new high within `suppress`
+                # steps repeats news already given, so it is damped below 0.5
+                lik = 0.5 * min(lik, 0.5)
         return lik
 
     def get_state(self) -> dict[str, npt.NDArray[Any]]:
         """Windows and counters as plain arrays."""
-        return {"raw": self.raw.copy(), "buf": self.buf.copy(),
+        return {"raw": self.raw.copy(), "buf": self.buf.copy(), "recent": self.recent.copy(),
                 "pos": np.array(self.pos, dtype=np.int64),
                 "count": np.array(self.count, dtype=np.int64)}
 
@@ -168,5 +187,6 @@ class AnomalyLikelihood:
                              expected=(self.window,))
         self.buf = buf.copy()
         self.raw = raw.copy()
+        self.recent = np.asarray(state["recent"], dtype=np.float64).copy()
         self.pos = int(state["pos"])
         self.count = int(state["count"])

@@ -123,6 +123,7 @@ _HYPER_KEYS = (
     "temperature",
     "usage_decay",
 )
+_ROUTER_GRADS = ("mixture", "straight_through")
 _EXTRA_KEYS = ("config", "hyper", "counters", "claim_counts", "surgery_history", "rng_state")
 
 
@@ -328,8 +329,14 @@ class SparseLookupFFNv2(nn.Module):
         temperature: float = 1.0,
         seed: int | None = None,
         usage_decay: float = 0.99,
+        router_grad: str = "mixture",
     ) -> None:
         super().__init__()
+        if router_grad not in _ROUTER_GRADS:
+            raise TileError(
+                "router_grad must be 'mixture' or 'straight_through'", router_grad=router_grad
+            )
+        self.router_grad = router_grad
         d = _check_positive_int("d_model", d_model)
         T = _check_positive_int("num_tiles", num_tiles)
         K = _check_positive_int("tiles_per_cluster", tiles_per_cluster)
@@ -579,16 +586,29 @@ class SparseLookupFFNv2(nn.Module):
             idx1 = cl * K + z.argmax(-1).gather(1, cl)  # (N, 1)
             idx = idx1.view(N)
         p = joint.gather(1, idx1)  # (N, 1)
-        straight = p / p.detach()
         cos = dots.gather(1, idx1) / (
             torch.linalg.vector_norm(code, dim=1, keepdim=True) * sig_norms[idx1]
         ).clamp_min(1e-8)
-        gate = straight if self.calibration is None else self.calibration.forward(cos) * straight
 
         hidden = F.silu(torch.baddbmm(self.b1[idx].unsqueeze(1), xn.unsqueeze(1), self.w1[idx]))
         y = torch.baddbmm(self.b2[idx].unsqueeze(1), hidden, self.w2[idx]).view(N, d)
         if self.dropout > 0.0 and self.training:
             y = F.dropout(y, self.dropout, True)
+        if self.router_grad == "mixture" and joint.requires_grad:
+            with torch.no_grad():
+                hid_all = F.silu(torch.einsum("nd,tdh->tnh", xn, self.w1) + self.b1.unsqueeze(1))
+                y_all = torch.baddbmm(self.b2.unsqueeze(1), hid_all, self.w2)  # (T, N, d)
+            mix = torch.einsum("nt,tnd->nd", joint, y_all)
+            y = y + (mix - mix.detach())  # value exactly y; gradient of the mixture to joint
+        if self.router_grad == "mixture":
+            gate = (
+                torch.ones_like(cos) if self.calibration is None else self.calibration.forward(cos)
+            )
+        else:
+            straight = p / p.detach()
+            gate = (
+                straight if self.calibration is None else self.calibration.forward(cos) * straight
+            )
         out = torch.addcmul(x2, gate, y).view(x.shape)
 
         with torch.no_grad():
