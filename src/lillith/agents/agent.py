@@ -233,6 +233,7 @@ class Agent:
         self._prev_last: F32 | None = None
         self._err_avg = 0.0
         self._qe_avg = 0.0
+        self._lvl_avg = 0.0
         self._n_err = 0
         self._pending = _Pending()
         self._batch_scale = 1.0  # learning-rate scale frozen for the micro-batch
@@ -385,7 +386,7 @@ class Agent:
                     self._pending.feats.append(self._prev_feat)
                     self._pending.lasts.append(self._prev_last)
                     self._pending.targets.append(z.astype(np.float32))
-            raw = self._raw_score(err, float(qes[r]))
+            raw = self._raw_score(err, float(qes[r]), float(np.mean(np.abs(z))))
             lik = self.likelihood.score_one(raw)
             if self._prev_pred is not None:
                 self.bio.observe_loss(loss)
@@ -410,15 +411,18 @@ class Agent:
             self.step += 1
         return out
 
-    def _raw_score(self, err: float, qe: float) -> float:
-        """Prediction error and SOM quantisation error, each relative to its running mean."""
+    def _raw_score(self, err: float, qe: float, level: float) -> float:
+        """Prediction error, SOM quantisation error and level novelty, each relative to
+        its running mean (``level`` = mean |z| of the frame under the normaliser)."""
         self._n_err += 1
         rate = max(1.0 / self._n_err, 1e-3)
         self._err_avg += rate * (err - self._err_avg)
         self._qe_avg += rate * (qe - self._qe_avg)
+        self._lvl_avg += rate * (level - self._lvl_avg)
         raw = err / (self._err_avg + 1e-9)
         if self.fabric is not None:
             raw += self.config.score.som_weight * qe / (self._qe_avg + 1e-9)
+        raw += self.config.score.level_weight * level / (self._lvl_avg + 1e-9)
         return float(raw)
 
     def _train_batch(self) -> None:
@@ -494,7 +498,8 @@ class Agent:
         d["agent/counters"] = np.array([self.step, self.total_updates, self.skipped_steps,
                                         int(self.learning_enabled), self._n_err,
                                         STATE_VERSION], dtype=np.int64)
-        d["agent/scores"] = np.array([self._err_avg, self._qe_avg], dtype=np.float64)
+        d["agent/scores"] = np.array([self._err_avg, self._qe_avg, self._lvl_avg],
+                                     dtype=np.float64)
         d["agent/hist"] = self._hist.copy()
         has_prev = self._prev_pred is not None
         d["agent/has_prev"] = np.array(int(has_prev), dtype=np.int64)
@@ -568,7 +573,8 @@ class Agent:
             c = np.asarray(state["agent/counters"], dtype=np.int64)
             self.step, self.total_updates, self.skipped_steps = int(c[0]), int(c[1]), int(c[2])
             self.learning_enabled, self._n_err = bool(c[3]), int(c[4])
-            self._err_avg, self._qe_avg = (float(v) for v in state["agent/scores"])
+            self._err_avg, self._qe_avg, self._lvl_avg = (
+                float(v) for v in state["agent/scores"])
             self._hist = np.asarray(state["agent/hist"], dtype=np.float32).copy()
             if int(state["agent/has_prev"]):
                 self._prev_pred = np.asarray(state["agent/prev_pred"], dtype=np.float64).copy()

@@ -96,6 +96,7 @@ class ScoreSettings(_Model):
     """Raw anomaly score and its likelihood."""
 
     som_weight: float = Field(1.0, ge=0)
+    level_weight: float = Field(2.0, ge=0)
     window: int = Field(2000, ge=10)
     short: int = Field(2, ge=1)
     min_history: int = Field(50, ge=1)
