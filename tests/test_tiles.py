@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Callable
 from typing import Any
@@ -20,6 +21,12 @@ from lillith.agents.tiles import (
 from lillith.errors import LillithError, StateError
 
 D = 16
+
+
+@pytest.fixture(autouse=True)
+def _seed_global_rng() -> None:
+    """Inputs drawn from the global RNG are reproducible test to test."""
+    torch.manual_seed(1234)
 
 
 def make_ffn(**kw: Any) -> SparseLookupFFNv2:
@@ -71,7 +78,7 @@ def test_aux_entries_are_weighted() -> None:
     assert float(aux["sparsity"]) == 0.0
     assert torch.allclose(aux["diversity"], 2.0 * ffn.compute_diversity_loss())
     # balance is 1 for a perfectly uniform router and >= 0 always
-    assert float(aux["balance"]) > 0.0
+    assert float(aux["balance"].detach()) > 0.0
 
 
 def test_routing_is_hierarchical_top1() -> None:
@@ -205,17 +212,22 @@ def test_bad_signature() -> None:
         ffn.insert_signature(0, bad)
     with pytest.raises(TileError):
         ffn.get_claim_rate(0, -1)
+    with pytest.raises(TileError):
+        ffn.get_claim_rate(0, 1.5)  # type: ignore[arg-type]
     assert not ffn.is_frozen(0)
 
 
 # --------------------------------------------------------------------------- gradients
 
 
+@pytest.mark.parametrize("router_grad", ["mixture", "straight_through"])
 @pytest.mark.parametrize("calibrate", [True, False])
-def test_task_loss_reaches_routing(calibrate: bool) -> None:
-    ffn = make_ffn(use_score_calibration=calibrate, dropout=0.0, **no_aux())
-    x = torch.randn(2, 12, D)
-    target = torch.randn(2, 12, D)
+def test_task_loss_reaches_routing(calibrate: bool, router_grad: str) -> None:
+    ffn = make_ffn(
+        use_score_calibration=calibrate, dropout=0.0, router_grad=router_grad, **no_aux()
+    )
+    x = torch.randn(2, 5, D)
+    target = torch.randn(2, 5, D)
     out, _, aux = ffn(x)
     assert float(aux["total_aux"]) == 0.0
     F.mse_loss(out, target).backward()
@@ -233,27 +245,49 @@ def test_task_loss_reaches_routing(calibrate: bool) -> None:
         assert p.grad is not None, name
         assert bool(torch.isfinite(p.grad).all()), name
         assert float(p.grad.abs().sum()) > 0.0, name
-    # signatures of tiles that were not chosen but share a cluster get gradient too
-    assert ffn.signatures_raw.grad is not None
-    assert int((ffn.signatures_raw.grad.abs().sum(1) > 0).sum()) > len(
-        set(ffn(x, track=False)[1]["tile_idx"].flatten().tolist())
-    )
+    # signatures of tiles that were not chosen get gradient too (through the
+    # route probabilities)
+    g = ffn.signatures_raw.grad
+    assert g is not None
+    chosen = set(ffn(x, track=False)[1]["tile_idx"].flatten().tolist())
+    unchosen = [t for t in range(ffn.num_tiles) if t not in chosen]
+    assert unchosen and all(float(g[t].abs().sum()) > 0.0 for t in unchosen)
+
+
+def test_router_grad_changes_only_gradients() -> None:
+    a = make_ffn(seed=4, dropout=0.0)
+    b = make_ffn(seed=4, dropout=0.0, router_grad="straight_through")
+    x = torch.randn(3, 9, D)
+    oa, ia, _ = a(x)
+    ob, ib, _ = b(x)
+    assert torch.equal(oa, ob)
+    assert torch.equal(ia["gate"], ib["gate"])
+    with torch.no_grad():
+        assert torch.equal(a(x)[0], oa)
+    with pytest.raises(TileError):
+        make_ffn(router_grad="soft")
 
 
 def test_score_calibration_spline() -> None:
     spline = ScoreCalibrationSpline(num_knots=8)
+    gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        spline.logits.copy_(torch.randn(9) * 3)
-    scores = torch.randn(32, 64) * 2
+        spline.logits.copy_(torch.randn(9, generator=gen))
+    scores = torch.randn(32, 64, generator=gen) * 2
     gates = spline(scores)
     assert gates.shape == scores.shape
     assert bool(((gates > 0) & (gates < 1)).all())
-    grid = torch.linspace(-3, 3, 1001)
-    g = spline(grid)
-    assert bool((g[1:] >= g[:-1]).all())
+    # non-decreasing exactly (in float32), for many random parameter draws
+    grid = torch.cat((torch.linspace(-3, 3, 1001), torch.randn(3000, generator=gen))).sort()[0]
+    for _ in range(100):
+        with torch.no_grad():
+            spline.logits.copy_(torch.randn(9, generator=gen) * 3)
+        g = spline(grid)
+        assert bool((g[1:] >= g[:-1]).all())
+        assert bool(((g >= 0) & (g <= 1)).all())
     knots = spline.knot_values()
     assert bool((knots[1:] > knots[:-1]).all())
-    assert torch.allclose(spline(torch.linspace(-1, 1, 8)), knots, atol=1e-6)
+    assert torch.allclose(spline(spline.knot_positions()), knots, atol=1e-6)
     assert spline(torch.tensor(0.3)).shape == ()
     assert spline(torch.randn(2, 3, 4, dtype=torch.float64)).dtype == torch.float64
     x = torch.randn(10, requires_grad=True)
@@ -390,11 +424,11 @@ def optimise_alone(ffn: SparseLookupFFNv2, loss_fn: Callable[[], torch.Tensor]) 
     losses = []
     for _ in range(150):
         loss = loss_fn()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         opt.zero_grad()
         loss.backward()
         opt.step()
-    losses.append(float(loss_fn()))
+    losses.append(float(loss_fn().detach()))
     return losses
 
 
@@ -544,9 +578,13 @@ def test_claim_tracking_bookkeeping() -> None:
 
 def test_claim_tracking_toy_task() -> None:
     """Labels = which of two input clusters x comes from; each cluster needs its
-    own output map, so each class ends up owned by its own tile."""
-    torch.manual_seed(0)
-    ffn = make_ffn(dropout=0.0, balance_weight=0.05)
+    own output map, so each class ends up owned by its own tile.
+
+    Two clusters of two tiles: with many more tiles than classes the balance
+    loss spreads each class over several (still pure) tiles, so no single tile
+    holds more than half of a class.
+    """
+    ffn = make_ffn(num_tiles=4, tiles_per_cluster=2, dropout=0.0)
     gen = torch.Generator().manual_seed(2)
     centers = torch.randn(2, D, generator=gen)
     centers = 3.0 * centers / centers.norm(dim=1, keepdim=True)
@@ -585,14 +623,18 @@ def test_claim_tracking_toy_task() -> None:
 # --------------------------------------------------------------------------- learning
 
 
-def test_regression_learns() -> None:
-    torch.manual_seed(0)
-    ffn = make_ffn(d_model=8, num_tiles=8, tiles_per_cluster=4, tile_hidden=16, dropout=0.0)
+@pytest.mark.parametrize(("input_norm", "ratio"), [(False, 0.15), (True, 0.45)])
+def test_regression_learns(input_norm: bool, ratio: float) -> None:
+    """Learn y = x + tanh(x A) B (d = 8). With the input LayerNorm the experts
+    cannot see the scale of x, so less of the loss is reachable."""
+    ffn = make_ffn(d_model=8, tile_hidden=16, dropout=0.0, input_norm=input_norm, seed=0)
+    assert (ffn.norm_weight is not None) == input_norm
     gen = torch.Generator().manual_seed(3)
-    A = torch.randn(8, 8, generator=gen)
+    A = torch.randn(8, 8, generator=gen) / 8**0.5
+    B = torch.randn(8, 8, generator=gen) * (2.0 / 8**0.5)
 
     def f(x: torch.Tensor) -> torch.Tensor:
-        return x + torch.sin(x @ A) * torch.tanh(2.0 * x)
+        return x + torch.tanh(x @ A) @ B
 
     x_test = torch.randn(256, 8, generator=gen)
     y_test = f(x_test)
@@ -611,7 +653,7 @@ def test_regression_learns() -> None:
         loss.backward()
         opt.step()
     end = test_loss()
-    assert end < 0.35 * start, (start, end)
+    assert end < ratio * start, (start, end)
 
 
 # --------------------------------------------------------------------------- state
@@ -680,7 +722,7 @@ def test_state_continues_training_identically() -> None:
     train_steps(a, opt_a, 10, gen, labels=True)
     a.freeze_signature(2)
     state = a.get_state()
-    opt_state = opt_a.state_dict()
+    opt_state = copy.deepcopy(opt_a.state_dict())  # as if saved and loaded
 
     b = make_ffn(seed=2, dropout=0.0)
     b.set_state(state)

@@ -12,25 +12,43 @@ Model
 For a token ``x`` (``d = d_model``), with ``T = num_tiles`` tiles grouped in
 ``C = T / K`` clusters of ``K = tiles_per_cluster`` consecutive tiles::
 
-    xn   = LayerNorm(x)
+    xn   = LayerNorm(x)                  (identity with input_norm=False)
     c    = W_c2 silu(W_c1 xn + b_c1) + b_c2                 routing code, (d,)
     z_t  = (c . s_t) / (sqrt(d) * temperature)              tile logits, (T,)
-    cluster score  z_C = mean_{t in C} z_t                  (= c . mean signature)
+    z_C  = mean_{t in C} z_t                                (= c . mean signature of C)
     C*   = argmax_C z_C,   t* = argmax_{t in C*} z_t        hierarchical top-1
-    p    = softmax_C(z_C)[C*] * softmax_{t in C*}(z_t)[t*]  route probability
-    g    = spline(cos(c, s_t*)) * p / stop_grad(p)          gate (value = spline)
-    y    = W2[t*] silu(W1[t*] xn + b1[t*]) + b2[t*]         tile expert, d -> H -> d
-    out  = x + g * dropout(y)                               residual FFN
+    P_t  = softmax_C(z_C)[C(t)] * softmax_{u in C(t)}(z_u)[t]   joint route probability
+    g    = spline(cos(c, s_t*))                             gate in (0, 1)
+    y_t  = W2[t] silu(W1[t] xn + b1[t]) + b2[t]             tile expert, d -> H -> d
+    out  = x + g * dropout(y_t*)                            residual FFN
 
 ``s_t`` is the *effective* signature of tile ``t`` (see "Frozen signatures").
-The forward value of ``p / stop_grad(p)`` is exactly 1, but its gradient is
-``d p / p``: the task loss reaches the routing code ``c`` (compression net),
-every signature of the chosen cluster (through the cluster softmax of mean
-signatures and the within-cluster softmax) and, through ``cos``, the chosen
-signature and the calibration spline. ``p >= 1 / T`` always (each factor is
-the largest entry of its softmax), so the straight-through factor is bounded.
-With ``use_score_calibration=False`` the gate is the straight-through factor
-alone (value 1).
+Only the chosen tile's expert is evaluated for the output (``O(N d H)``), and
+the output value is exactly the top-1 output above. How the (non
+differentiable) choice gets a gradient is ``router_grad``:
+
+* ``"mixture"`` (default): ``y_t*`` is replaced by
+  ``y_t* + (m - stop_grad(m))`` with ``m = sum_t P_t stop_grad(y_t)``; the
+  added term is exactly zero in value, but its gradient is that of the soft
+  mixture, ``dL/dP_t = g dL/dout . y_t``: the router is pushed toward the
+  tiles whose output would have been better for this token (the
+  straight-through softmax estimator). This needs every tile's output for
+  every token *without* gradient (one extra batched pass, ``O(N T d H)``,
+  skipped when no gradient is being recorded); expert weights themselves
+  are trained by the chosen tile only.
+* ``"straight_through"``: ``g`` is multiplied by ``P_t* / stop_grad(P_t*)``
+  (value exactly 1, gradient ``dP / P``; ``P_t* >= 1 / T``, so it is
+  bounded). Cheaper for many tiles, but the router only learns whether the
+  chosen tile helped, not whether another would have helped more.
+
+Either way the task loss reaches the compression net, the signatures (all
+of them through ``P``, the chosen one also through ``cos``) and the spline.
+With ``use_score_calibration=False``, ``g = 1``.
+
+The input LayerNorm makes the tiles blind to the scale (and mean) of ``x``;
+that is the usual pre-norm choice inside a transformer block, but a
+standalone FFN on low-dimensional inputs whose amplitude matters should use
+``input_norm=False``.
 
 Frozen signatures
 -----------------
@@ -63,10 +81,11 @@ Performance
 -----------
 A forward pass is a fixed sequence of about 60 tensor operations whatever
 ``T`` is: no Python loop over tiles or tokens, no host synchronisation
-(except ``labels.max()`` when claim tracking is requested). Tile experts are
-applied by gathering the chosen tiles' weights and one batched matmul
-(``baddbmm``), so the cost is ``O(N d H)``, not ``O(N T d H)``. Usage and
-claim counters are updated under ``torch.no_grad``. Inputs are not checked
+(except ``labels.max()`` when claim tracking is requested). The output uses
+only the chosen tiles, gathered and applied by one batched matmul
+(``baddbmm``) per layer, ``O(N d H)``; the ``"mixture"`` router gradient adds
+one no-grad pass over all tiles, ``O(N T d H)``, when gradients are recorded.
+Usage and claim counters are updated under ``torch.no_grad``. Inputs are not checked
 for non-finite values (the sensor layer rejects them before they get here).
 
 The modules are not thread-safe: one owner (the agent's worker) mutates them.
@@ -113,6 +132,7 @@ _CONFIG_KEYS = (
     "compress_hidden",
     "tile_hidden",
     "use_score_calibration",
+    "input_norm",
 )
 _HYPER_KEYS = (
     "dropout",
@@ -170,18 +190,20 @@ def _check_weight(name: str, value: float) -> float:
 
 
 class ScoreCalibrationSpline(nn.Module):
-    """Learnable monotone piecewise-linear map from a score to a gate in (0, 1).
+    """Learnable monotone piecewise-linear map from a score to a gate in [0, 1].
 
     ``num_knots`` knots sit at fixed, evenly spaced positions
     ``x_0 = x_min < ... < x_{n-1} = x_max``. Their values are
     ``y_k = sum_{j <= k} w_j`` with ``w = softmax(logits)`` over ``n + 1``
     learnable logits, so ``0 < y_0 < y_1 < ... < y_{n-1} < 1``: monotone and
     bounded by construction, for any parameter values. Between knots the map
-    interpolates linearly; outside ``[x_min, x_max]`` it is constant
-    (``y_0`` resp. ``y_{n-1}``). It is evaluated as
-    ``y_0 + sum_k w_{k+1} clamp((x - x_k) / h, 0, 1)`` (one broadcast, one
-    clamp, one matmul), so the gradient reaches both the input (inside the
-    domain) and every logit.
+    interpolates linearly, ``min(y_k + f (y_{k+1} - y_k), y_{k+1})`` with
+    ``f`` the position inside segment ``k``; outside ``[x_min, x_max]`` it is
+    constant (``y_0`` resp. ``y_{n-1}``). Every output is computed by the same
+    element-wise operations, each monotone under rounding, so the map is
+    non-decreasing *in floating point* too (a matmul formulation is not: its
+    summation order varies between rows). The gradient reaches the input
+    (inside the domain) and every logit.
 
     With zero logits (the initial value) the map is a straight ramp from
     ``1 / (n + 1)`` to ``n / (n + 1)``.
@@ -194,8 +216,6 @@ class ScoreCalibrationSpline(nn.Module):
         Domain of the knots (``x_min < x_max``). The tile FFN feeds cosine
         similarities, so the default covers their whole range.
     """
-
-    knots_x: Tensor
 
     def __init__(self, num_knots: int = 8, x_min: float = -1.0, x_max: float = 1.0) -> None:
         super().__init__()
@@ -211,11 +231,13 @@ class ScoreCalibrationSpline(nn.Module):
         self._inv_h = (n - 1) / (hi - lo)
         #: Learnable logits, float32 (num_knots + 1,): softmax gives the knot increments.
         self.logits = nn.Parameter(torch.zeros(n + 1))
-        # left end of each of the n - 1 segments
-        self.register_buffer("knots_x", torch.linspace(lo, hi, n)[:-1].clone())
+
+    def knot_positions(self) -> Tensor:
+        """Knot positions ``x_k``, float32 (num_knots,)."""
+        return torch.linspace(self.x_min, self.x_max, self.num_knots)
 
     def knot_values(self) -> Tensor:
-        """Knot values ``y_k``, float (num_knots,), strictly increasing in (0, 1)."""
+        """Knot values ``y_k``, float (num_knots,), increasing, in (0, 1)."""
         w = torch.softmax(self.logits, 0)
         return torch.cumsum(w, 0)[: self.num_knots]
 
@@ -230,16 +252,21 @@ class ScoreCalibrationSpline(nn.Module):
         Returns
         -------
         Tensor
-            Gates, same shape and dtype as ``scores``, in (0, 1).
+            Gates, same shape and dtype as ``scores``, in [0, 1] (in (0, 1)
+            unless a softmax weight underflows).
         """
+        n = self.num_knots
         logits: Tensor = self.logits
-        knots = self.knots_x
         if scores.dtype != logits.dtype:
             logits = logits.to(scores.dtype)
-            knots = knots.to(scores.dtype)
-        w = torch.softmax(logits, 0)
-        ramp = ((scores.unsqueeze(-1) - knots) * self._inv_h).clamp(0.0, 1.0)
-        return w[0] + ramp @ w[1 : self.num_knots]
+        y = torch.cumsum(torch.softmax(logits, 0), 0)
+        lo, hi = y[: n - 1], y[1:n]
+        table = torch.stack((lo, hi - lo, hi), 1)  # (n - 1, 3): left, step, right
+        u = ((scores - self.x_min) * self._inv_h).clamp(0.0, float(n - 1))
+        with torch.no_grad():
+            seg = u.floor().clamp_(max=float(n - 2))
+        rows = table[seg.long()]  # (..., 3)
+        return torch.minimum(torch.addcmul(rows[..., 0], u - seg, rows[..., 1]), rows[..., 2])
 
     def extra_repr(self) -> str:
         return f"num_knots={self.num_knots}, x_min={self.x_min}, x_max={self.x_max}"
@@ -272,8 +299,7 @@ class SparseLookupFFNv2(nn.Module):
         Dropout on the tile output (training mode only), in [0, 1).
     use_score_calibration : bool, default True
         Gate tile outputs by the calibration spline of the chosen tile's
-        cosine score; without it the gate is the straight-through factor
-        alone (value 1).
+        cosine score; without it the gate is 1.
     ternary_weight, sparsity_weight, diversity_weight, balance_weight : float, default 0.01
         Weights of the auxiliary losses (>= 0; 0 skips the computation).
     tile_hidden : int, optional
@@ -285,6 +311,12 @@ class SparseLookupFFNv2(nn.Module):
         Same seed, same parameters, same outputs. ``None``: nondeterministic.
     usage_decay : float, default 0.99
         Per-forward decay of the usage EMA (:meth:`tile_usage`), in [0, 1).
+    router_grad : {"mixture", "straight_through"}, default "mixture"
+        How the task loss reaches the router (module docstring). Changes
+        gradients only, never output values; not part of the state.
+    input_norm : bool, default True
+        Apply a learnable LayerNorm to ``x`` before routing and the experts
+        (parameters ``norm_weight``, ``norm_bias``; ``None`` when False).
 
     Raises
     ------
@@ -330,6 +362,7 @@ class SparseLookupFFNv2(nn.Module):
         seed: int | None = None,
         usage_decay: float = 0.99,
         router_grad: str = "mixture",
+        input_norm: bool = True,
     ) -> None:
         super().__init__()
         if router_grad not in _ROUTER_GRADS:
@@ -375,8 +408,12 @@ class SparseLookupFFNv2(nn.Module):
         gen = self._gen
 
         # input norm and compression (routing) net
-        self.norm_weight = nn.Parameter(torch.ones(d))
-        self.norm_bias = nn.Parameter(torch.zeros(d))
+        self.input_norm = bool(input_norm)
+        self.norm_weight: nn.Parameter | None = None
+        self.norm_bias: nn.Parameter | None = None
+        if self.input_norm:
+            self.norm_weight = nn.Parameter(torch.ones(d))
+            self.norm_bias = nn.Parameter(torch.zeros(d))
         self.compress_w1 = nn.Parameter(_uniform((Hc, d), 1.0 / math.sqrt(d), gen))
         self.compress_b1 = nn.Parameter(_uniform((Hc,), 1.0 / math.sqrt(d), gen))
         self.compress_w2 = nn.Parameter(_uniform((d, Hc), 1.0 / math.sqrt(Hc), gen))
@@ -569,7 +606,7 @@ class SparseLookupFFNv2(nn.Module):
             )
         T, C, K = self.num_tiles, self.num_clusters, self.tiles_per_cluster
 
-        xn = F.layer_norm(x2, (d,), self.norm_weight, self.norm_bias)
+        xn = F.layer_norm(x2, (d,), self.norm_weight, self.norm_bias) if self.input_norm else x2
         code = F.linear(
             F.silu(F.linear(xn, self.compress_w1, self.compress_b1)),
             self.compress_w2,
@@ -828,7 +865,10 @@ class SparseLookupFFNv2(nn.Module):
         0.0 when the class has not been seen.
         """
         t = self._check_tile(tile_idx)
-        c = operator.index(target_class)
+        try:
+            c = operator.index(target_class)
+        except TypeError as e:
+            raise TileError("target_class must be an integer", target_class=target_class) from e
         if c < 0:
             raise TileError("target_class must be >= 0", target_class=c)
         if c >= self._claims.shape[1]:
@@ -977,6 +1017,7 @@ class SparseLookupFFNv2(nn.Module):
             "compress_hidden": self.compress_hidden,
             "tile_hidden": self.tile_hidden,
             "use_score_calibration": int(self.use_score_calibration),
+            "input_norm": int(self.input_norm),
         }
 
     def set_state(self, state: Mapping[str, npt.ArrayLike]) -> None:

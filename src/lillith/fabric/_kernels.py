@@ -227,6 +227,7 @@ def _step_impl(
     # contribution c is stored as c / gain, and nothing decays element-wise
     chg = ch * f32(inv_hot_gain)
     hot1 = hot.reshape(n * K * S)
+    inv_K = 1.0 / K
     for i in prange(n):
         post = a_prev[i]
         learn = plastic and post > zero
@@ -237,7 +238,7 @@ def _step_impl(
         # -- synapses onto branch k are the k-th contiguous block of the row:
         #    the first ``ln % K`` branches take ``ln // K + 1`` synapses
         idend = zero
-        base = ln // K
+        base = int((ln + 0.5) * inv_K)  # == ln // K, without a 64-bit idiv per neuron
         extra = ln - base * K
         b1 = lo
         for k in range(K):
