@@ -39,11 +39,15 @@ class TorchFabric:
         cut = r_extra * (r_base + 1)
         br = np.where(pos < cut, pos // np.maximum(r_base + 1, 1),
                       r_extra + (pos - cut) // np.maximum(r_base, 1))
+        # position within the branch block, mod S, is the segment
+        blk_start = np.where(br < r_extra, br * (r_base + 1),
+                             cut + (br - r_extra) * r_base)
+        seg = (pos - blk_start) % self.S
         t = torch.as_tensor
         self.rows = t(rows, dtype=torch.long)
         self.pre = t(st["indices"].astype(np.int64))
         self.rowbr = t(rows * self.K + br, dtype=torch.long)
-        self.rowbrseg = t((rows * self.K + br) * self.S + st["syn_seg"], dtype=torch.long)
+        self.rowbrseg = t((rows * self.K + br) * self.S + seg, dtype=torch.long)
         self.sign = t(st["polarity"].astype(np.float32))
         self.fb_gain = t(np.where(st["feedback"] == 1, 0.0, 1.0).astype(np.float32))
         s_rows = np.repeat(np.arange(n), np.diff(st["s_indptr"]))

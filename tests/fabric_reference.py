@@ -34,15 +34,18 @@ def gauss_noise(seed: int, step: int, n: int) -> np.ndarray:
     return np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)
 
 
-def branch_of_synapse(indptr: np.ndarray, K: int) -> np.ndarray:
-    """Branch k takes the k-th contiguous block of each row (first ln % K blocks one longer)."""
-    out = np.empty(indptr[-1], dtype=np.int64)
+def branch_and_segment(indptr: np.ndarray, K: int, S: int) -> tuple[np.ndarray, np.ndarray]:
+    """Branch k takes the k-th contiguous block of each row (first ln % K blocks one
+    longer); the m-th synapse of a branch block lands on segment m mod S."""
+    br = np.empty(indptr[-1], dtype=np.int64)
+    seg = np.empty(indptr[-1], dtype=np.int64)
     for i in range(indptr.shape[0] - 1):
         lo, hi = indptr[i], indptr[i + 1]
         ln = hi - lo
         sizes = np.full(K, ln // K) + (np.arange(K) < ln % K)
-        out[lo:hi] = np.repeat(np.arange(K), sizes)
-    return out
+        br[lo:hi] = np.repeat(np.arange(K), sizes)
+        seg[lo:hi] = np.concatenate([np.arange(m) % S for m in sizes]) if ln else []
+    return br, seg
 
 
 def reference_step(
@@ -65,8 +68,7 @@ def reference_step(
     dt = prm.dt
     indptr, indices = s["indptr"], s["indices"]
     rows = np.repeat(np.arange(n), np.diff(indptr))
-    br = branch_of_synapse(indptr, K)
-    seg = s["syn_seg"].astype(np.int64)
+    br, seg = branch_and_segment(indptr, K, s["hot"].shape[2])
     a_prev = s["act"]
     if mode == "bidirectional":
         g_ff, g_fb = 1.0 - bidirectional_weight, bidirectional_weight

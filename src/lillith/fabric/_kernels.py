@@ -138,7 +138,6 @@ def _step_impl(
     indices: np.ndarray,
     polarity: np.ndarray,
     fb_start: np.ndarray,
-    syn_seg: np.ndarray,
     s_indptr: np.ndarray,
     s_indices: np.ndarray,
     s_wsigned: np.ndarray,
@@ -267,25 +266,43 @@ def _step_impl(
                     g, j0, j1 = g_fb, max(b0, jf), b1
                 if g == zero:
                     continue
-                if learn:
-                    # calcium-gated BCM + Oja on previous-step activities, fused
+                # the m-th synapse of a branch lands on segment m mod S; blocks
+                # no longer than S (the usual case) address hot1[hbj + j] directly
+                if b1 - b0 <= S:
+                    hbj = hb - b0
+                    if learn:
+                        # calcium-gated BCM + Oja on previous-step activities, fused
+                        for j in range(j0, j1):
+                            pre = a_prev[indices[j]]
+                            wj = w[j]
+                            cur = g * polarity[j] * wj * pre
+                            acc += cur
+                            hot1[hbj + j] += chg * abs(cur)
+                            wj += hebb * pre - decay * wj
+                            if wj < zero:
+                                wj = zero
+                            elif wj > w_max:
+                                wj = w_max
+                            w[j] = wj
+                    else:
+                        for j in range(j0, j1):
+                            cur = g * polarity[j] * w[j] * a_prev[indices[j]]
+                            acc += cur
+                            hot1[hbj + j] += chg * abs(cur)
+                else:
                     for j in range(j0, j1):
                         pre = a_prev[indices[j]]
                         wj = w[j]
                         cur = g * polarity[j] * wj * pre
                         acc += cur
-                        hot1[hb + syn_seg[j]] += chg * abs(cur)
-                        wj += hebb * pre - decay * wj
-                        if wj < zero:
-                            wj = zero
-                        elif wj > w_max:
-                            wj = w_max
-                        w[j] = wj
-                else:
-                    for j in range(j0, j1):
-                        cur = g * polarity[j] * w[j] * a_prev[indices[j]]
-                        acc += cur
-                        hot1[hb + syn_seg[j]] += chg * abs(cur)
+                        hot1[hb + (j - b0) % S] += chg * abs(cur)
+                        if learn:
+                            wj += hebb * pre - decay * wj
+                            if wj < zero:
+                                wj = zero
+                            elif wj > w_max:
+                                wj = w_max
+                            w[j] = wj
             vbk = vb[i, k] * keep_b + r_syn * acc
             if vbk > vb_max:
                 vbk = vb_max
@@ -353,8 +370,15 @@ def _renamed(fn: Any, name: str) -> Any:
     return clone
 
 
-_step_serial = njit(cache=True, nogil=True)(_renamed(_step_impl, "_step_serial_impl"))
-_step_parallel = njit(cache=True, nogil=True, parallel=True)(
+# LLVM may use reciprocals, contract to FMA, reassociate and approximate
+# functions; it may NOT assume the absence of NaN/Inf (the kernel's NaN guard
+# on the drive must survive). Results stay within float tolerance of the
+# numpy reference and deterministic for a given build.
+_FASTMATH = {"arcp", "contract", "afn", "reassoc", "nsz"}
+_step_serial = njit(cache=True, nogil=True, fastmath=_FASTMATH)(
+    _renamed(_step_impl, "_step_serial_impl")
+)
+_step_parallel = njit(cache=True, nogil=True, parallel=True, fastmath=_FASTMATH)(
     _renamed(_step_impl, "_step_parallel_impl")
 )
 

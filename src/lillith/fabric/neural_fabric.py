@@ -38,7 +38,7 @@ HOT_GAIN_FLOOR = 1e-12
 
 _DYNAMIC = ("v", "m_na", "n_k", "c_ca", "vb", "cab", "hot", "ref", "adapt", "theta",
             "act", "w")
-_TOPOLOGY = ("indptr", "indices", "polarity", "feedback", "syn_seg",
+_TOPOLOGY = ("indptr", "indices", "polarity", "feedback",
              "s_indptr", "s_indices", "s_wsigned", "tau", "population", "neuron_id")
 
 
@@ -150,9 +150,8 @@ class NeuralFabric3D:
         self._weight0 = conn.weight[order]
         self.fb_start = _feedback_start(self.indptr, self.feedback)
         # branch k of a neuron takes the k-th contiguous block of its CSR row
-        # (neighbouring presynaptic neurons cluster on one branch); the
-        # segment within the branch is drawn once from the seed
-        self.syn_seg = rng.integers(0, self.n_segments, nnz).astype(np.int16)
+        # (neighbouring presynaptic neurons cluster on one branch) and the
+        # m-th synapse of a branch lands on its segment m mod n_segments
         if conn.s_indices.size:
             self.s_indptr = conn.s_indptr.copy()
             self.s_indices = conn.s_indices.copy()
@@ -261,7 +260,7 @@ class NeuralFabric3D:
                 self._p, code, self.noise_scale, self.intent_gain, self.bidirectional_weight,
                 float(plasticity), np.uint64(self.seed), np.uint64(self.step_count),
                 self._advance_hot_gain(),
-                self.indptr, self.indices, self.polarity, self.fb_start, self.syn_seg,
+                self.indptr, self.indices, self.polarity, self.fb_start,
                 self.s_indptr, self.s_indices, self.s_wsigned,
                 self.tau, self._x, self._goal, self._pending, self._has_pending, self.w,
                 self.v, self.m_na, self.n_k, self.c_ca, self.vb, self.cab, self.hot,
@@ -451,7 +450,7 @@ class NeuralFabric3D:
             "theta": (np.float32, (n,)), "act": (np.float32, (n,)),
             "w": (np.float32, (nnz,)), "indptr": (np.int64, (n + 1,)),
             "indices": (np.int32, (nnz,)), "polarity": (np.int8, (nnz,)),
-            "feedback": (np.uint8, (nnz,)), "syn_seg": (np.int16, (nnz,)),
+            "feedback": (np.uint8, (nnz,)),
             "s_indptr": (np.int64, (n + 1,)),
             "s_indices": (np.int32, (s_nnz,)), "s_wsigned": (np.float32, (s_nnz,)),
             "tau": (np.float32, (n,)), "population": (np.int8, (n,)),
@@ -470,8 +469,7 @@ class NeuralFabric3D:
         ptr = arrays["indptr"]
         if ptr[0] != 0 or ptr[-1] != nnz or np.any(np.diff(ptr) < 0):
             raise StateError("fabric state has an inconsistent CSR row pointer")
-        if nnz and (arrays["indices"].min() < 0 or arrays["indices"].max() >= n
-                    or arrays["syn_seg"].min() < 0 or arrays["syn_seg"].max() >= S):
+        if nnz and (arrays["indices"].min() < 0 or arrays["indices"].max() >= n):
             raise StateError("fabric state has synapse indices out of range")
         if s_nnz and (arrays["s_indices"].min() < 0
                       or arrays["s_indices"].max() >= self.n_inputs):
