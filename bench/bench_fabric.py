@@ -105,6 +105,8 @@ def run(*, quick: bool = False) -> dict[str, Any]:
             "steps_per_s": round(ours, 1),
             "neuron_updates_per_s": round(ours * fab.n, 0),
             "synapse_updates_per_s": round(ours * fab.nnz, 0),
+            # feedback synapses are gated off in normal mode (docs/model.md)
+            "active_synapses": int(np.sum(fab.feedback == 0)),
             "torch_steps_per_s": round(theirs, 1),
             "ratio_vs_torch": round(ours / theirs, 2),
             "parallel": fab.parallel,
