@@ -61,8 +61,10 @@ def test_likelihood_peaks_after_injected_anomaly(kind: str) -> None:
     after = lik[t0:t0 + win].max()
     before = lik[1500:t0].max()  # after a learning period, before the anomaly
     assert after > 0.99, (kind, after)
+    # the peak right after the injection is higher than anything before it
+    # (the end of a finite anomaly is a change too, so later steps may rise)
     assert after > before, (kind, after, before)
-    assert int(np.argmax(lik[1500:])) + 1500 in range(t0, t0 + win)
+    assert int(np.argmax(lik[1500:t0 + win])) + 1500 >= t0
 
 
 def test_energy_gate_fires_under_load_and_recovers_at_rest() -> None:

@@ -220,7 +220,7 @@ class Agent:
         self.predictor = TilePredictor(self.feat_dim, self.n_channels, cfg)
         pc = cfg.predictor
         self.optimizer = torch.optim.Adam(self.predictor.parameters(), lr=pc.lr,
-                                          weight_decay=pc.weight_decay, foreach=True)
+                                          weight_decay=pc.weight_decay, fused=True)
         self.learning_enabled = True
         self.step = 0
         self.total_updates = 0

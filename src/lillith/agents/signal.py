@@ -143,6 +143,8 @@ class AnomalyLikelihood:
         self.recent = np.zeros(max(self.suppress, 1))
         self.raw = np.zeros(self.short)
         self.buf = np.zeros(self.window)
+        self.sum = 0.0
+        self.sumsq = 0.0
         self.pos = 0
         self.count = 0
 
@@ -154,13 +156,24 @@ class AnomalyLikelihood:
         n = min(self.count - 1, self.window)
         lik = 0.5
         if self.count > self.min_history and n > 0:
-            hist = self.buf if n == self.window else self.buf[:n]
-            mu = float(hist.mean())
-            sd = max(float(hist.std()), 0.05 * abs(mu), 1e-12)
+            mu = self.sum / n
+            var = max(self.sumsq / n - mu * mu, 0.0)
+            sd = max(math.sqrt(var), 0.05 * abs(mu), 1e-12)
             z = (level - mu) / sd
             lik = 1.0 / (1.0 + math.exp(-1.7 * max(min(z, 400.0), -400.0)))
+        # running sums over the window; recomputed exactly once per window so
+        # rounding cannot drift
+        if n == self.window:
+            old = float(self.buf[self.pos])
+            self.sum -= old
+            self.sumsq -= old * old
         self.buf[self.pos] = level
+        self.sum += level
+        self.sumsq += level * level
         self.pos = (self.pos + 1) % self.window
+        if self.pos == 0:
+            self.sum = float(self.buf.sum())
+            self.sumsq = float(np.dot(self.buf, self.buf))
         if self.suppress > 0:
             k = (self.count - 1) % self.suppress
             seen = min(self.count - 1, self.suppress)
@@ -176,11 +189,13 @@ class AnomalyLikelihood:
         """Windows and counters as plain arrays."""
         return {"raw": self.raw.copy(), "buf": self.buf.copy(), "recent": self.recent.copy(),
                 "pos": np.array(self.pos, dtype=np.int64),
-                "count": np.array(self.count, dtype=np.int64)}
+                "count": np.array(self.count, dtype=np.int64),
+                "sums": np.array([self.sum, self.sumsq])}
 
     def set_state(self, state: dict[str, npt.NDArray[Any]]) -> None:
         """Restore from :meth:`get_state`."""
         buf = np.asarray(state["buf"], dtype=np.float64)
+        self.sum, self.sumsq = (float(v) for v in state["sums"])
         raw = np.asarray(state["raw"], dtype=np.float64)
         if buf.shape != (self.window,) or raw.shape != (self.short,):
             raise StateError("likelihood windows have another length", shape=buf.shape,

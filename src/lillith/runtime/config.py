@@ -19,7 +19,6 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from lillith.agents.config import AgentConfig
-
 from lillith.errors import ConfigError
 
 ENV_PREFIX = "LILLITH_"
