@@ -242,8 +242,15 @@ class Agent:
 
     # ---------------------------------------------------------------- API
     def set_learning_mode(self, enabled: bool) -> None:
-        """Switch learning on or off (inference and scoring always continue)."""
+        """Switch learning on or off (inference and scoring always continue).
+
+        Off takes effect at once (the current micro-batch is not trained);
+        on takes effect at the next micro-batch boundary.
+        """
         self.learning_enabled = bool(enabled)
+        if not self.learning_enabled:
+            self._batch_learns = False
+            self._batch_scale = 0.0
 
     def force_mode(self, mode: str | None) -> None:
         """Force a propagation mode for every step (``None`` resumes the cycle)."""

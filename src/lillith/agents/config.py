@@ -58,9 +58,9 @@ class PredictorConfig(_Model):
     d_model: int = Field(32, ge=4)
     num_tiles: int = Field(16, ge=1)
     tiles_per_cluster: int = Field(4, ge=1)
-    lr: float = Field(3e-3, gt=0)
+    lr: float = Field(5e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
-    batch_size: int = Field(8, ge=1, le=4096)
+    batch_size: int = Field(16, ge=1, le=4096)
     grad_clip: float = Field(1.0, gt=0)
     aux_weight: float = Field(0.01, ge=0)
 
