@@ -447,7 +447,7 @@ class Agent:
         task = torch.nn.functional.huber_loss(pred, targets, delta=1.0)
         loss = task + pc.aux_weight * aux["total_aux"]
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()  # type: ignore[no-untyped-call]
+        loss.backward()
         torch.nn.utils.clip_grad_norm_(self.predictor.parameters(), pc.grad_clip)
         self.optimizer.step()
         self.total_updates += 1

@@ -53,7 +53,8 @@ Int4 = tuple[int, int, int, int]
 #: ``backend="auto"`` runs numba when a call costs fewer multiply-adds than
 #: this (``B * X'Y'Z'T' * out * in * kx*ky*kz*kt``), torch otherwise.
 #: Measured with ``bench/bench_conv4d.py`` on the 2-core target (2 threads
-#: each): numba wins up to a few 1e6 MACs (2.2e6: 0.15 vs 0.18 ms; torch pays ~0.1 ms per call), torch's
+#: each): numba wins up to a few 1e6 MACs (2.2e6: 0.15 vs 0.18 ms; torch pays
+#: ~0.1 ms per call), torch's
 #: oneDNN conv3d wins above (~2.5x at 13x13x16x8, 4 -> 8 channels, batch 8;
 #: ~2x on the backward pass).
 AUTO_NUMBA_MAX_MACS = 5_000_000
