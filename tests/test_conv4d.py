@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -25,6 +22,8 @@ from lillith.fabric.conv4d import (
     conv4d_output_shape,
     resolve_backend,
 )
+
+from .nojit import run_python
 
 BACKENDS: tuple[Backend, ...] = ("numba", "torch")
 
@@ -465,16 +464,7 @@ def test_numba_kernels_match_without_jit(tmp_path: Path) -> None:
 
     src, dst = tmp_path / "in.npz", tmp_path / "out.npz"
     np.savez(src, x=x, w=w, b=b, gain=gain, g=g, stride=stride, padding=padding)
-    env = dict(os.environ, NUMBA_DISABLE_JIT="1")
-    proc = subprocess.run(
-        [sys.executable, "-c", _NOJIT_SCRIPT, str(src), str(dst)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr
+    run_python(_NOJIT_SCRIPT, str(src), str(dst))
     out = np.load(dst)
     np.testing.assert_allclose(out["y"], y, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(out["gx"], gx, rtol=1e-5, atol=1e-6)

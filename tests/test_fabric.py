@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -20,6 +18,7 @@ from lillith.fabric.topology import index_of
 from lillith.fabric.wiring import Hierarchical, Local3D, Random
 
 from .fabric_reference import reference_step
+from .nojit import run_python
 
 FLOAT_KEYS = ("v", "m_na", "n_k", "c_ca", "vb", "cab", "hot", "ref", "adapt", "theta", "act", "w")
 
@@ -295,10 +294,7 @@ def test_kernels_without_jit_match_compiled(tmp_path: Path) -> None:
     outs = {}
     for jit in ("0", "1"):
         path = tmp_path / f"state_{jit}.npz"
-        env = {**os.environ, "NUMBA_DISABLE_JIT": jit}
-        res = subprocess.run([sys.executable, "-c", NOJIT_SCRIPT, str(path)], env=env,
-                             capture_output=True, text=True, timeout=300)
-        assert res.returncode == 0, res.stderr
+        run_python(NOJIT_SCRIPT, str(path), jit=jit == "0")
         outs[jit] = dict(np.load(path))
     _assert_state_close(outs["1"], outs["0"], rtol=1e-4, atol=1e-4)
     assert json.dumps(sorted(outs["0"])) == json.dumps(sorted(outs["1"]))

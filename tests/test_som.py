@@ -5,9 +5,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import os
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
@@ -20,6 +17,8 @@ from hypothesis.extra import numpy as hnp
 from lillith.errors import FabricError, StateError
 from lillith.fabric import som as som_mod
 from lillith.fabric.som import NEIGHBOURHOOD_CUTOFF, SelfOrganizingMap
+
+from .nojit import run_python
 
 # --------------------------------------------------------------------------
 # plain-numpy reference of one online step (same formulas, written directly)
@@ -506,17 +505,7 @@ _NOJIT_SCRIPT = textwrap.dedent(
 
 @pytest.mark.nojit
 def test_pure_python_kernels_match_jitted() -> None:
-    env = {**os.environ, "NUMBA_DISABLE_JIT": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-c", _NOJIT_SCRIPT],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr
-    nojit = json.loads(proc.stdout)
+    nojit = json.loads(run_python(_NOJIT_SCRIPT))
 
     rng = np.random.default_rng(0)
     X = rng.normal(0.0, 1.0, size=(24, 5)).astype(np.float32)

@@ -73,6 +73,16 @@ _U64_M2 = np.uint64(0x94D049BB133111EB)
 
 
 @njit(cache=True, nogil=True, inline="always")
+def _clip(x: np.float32, lo: np.float32, hi: np.float32) -> np.float32:
+    """``x`` clipped to ``[lo, hi]`` (scalars only: no array reference counting)."""
+    if x < lo:
+        return lo
+    if x > hi:
+        return hi
+    return x
+
+
+@njit(cache=True, nogil=True, inline="always")
 def _softsig(x: np.float32) -> np.float32:
     """Rational sigmoid ``0.5 * (1 + x / (1 + |x|))``, in (0, 1), monotone."""
     one = np.float32(1.0)
@@ -278,12 +288,7 @@ def _step_impl(
                             cur = g * polarity[j] * wj * pre
                             acc += cur
                             hot1[hbj + j] += chg * abs(cur)
-                            wj += hebb * pre - decay * wj
-                            if wj < zero:
-                                wj = zero
-                            elif wj > w_max:
-                                wj = w_max
-                            w[j] = wj
+                            w[j] = _clip(wj + hebb * pre - decay * wj, zero, w_max)
                     else:
                         for j in range(j0, j1):
                             cur = g * polarity[j] * w[j] * a_prev[indices[j]]
@@ -297,12 +302,7 @@ def _step_impl(
                         acc += cur
                         hot1[hb + (j - b0) % S] += chg * abs(cur)
                         if learn:
-                            wj += hebb * pre - decay * wj
-                            if wj < zero:
-                                wj = zero
-                            elif wj > w_max:
-                                wj = w_max
-                            w[j] = wj
+                            w[j] = _clip(wj + hebb * pre - decay * wj, zero, w_max)
             vbk = vb[i, k] * keep_b + r_syn * acc
             if vbk > vb_max:
                 vbk = vb_max
