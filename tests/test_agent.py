@@ -167,3 +167,20 @@ def test_modes_cycle_and_can_be_forced() -> None:
     assert {m.mode for m in off.process_many(periodic(50))} == {"normal"}
     stats = agent.get_training_statistics()
     assert stats["total_updates"] > 0 and len(stats["recent_losses"]) > 0
+
+
+def test_state_keeps_tile_surgery_history_and_frozen_signatures() -> None:
+    agent = Agent(1, AgentConfig(seed=3))
+    agent.process_many(periodic(64))
+    ffn = agent.predictor.ffn
+    sig = np.zeros(ffn.d_model, dtype=np.float32)
+    sig[:4] = 1.0
+    ffn.insert_signature(2, sig, freeze=True, tag="concept")
+    restored = Agent.from_state(agent.get_state())
+    rffn = restored.predictor.ffn
+    assert rffn.is_frozen(2)
+    assert [h["tag"] for h in rffn.get_surgery_history()] == ["concept"]
+    np.testing.assert_array_equal(rffn.signatures[2].numpy(), sig)
+    a = agent.process_many(periodic(64, seed=9))
+    b = restored.process_many(periodic(64, seed=9))
+    assert [m.as_dict() for m in a] == [m.as_dict() for m in b]

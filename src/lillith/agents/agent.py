@@ -494,6 +494,8 @@ class Agent:
             d["agent/som_in"] = self._som_in.copy()
         for k, v in self.predictor.state_dict().items():
             d[f"predictor/{k}"] = v.detach().cpu().numpy().copy()
+        # the tile FFN's own state adds claims, surgery history and counters
+        put("tiles", self.predictor.ffn.get_state())
         opt = self.optimizer.state_dict()
         for idx, st in opt["state"].items():
             for k, v in st.items():
@@ -567,6 +569,7 @@ class Agent:
                 self._som_in = np.asarray(state["agent/som_in"], dtype=np.float32).copy()
             sd = {k: torch.from_numpy(np.array(v)) for k, v in sub("predictor").items()}
             self.predictor.load_state_dict(sd)
+            self.predictor.ffn.set_state(sub("tiles"))
             opt = self.optimizer.state_dict()
             new_state: dict[int, dict[str, Any]] = {}
             for k, v in sub("optim").items():
