@@ -1,0 +1,240 @@
+"""Payload decoding and validation: bytes in, a validated :class:`Frame` or a reason out.
+
+Accepted payloads (see DESIGN.md, "Contracts"):
+
+- JSON ``{"t": <number>, "values": [<number>, ...]}`` (``t`` optional),
+- JSON ``{"t": ..., "values": {"name": <number>, ...}}`` (named channels),
+- a bare JSON number,
+- msgpack of the same shapes (content type ``application/msgpack`` or
+  ``application/x-msgpack``),
+- raw little-endian float32 (content type ``application/octet-stream`` or
+  ``application/x-float32le``), 4 bytes per channel.
+
+Everything else is rejected with a :class:`RejectError` naming one reason from
+:data:`REASONS`; nothing invalid reaches an agent. Decoding never raises
+anything but :class:`RejectError`, whatever the bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from lillith.errors import LillithError
+
+REASONS = (
+    "oversized",
+    "malformed_json",
+    "malformed_msgpack",
+    "malformed_binary",
+    "too_deep",
+    "wrong_type",
+    "wrong_length",
+    "unknown_channel",
+    "missing_channel",
+    "non_finite",
+    "out_of_bounds",
+    "bad_time",
+)
+MSGPACK_TYPES = ("application/msgpack", "application/x-msgpack")
+FLOAT32_TYPES = ("application/octet-stream", "application/x-float32le")
+MAX_DEPTH = 8
+
+
+class RejectError(LillithError):
+    """A payload that must not reach an agent; ``reason`` is one of :data:`REASONS`."""
+
+    def __init__(self, reason: str, message: str, **fields: Any) -> None:
+        super().__init__(message, reason=reason, **fields)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One validated frame.
+
+    Attributes
+    ----------
+    values : ndarray, shape (C,), float64
+        Finite channel values, in the configured channel order.
+    t : float or None
+        Stream time from the payload, if it carried one.
+    """
+
+    values: npt.NDArray[np.float64]
+    t: float | None
+
+
+@dataclass(frozen=True)
+class Schema:
+    """What a valid frame looks like for one agent.
+
+    Attributes
+    ----------
+    channels : sequence of str, optional
+        Channel names in order; named payloads are mapped onto them and must
+        name each one exactly once. ``None``: positional frames only.
+    width : int, optional
+        Required number of values (``len(channels)`` when channels are set;
+        ``None`` until the first valid frame fixes it).
+    low, high : float
+        Inclusive bounds of every value.
+    max_bytes : int
+        Largest accepted payload.
+    """
+
+    channels: Sequence[str] | None = None
+    width: int | None = None
+    low: float = -1e12
+    high: float = 1e12
+    max_bytes: int = 65_536
+
+    @property
+    def expected_width(self) -> int | None:
+        """Width a frame must have, if known."""
+        return len(self.channels) if self.channels else self.width
+
+
+def _depth(obj: Any, limit: int) -> int:
+    """Nesting depth of a decoded JSON/msgpack value, stopping past ``limit``."""
+    stack = [(obj, 1)]
+    deepest = 0
+    while stack:
+        node, d = stack.pop()
+        deepest = max(deepest, d)
+        if deepest > limit:
+            return deepest
+        if isinstance(node, Mapping):
+            stack.extend((v, d + 1) for v in node.values())
+        elif isinstance(node, list | tuple):
+            stack.extend((v, d + 1) for v in node)
+    return deepest
+
+
+def _number(v: Any, where: str) -> float:
+    # bool is an int subclass in Python, but true/false is not a reading
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        raise RejectError("wrong_type", "value is not a number", at=where, type=type(v).__name__)
+    return float(v)
+
+
+def _from_object(obj: Any, schema: Schema) -> Frame:
+    if _depth(obj, MAX_DEPTH) > MAX_DEPTH:
+        raise RejectError("too_deep", "payload nests too deeply", limit=MAX_DEPTH)
+    t: float | None = None
+    if isinstance(obj, bool):
+        raise RejectError("wrong_type", "payload is a boolean")
+    if isinstance(obj, int | float):
+        raw: list[float] = [float(obj)]
+    elif isinstance(obj, Mapping):
+        if "values" not in obj:
+            raise RejectError("wrong_type", "object payload lacks 'values'",
+                         keys=sorted(map(str, obj))[:8])
+        if "t" in obj and obj["t"] is not None:
+            tv = obj["t"]
+            if isinstance(tv, bool) or not isinstance(tv, int | float) or not math.isfinite(tv):
+                raise RejectError("bad_time", "'t' must be a finite number")
+            t = float(tv)
+        vals = obj["values"]
+        if isinstance(vals, Mapping):
+            raw = _named(vals, schema)
+        elif isinstance(vals, list | tuple):
+            raw = [_number(v, f"values[{i}]") for i, v in enumerate(vals)]
+        else:
+            raise RejectError("wrong_type", "'values' must be a list or an object",
+                         type=type(vals).__name__)
+    else:
+        raise RejectError("wrong_type", "payload must be a number or an object",
+                     type=type(obj).__name__)
+    return _validated(raw, t, schema)
+
+
+def _named(vals: Mapping[Any, Any], schema: Schema) -> list[float]:
+    if not schema.channels:
+        raise RejectError("unknown_channel", "named values but no channels are configured",
+                     names=sorted(map(str, vals))[:8])
+    unknown = [str(k) for k in vals if k not in schema.channels]
+    if unknown:
+        raise RejectError("unknown_channel", "unknown channel names", names=unknown[:8])
+    missing = [c for c in schema.channels if c not in vals]
+    if missing:
+        raise RejectError("missing_channel", "channels missing from the frame", names=missing[:8])
+    return [_number(vals[c], c) for c in schema.channels]
+
+
+def _validated(raw: Sequence[float], t: float | None, schema: Schema) -> Frame:
+    values = np.asarray(raw, dtype=np.float64)
+    want = schema.expected_width
+    if values.size == 0 or (want is not None and values.size != want):
+        raise RejectError("wrong_length", "frame has the wrong number of values",
+                     length=int(values.size), expected=want)
+    if not np.all(np.isfinite(values)):
+        raise RejectError("non_finite", "frame contains NaN or Inf")
+    if np.any(values < schema.low) or np.any(values > schema.high):
+        raise RejectError("out_of_bounds", "value outside the configured bounds",
+                     low=schema.low, high=schema.high)
+    return Frame(values, t)
+
+
+def decode(payload: bytes, schema: Schema, *, content_type: str | None = None) -> Frame:
+    """Decode and validate one payload.
+
+    Parameters
+    ----------
+    payload : bytes
+        The message body.
+    schema : Schema
+        Expected width, channel names, bounds and size limit.
+    content_type : str, optional
+        MQTT 5 content type; selects msgpack or raw float32, else JSON.
+
+    Returns
+    -------
+    Frame
+
+    Raises
+    ------
+    RejectError
+        With a reason from :data:`REASONS`; never any other exception.
+    """
+    if len(payload) > schema.max_bytes:
+        raise RejectError("oversized", "payload exceeds the size limit", bytes=len(payload),
+                     limit=schema.max_bytes)
+    ctype = (content_type or "").split(";")[0].strip().lower()
+    if ctype in FLOAT32_TYPES:
+        if len(payload) == 0 or len(payload) % 4:
+            raise RejectError("malformed_binary", "raw float32 length is not a multiple of 4",
+                         bytes=len(payload))
+        vals = np.frombuffer(payload, dtype="<f4").astype(np.float64)
+        return _validated(list(vals), None, schema)
+    if ctype in MSGPACK_TYPES:
+        import msgpack
+
+        try:
+            obj = msgpack.unpackb(payload, raw=False, strict_map_key=False)
+        except Exception as e:  # msgpack raises several unrelated types
+            raise RejectError("malformed_msgpack", "payload is not valid msgpack",
+                         error=type(e).__name__) from None
+        return _from_object(obj, schema)
+    try:
+        text = payload.decode("utf-8")
+        obj = json.loads(text)
+    except RecursionError:
+        raise RejectError("too_deep", "payload nests too deeply", limit=MAX_DEPTH) from None
+    except (UnicodeDecodeError, ValueError) as e:
+        raise RejectError("malformed_json", "payload is not valid JSON",
+                     error=type(e).__name__) from None
+    return _from_object(obj, schema)
+
+
+def excerpt(payload: bytes, limit: int = 200) -> str:
+    """A bounded, printable excerpt of a payload for dead-letter messages."""
+    head = payload[:limit]
+    text = head.decode("utf-8", errors="backslashreplace")
+    return text + ("…" if len(payload) > limit else "")
