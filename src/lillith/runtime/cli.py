@@ -119,8 +119,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         def frames(start: int, n: int) -> Any:
             vals = stream.values[start:start + n]
             return vals, np.zeros(vals.shape[0], dtype=bool)
+    elif source.startswith("mqtt://"):
+        return _run_daemon(settings, source)
     else:
-        raise LillithError("unsupported source for this build (mqtt comes with the daemon)",
+        raise LillithError("unknown source (synthetic | replay:PATH | mqtt://HOST:PORT[/FILTER])",
                            source=source)
     agent = Agent(width, settings.agent)
     log.info("agent_started", source=source, channels=width,
@@ -150,13 +152,54 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_daemon(settings: Any, source: str) -> int:
+    """``lillith run --source mqtt://HOST:PORT[/FILTER]``: the asyncio daemon.
+
+    SIGTERM / SIGINT stop intake, drain and publish offline status; a second
+    signal forces exit.
+    """
+    import asyncio
+    import signal
+    from urllib.parse import urlsplit
+
+    from lillith.runtime.daemon import Daemon
+
+    url = urlsplit(source)
+    mqtt = settings.mqtt.model_copy(update={"host": url.hostname or settings.mqtt.host,
+                                            "port": url.port or settings.mqtt.port})
+    bindings = list(settings.agents)
+    topic = url.path.lstrip("/")
+    if topic:
+        bindings[0] = bindings[0].model_copy(update={"topics": [topic]})
+    daemon = Daemon(mqtt, bindings, settings.agent)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        hits = {"n": 0}
+
+        def on_signal() -> None:
+            hits["n"] += 1
+            if hits["n"] > 1:
+                os._exit(130)  # second signal: forced exit
+            stop.set()
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, on_signal)
+        await daemon.run(stop)
+
+    asyncio.run(main())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Argument parser of every sub-command."""
     parser = argparse.ArgumentParser(prog="lillith", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run an agent on a source (default: synthetic)")
     run.add_argument("--config", type=Path, default=None, help="lillith.toml")
-    run.add_argument("--source", default="synthetic", help="synthetic | replay:PATH")
+    run.add_argument("--source", default="synthetic",
+                     help="synthetic | replay:PATH | mqtt://HOST:PORT[/TOPIC_FILTER]")
     run.add_argument("--max-frames", type=int, default=None)
     run.add_argument("--duration", type=float, default=None, help="seconds")
     run.set_defaults(func=cmd_run)

@@ -20,6 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from lillith.agents.config import AgentConfig
 from lillith.errors import ConfigError
+from lillith.runtime.daemon import AgentBinding
+from lillith.sensors.mqtt import MqttSettings
 
 ENV_PREFIX = "LILLITH_"
 
@@ -40,6 +42,8 @@ class Settings(_Model):
 
     log: LogConfig = Field(default_factory=LogConfig)
     agent: AgentConfig = Field(default_factory=AgentConfig)
+    mqtt: MqttSettings = Field(default_factory=MqttSettings)
+    agents: list[AgentBinding] = Field(default_factory=lambda: [AgentBinding()])
     state_dir: Path = Path("./lillith-state")
     torch_threads: int = Field(1, ge=1, le=256)
 

@@ -1,0 +1,242 @@
+"""The asyncio daemon: MQTT in, agents on worker threads, MQTT out.
+
+One event loop, no computation on it: it decodes and validates payloads,
+routes them to each agent's bounded queue, publishes results, dead letters,
+status and command replies. Background tasks are named coroutines in one
+``asyncio.TaskGroup`` per connection; the connection is retried forever with
+exponential backoff and jitter. Shutdown order: stop intake, drain the
+queues (within a timeout), publish offline status, disconnect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import time
+from collections import Counter
+from dataclasses import replace
+from typing import Any, Literal
+
+import structlog
+from pydantic import BaseModel, ConfigDict, Field
+
+from lillith.agents.config import AgentConfig
+from lillith.runtime.worker import AgentWorker, Result
+from lillith.sensors.codec import RejectError, Schema, decode, excerpt
+from lillith.sensors.mqtt import LastWill, MqttError, MqttLink, MqttSettings, topic_matches
+
+log = structlog.get_logger().bind(component="daemon")
+
+
+class AgentBinding(BaseModel):
+    """One agent: its topics, its frame schema, its queue."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = "default"
+    topics: list[str] = Field(default_factory=lambda: ["sensors/#"])
+    channels: list[str] | None = None
+    width: int | None = None
+    low: float = -1e12
+    high: float = 1e12
+    max_bytes: int = Field(65_536, ge=16)
+    queue_size: int = Field(1024, ge=1)
+    policy: Literal["backpressure", "drop_oldest"] = "backpressure"
+    output_every: int = Field(1, ge=1)
+
+
+class _AgentRuntime:
+    def __init__(self, b: AgentBinding, config: AgentConfig, results: asyncio.Queue[Result],
+                 loop: asyncio.AbstractEventLoop) -> None:
+        self.binding = b
+        self.schema = Schema(channels=b.channels, width=b.width, low=b.low, high=b.high,
+                             max_bytes=b.max_bytes)
+        def deliver(r: Result) -> None:  # runs on the worker thread
+            loop.call_soon_threadsafe(results.put_nowait, r)
+
+        self.worker = AgentWorker(
+            b.name, config, queue_size=b.queue_size, policy=b.policy,
+            width=len(b.channels) if b.channels else b.width, on_result=deliver)
+        self.seq = 0
+        self.frames_in = 0
+        self.frames_out = 0
+        self.rejects: Counter[str] = Counter()
+        self.last_log: dict[str, float] = {}
+
+    @property
+    def prefix(self) -> str:
+        return f"lillith/{self.binding.name}"
+
+
+class Daemon:
+    """Hosts agents bound to MQTT topic filters."""
+
+    def __init__(self, mqtt: MqttSettings, bindings: list[AgentBinding], config: AgentConfig,
+                 *, drain_timeout_s: float = 10.0, status_every_s: float = 10.0,
+                 reject_log_window_s: float = 10.0) -> None:
+        self.mqtt = mqtt
+        self.bindings = bindings
+        self.config = config
+        self.drain_timeout_s = drain_timeout_s
+        self.status_every_s = status_every_s
+        self.reject_log_window_s = reject_log_window_s
+        self.agents: list[_AgentRuntime] = []
+        self._results: asyncio.Queue[Result] = asyncio.Queue()
+
+    # ------------------------------------------------------------------ lifecycle
+    async def run(self, stop: asyncio.Event) -> None:
+        """Serve until ``stop`` is set, reconnecting forever; then shut down in order."""
+        loop = asyncio.get_running_loop()
+        self.agents = [_AgentRuntime(b, self.config, self._results, loop) for b in self.bindings]
+        for a in self.agents:
+            a.worker.start()
+        log.info("daemon_started", agents=[a.binding.name for a in self.agents],
+                 broker=f"{self.mqtt.host}:{self.mqtt.port}")
+        backoff = self.mqtt.reconnect_min_s
+        while not stop.is_set():
+            try:
+                will = LastWill(f"{self.agents[0].prefix}/status",
+                                json.dumps({"state": "offline"}).encode())
+                async with MqttLink(self.mqtt, will) as link:
+                    backoff = self.mqtt.reconnect_min_s
+                    log.info("broker_connected", host=self.mqtt.host, port=self.mqtt.port)
+                    await self._serve(link, stop)
+                    return
+            except MqttError as e:
+                delay = backoff * (0.5 + random.random())
+                log.warning("broker_unreachable", error=str(e), retry_in_s=round(delay, 2))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+                backoff = min(backoff * 2, self.mqtt.reconnect_max_s)
+        self._stop_workers()
+
+    async def _serve(self, link: MqttLink, stop: asyncio.Event) -> None:
+        for a in self.agents:
+            await self._publish_status(link, a, "online")
+            for t in a.binding.topics:
+                await link.subscribe(t)
+            await link.subscribe(f"{a.prefix}/cmd")
+        async with asyncio.TaskGroup() as tg:
+            intake = tg.create_task(self._intake(link), name="intake")
+            publisher = tg.create_task(self._publisher(link), name="publisher")
+            status = tg.create_task(self._status_loop(link, stop), name="status")
+            await stop.wait()
+            log.info("intake_stopping")
+            intake.cancel()
+            status.cancel()
+            await self._drain()
+            publisher.cancel()
+        for a in self.agents:
+            await self._publish_status(link, a, "offline")
+        log.info("daemon_stopped", **{a.binding.name: a.frames_out for a in self.agents})
+
+    async def _drain(self) -> None:
+        """Let the workers finish their queues, then wait for the last results."""
+        self._stop_workers()
+        deadline = time.monotonic() + self.drain_timeout_s
+        for a in self.agents:
+            while not a.worker.join(0) and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+        with contextlib.suppress(TimeoutError):  # every result published
+            await asyncio.wait_for(self._results.join(),
+                                   max(deadline - time.monotonic(), 0.01))
+        log.info("queues_drained", left=sum(a.worker.depth for a in self.agents))
+
+    def _stop_workers(self) -> None:
+        for a in self.agents:
+            a.worker.stop()
+
+    # ------------------------------------------------------------------ tasks
+    async def _intake(self, link: MqttLink) -> None:
+        async for msg in link.messages():
+            for a in self.agents:
+                if msg.topic == f"{a.prefix}/cmd":
+                    await self._command(link, a, msg.payload)
+                    break
+                if any(topic_matches(msg.topic, f) for f in a.binding.topics):
+                    await self._accept(link, a, msg.topic, msg.payload, msg.content_type)
+                    break
+
+    async def _accept(self, link: MqttLink, a: _AgentRuntime, topic: str, payload: bytes,
+                      ctype: str | None) -> None:
+        try:
+            frame = decode(payload, a.schema, content_type=ctype)
+        except RejectError as e:
+            a.rejects[e.reason] += 1
+            now = time.monotonic()
+            if now - a.last_log.get(e.reason, -1e9) >= self.reject_log_window_s:
+                a.last_log[e.reason] = now
+                log.warning("payload_rejected", agent=a.binding.name, topic=topic,
+                            reason=e.reason, count=a.rejects[e.reason])
+            dead = {"topic": topic, "reason": e.reason, "detail": e.message,
+                    "excerpt": excerpt(payload)}
+            await link.publish(f"{a.prefix}/deadletter", json.dumps(dead).encode(), qos=0)
+            return
+        if a.schema.expected_width is None:  # the first valid frame fixes the width
+            a.schema = replace(a.schema, width=int(frame.values.size))
+        a.frames_in += 1
+        a.seq += 1
+        await a.worker.put(a.seq, frame)
+
+    async def _publisher(self, link: MqttLink) -> None:
+        by_name = {a.binding.name: a for a in self.agents}
+        while True:
+            r = await self._results.get()
+            try:
+                a = by_name[r.agent]
+                a.frames_out += 1
+                if r.seq % a.binding.output_every == 0:
+                    m = r.metrics
+                    out = {"t": m.t, "seq": r.seq, "anomaly_score": m.anomaly_score,
+                           "anomaly_likelihood": m.anomaly_likelihood,
+                           "prediction": m.prediction, "loss": m.loss, "bmu": m.bmu,
+                           "mode": m.mode, "energy": m.energy, "skipped": m.skipped}
+                    await link.publish(f"{a.prefix}/out", json.dumps(out).encode())
+            finally:
+                self._results.task_done()
+
+    async def _status_loop(self, link: MqttLink, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await asyncio.sleep(self.status_every_s)
+            for a in self.agents:
+                await self._publish_status(link, a, "online")
+
+    async def _publish_status(self, link: MqttLink, a: _AgentRuntime, state: str) -> None:
+        body = {"state": state, "frames_in": a.frames_in, "frames_out": a.frames_out,
+                "queue_depth": a.worker.depth, "dropped": a.worker.dropped,
+                "rejects": dict(a.rejects), "errors": a.worker.errors}
+        await link.publish(f"{a.prefix}/status", json.dumps(body).encode(), retain=True, qos=1)
+
+    async def _command(self, link: MqttLink, a: _AgentRuntime, payload: bytes) -> None:
+        reply: dict[str, Any]
+        try:
+            cmd = json.loads(payload)
+            if not isinstance(cmd, dict) or not isinstance(cmd.get("cmd"), str):
+                raise ValueError("a command is an object with a string 'cmd'")
+            reply = {"id": cmd.get("id"), "cmd": cmd["cmd"]}
+            reply.update(await self._run_command(a, cmd))
+            reply["ok"] = True
+        except Exception as e:  # a bad command gets an error reply, never a crash
+            reply = {"ok": False, "error": str(e)}
+            if isinstance(payload, bytes):
+                reply["excerpt"] = excerpt(payload)
+        await link.publish(f"{a.prefix}/cmd/reply", json.dumps(reply).encode())
+
+    async def _run_command(self, a: _AgentRuntime, cmd: dict[str, Any]) -> dict[str, Any]:
+        name = cmd["cmd"]
+        if name == "status":
+            return {"frames_in": a.frames_in, "frames_out": a.frames_out,
+                    "rejects": dict(a.rejects), "queue_depth": a.worker.depth}
+        if name in ("pause", "resume"):
+            on = name == "resume"
+            await asyncio.wrap_future(a.worker.call(
+                lambda ag: ag.set_learning_mode(on) if ag is not None else None))
+            return {"learning": on}
+        if name == "mode":
+            mode = cmd.get("mode")
+            await asyncio.wrap_future(a.worker.call(
+                lambda ag: ag.force_mode(mode) if ag is not None else None))
+            return {"mode": mode}
+        raise ValueError(f"unknown command {name!r}")

@@ -1,0 +1,52 @@
+"""Shared fixtures: a real mosquitto broker on a free port."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+MOSQUITTO = shutil.which("mosquitto") or ("/usr/sbin/mosquitto"
+                                          if Path("/usr/sbin/mosquitto").exists() else None)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    """Start mosquitto on a free loopback port for the session; yields the port.
+
+    ``max_queued_messages 0`` lifts the broker's default cap of 1000 queued
+    QoS-1 messages per client, which would otherwise drop messages to a slow
+    subscriber (see DESIGN.md).
+    """
+    if MOSQUITTO is None:
+        pytest.skip("mosquitto is not installed (make test installs it as root)")
+    port = _free_port()
+    conf = tmp_path_factory.mktemp("mosquitto") / "mosquitto.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n"
+                    "max_queued_messages 0\npersistence false\n")
+    proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                break
+        except OSError:
+            time.sleep(0.05)
+    else:
+        proc.kill()
+        pytest.fail("mosquitto did not start")
+    yield port
+    proc.terminate()
+    proc.wait(10)

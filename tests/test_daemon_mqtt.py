@@ -1,0 +1,116 @@
+"""End to end against a real mosquitto: frames in, scores out, dead letters, commands, SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import paho.mqtt.client as mqtt
+
+
+class Collector:
+    """A paho subscriber that stores every message by topic."""
+
+    def __init__(self, port: int, topic_filter: str) -> None:
+        self.msgs: dict[str, list[bytes]] = defaultdict(list)
+        self.lock = threading.Lock()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
+                                  client_id=f"collector-{uuid.uuid4().hex[:8]}")
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", port)
+        self.client.subscribe(topic_filter, qos=1)
+        self.client.loop_start()
+
+    def _on_message(self, client: object, userdata: object, msg: mqtt.MQTTMessage) -> None:
+        with self.lock:
+            self.msgs[msg.topic].append(bytes(msg.payload))
+
+    def get(self, topic: str) -> list[bytes]:
+        with self.lock:
+            return list(self.msgs[topic])
+
+    def wait(self, topic: str, n: int, timeout: float) -> list[bytes]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            got = self.get(topic)
+            if len(got) >= n:
+                return got
+            time.sleep(0.05)
+        return self.get(topic)
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def test_publish_score_deadletter_command_and_sigterm(mosquitto: int, tmp_path: Path) -> None:
+    uid = uuid.uuid4().hex[:8]
+    name = f"t{uid}"
+    prefix = f"lillith/{name}"
+    env = {**os.environ,
+           "LILLITH_MQTT__CLIENT_ID": f"daemon-{uid}",
+           "LILLITH_AGENTS": json.dumps([{"name": name, "topics": [f"test/{uid}/#"]}]),
+           "LILLITH_LOG__FORMAT": "json"}
+    col = Collector(mosquitto, f"{prefix}/#")
+    logf = (tmp_path / "daemon.log").open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lillith.runtime.cli", "run", "--source",
+         f"mqtt://127.0.0.1:{mosquitto}"], env=env, stdout=logf, stderr=subprocess.STDOUT)
+
+    def daemon_log() -> str:
+        return (tmp_path / "daemon.log").read_text()[-3000:]
+
+    pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"pub-{uid}")
+    pub.connect("127.0.0.1", mosquitto)
+    pub.loop_start()
+    try:
+        status = col.wait(f"{prefix}/status", 1, 60)
+        assert status and json.loads(status[-1])["state"] == "online", daemon_log()
+        n = 200
+        rng = np.random.default_rng(0)
+        bad = [b'{"values": [1, 2', b'{"values": [1, NaN, 3]}', b'"text"', b"\xff\x00",
+               b'{"values": [1, 2]}']
+        for i in range(n):
+            vals = [float(np.sin(i / 5)), float(rng.standard_normal()), 3.0]
+            msg = json.dumps({"t": i, "values": vals})
+            pub.publish(f"test/{uid}/s1", msg, qos=1).wait_for_publish(5)
+            if i % 40 == 10:
+                pub.publish(f"test/{uid}/s1", bad[(i // 40) % len(bad)], qos=1).wait_for_publish(5)
+        outs = col.wait(f"{prefix}/out", n, 120)
+        assert len(outs) == n
+        rows = [json.loads(o) for o in outs]
+        assert [r["seq"] for r in rows] == list(range(1, n + 1))
+        assert [r["t"] for r in rows] == list(range(n))
+        for r in rows:
+            assert 0.0 <= r["anomaly_likelihood"] <= 1.0 and len(r["prediction"]) == 3
+        dead = [json.loads(d) for d in col.wait(f"{prefix}/deadletter", 5, 30)]
+        assert {d["reason"] for d in dead} == {"malformed_json", "non_finite", "wrong_type",
+                                              "wrong_length"}
+        pub.publish(f"{prefix}/cmd", json.dumps({"cmd": "status", "id": 7}), qos=1)
+        pub.publish(f"{prefix}/cmd", b"not json", qos=1)
+        pub.publish(f"{prefix}/cmd", json.dumps({"cmd": "pause", "id": 8}), qos=1)
+        replies = [json.loads(r) for r in col.wait(f"{prefix}/cmd/reply", 3, 30)]
+        assert replies[0]["ok"] and replies[0]["id"] == 7 and replies[0]["frames_in"] == n
+        assert replies[1]["ok"] is False and "error" in replies[1]
+        assert replies[2] == {"id": 8, "cmd": "pause", "learning": False, "ok": True}
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0, daemon_log()
+        time.sleep(0.5)
+        final = json.loads(col.get(f"{prefix}/status")[-1])
+        assert final["state"] == "offline" and final["frames_out"] == n
+        assert final["rejects"] == {"malformed_json": 2, "non_finite": 1, "wrong_type": 1,
+                                    "wrong_length": 1}
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        pub.loop_stop()
+        col.close()
