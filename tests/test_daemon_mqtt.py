@@ -9,12 +9,15 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 import uuid
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 import paho.mqtt.client as mqtt
+
+from .conftest import _free_port
 
 
 class Collector:
@@ -55,11 +58,13 @@ class Collector:
 def test_publish_score_deadletter_command_and_sigterm(mosquitto: int, tmp_path: Path) -> None:
     uid = uuid.uuid4().hex[:8]
     name = f"t{uid}"
+    metrics_port = _free_port()
     prefix = f"lillith/{name}"
     env = {**os.environ,
            "LILLITH_MQTT__CLIENT_ID": f"daemon-{uid}",
            "LILLITH_AGENTS": json.dumps([{"name": name, "topics": [f"test/{uid}/#"]}]),
-           "LILLITH_LOG__FORMAT": "json"}
+           "LILLITH_LOG__FORMAT": "json",
+           "LILLITH_METRICS_PORT": str(metrics_port)}
     col = Collector(mosquitto, f"{prefix}/#")
     logf = (tmp_path / "daemon.log").open("w")
     proc = subprocess.Popen(
@@ -95,6 +100,11 @@ def test_publish_score_deadletter_command_and_sigterm(mosquitto: int, tmp_path: 
         dead = [json.loads(d) for d in col.wait(f"{prefix}/deadletter", 5, 30)]
         assert {d["reason"] for d in dead} == {"malformed_json", "non_finite", "wrong_type",
                                               "wrong_length"}
+        scrape = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics",
+                                        timeout=10).read().decode()
+        assert f'lillith_frames_out_total{{agent="{name}"}} {float(n)}' in scrape
+        assert f'lillith_rejects_total{{agent="{name}",reason="non_finite"}} 1.0' in scrape
+        assert "lillith_event_loop_lag_seconds_count" in scrape
         pub.publish(f"{prefix}/cmd", json.dumps({"cmd": "status", "id": 7}), qos=1)
         pub.publish(f"{prefix}/cmd", b"not json", qos=1)
         pub.publish(f"{prefix}/cmd", json.dumps({"cmd": "pause", "id": 8}), qos=1)

@@ -171,7 +171,7 @@ def _run_daemon(settings: Any, source: str) -> int:
     topic = url.path.lstrip("/")
     if topic:
         bindings[0] = bindings[0].model_copy(update={"topics": [topic]})
-    daemon = Daemon(mqtt, bindings, settings.agent)
+    daemon = Daemon(mqtt, bindings, settings.agent, metrics_port=settings.metrics_port)
 
     async def main() -> None:
         stop = asyncio.Event()

@@ -46,6 +46,7 @@ class Settings(_Model):
     agents: list[AgentBinding] = Field(default_factory=lambda: [AgentBinding()])
     state_dir: Path = Path("./lillith-state")
     torch_threads: int = Field(1, ge=1, le=256)
+    metrics_port: int | None = Field(None, ge=1, le=65535)
 
 
 def _deep_merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:

@@ -23,6 +23,7 @@ import structlog
 from pydantic import BaseModel, ConfigDict, Field
 
 from lillith.agents.config import AgentConfig
+from lillith.runtime.metrics import DaemonMetrics
 from lillith.runtime.worker import AgentWorker, Result
 from lillith.sensors.codec import RejectError, Schema, decode, excerpt
 from lillith.sensors.mqtt import LastWill, MqttError, MqttLink, MqttSettings, topic_matches
@@ -62,6 +63,7 @@ class _AgentRuntime:
         self.seq = 0
         self.frames_in = 0
         self.frames_out = 0
+        self.dropped_reported = 0
         self.rejects: Counter[str] = Counter()
         self.last_log: dict[str, float] = {}
 
@@ -75,7 +77,8 @@ class Daemon:
 
     def __init__(self, mqtt: MqttSettings, bindings: list[AgentBinding], config: AgentConfig,
                  *, drain_timeout_s: float = 10.0, status_every_s: float = 10.0,
-                 reject_log_window_s: float = 10.0) -> None:
+                 reject_log_window_s: float = 10.0, metrics_port: int | None = None,
+                 lag_probe_s: float = 0.1) -> None:
         self.mqtt = mqtt
         self.bindings = bindings
         self.config = config
@@ -84,6 +87,10 @@ class Daemon:
         self.reject_log_window_s = reject_log_window_s
         self.agents: list[_AgentRuntime] = []
         self._results: asyncio.Queue[Result] = asyncio.Queue()
+        self.metrics = DaemonMetrics()
+        self.metrics_port = metrics_port
+        self.lag_probe_s = lag_probe_s
+        self.max_lag_s = 0.0
 
     # ------------------------------------------------------------------ lifecycle
     async def run(self, stop: asyncio.Event) -> None:
@@ -92,7 +99,10 @@ class Daemon:
         self.agents = [_AgentRuntime(b, self.config, self._results, loop) for b in self.bindings]
         for a in self.agents:
             a.worker.start()
-        log.info("daemon_started", agents=[a.binding.name for a in self.agents],
+        if self.metrics_port is not None:
+            self.metrics.serve(self.metrics_port)
+        log.info("daemon_started", metrics_port=self.metrics_port,
+                 agents=[a.binding.name for a in self.agents],
                  broker=f"{self.mqtt.host}:{self.mqtt.port}")
         backoff = self.mqtt.reconnect_min_s
         while not stop.is_set():
@@ -122,10 +132,12 @@ class Daemon:
             intake = tg.create_task(self._intake(link), name="intake")
             publisher = tg.create_task(self._publisher(link), name="publisher")
             status = tg.create_task(self._status_loop(link, stop), name="status")
+            lag = tg.create_task(self._lag_probe(), name="loop-lag")
             await stop.wait()
             log.info("intake_stopping")
             intake.cancel()
             status.cancel()
+            lag.cancel()
             await self._drain()
             publisher.cancel()
         for a in self.agents:
@@ -165,6 +177,7 @@ class Daemon:
             frame = decode(payload, a.schema, content_type=ctype)
         except RejectError as e:
             a.rejects[e.reason] += 1
+            self.metrics.rejects.labels(a.binding.name, e.reason).inc()
             now = time.monotonic()
             if now - a.last_log.get(e.reason, -1e9) >= self.reject_log_window_s:
                 a.last_log[e.reason] = now
@@ -177,6 +190,7 @@ class Daemon:
         if a.schema.expected_width is None:  # the first valid frame fixes the width
             a.schema = replace(a.schema, width=int(frame.values.size))
         a.frames_in += 1
+        self.metrics.frames_in.labels(a.binding.name).inc()
         a.seq += 1
         await a.worker.put(a.seq, frame)
 
@@ -187,6 +201,16 @@ class Daemon:
             try:
                 a = by_name[r.agent]
                 a.frames_out += 1
+                name = a.binding.name
+                self.metrics.frames_out.labels(name).inc()
+                self.metrics.step_latency.labels(name).observe(r.seconds)
+                self.metrics.loss.labels(name).set(r.metrics.loss)
+                self.metrics.energy.labels(name).set(r.metrics.energy)
+                self.metrics.likelihood.labels(name).set(r.metrics.anomaly_likelihood)
+                dropped = a.worker.dropped - a.dropped_reported
+                if dropped:
+                    self.metrics.drops.labels(name).inc(dropped)
+                    a.dropped_reported += dropped
                 if r.seq % a.binding.output_every == 0:
                     m = r.metrics
                     out = {"t": m.t, "seq": r.seq, "anomaly_score": m.anomaly_score,
@@ -197,6 +221,17 @@ class Daemon:
             finally:
                 self._results.task_done()
 
+    async def _lag_probe(self) -> None:
+        """Measure how late the loop wakes a sleeper: the event loop's lag."""
+        while True:
+            t0 = time.monotonic()
+            await asyncio.sleep(self.lag_probe_s)
+            lag = max(time.monotonic() - t0 - self.lag_probe_s, 0.0)
+            self.max_lag_s = max(self.max_lag_s, lag)
+            self.metrics.loop_lag.observe(lag)
+            for a in self.agents:
+                self.metrics.queue_depth.labels(a.binding.name).set(a.worker.depth)
+
     async def _status_loop(self, link: MqttLink, stop: asyncio.Event) -> None:
         while not stop.is_set():
             await asyncio.sleep(self.status_every_s)
@@ -204,7 +239,8 @@ class Daemon:
                 await self._publish_status(link, a, "online")
 
     async def _publish_status(self, link: MqttLink, a: _AgentRuntime, state: str) -> None:
-        body = {"state": state, "frames_in": a.frames_in, "frames_out": a.frames_out,
+        body = {"state": state, "step": a.frames_out, "frames_in": a.frames_in,
+                "frames_out": a.frames_out, "max_loop_lag_ms": round(self.max_lag_s * 1e3, 3),
                 "queue_depth": a.worker.depth, "dropped": a.worker.dropped,
                 "rejects": dict(a.rejects), "errors": a.worker.errors}
         await link.publish(f"{a.prefix}/status", json.dumps(body).encode(), retain=True, qos=1)

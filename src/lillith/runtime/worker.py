@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ class Result:
     agent: str
     seq: int
     metrics: Metrics
+    seconds: float
 
 
 @dataclass
@@ -123,6 +125,7 @@ class AgentWorker:
                     item.future.set_exception(e)
                 continue
             seq, frame = item
+            t0 = time.perf_counter()
             try:
                 if self.agent is None:
                     self.width = int(frame.values.size)
@@ -132,4 +135,4 @@ class AgentWorker:
                 self.errors += 1
                 continue
             self.processed += 1
-            self._on_result(Result(self.name, seq, m))
+            self._on_result(Result(self.name, seq, m, time.perf_counter() - t0))
