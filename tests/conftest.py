@@ -21,18 +21,15 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture(scope="session")
-def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
-    """Start mosquitto on a free loopback port for the session; yields the port.
+def start_mosquitto(port: int, directory: Path) -> subprocess.Popen[bytes]:
+    """Start mosquitto on ``127.0.0.1:port`` and wait until it accepts connections.
 
     ``max_queued_messages 0`` lifts the broker's default cap of 1000 queued
     QoS-1 messages per client, which would otherwise drop messages to a slow
     subscriber (see DESIGN.md).
     """
-    if MOSQUITTO is None:
-        pytest.skip("mosquitto is not installed (make test installs it as root)")
-    port = _free_port()
-    conf = tmp_path_factory.mktemp("mosquitto") / "mosquitto.conf"
+    assert MOSQUITTO is not None
+    conf = directory / f"mosquitto-{port}.conf"
     conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n"
                     "max_queued_messages 0\npersistence false\n")
     proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL,
@@ -41,12 +38,20 @@ def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     while time.monotonic() < deadline:
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                break
+                return proc
         except OSError:
             time.sleep(0.05)
-    else:
-        proc.kill()
-        pytest.fail("mosquitto did not start")
+    proc.kill()
+    pytest.fail("mosquitto did not start")
+
+
+@pytest.fixture(scope="session")
+def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    """A mosquitto broker on a free loopback port for the whole session; yields the port."""
+    if MOSQUITTO is None:
+        pytest.skip("mosquitto is not installed (make test installs it as root)")
+    port = _free_port()
+    proc = start_mosquitto(port, tmp_path_factory.mktemp("mosquitto"))
     yield port
     proc.terminate()
     proc.wait(10)

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import numpy as np
 import paho.mqtt.client as mqtt
+import pytest
 
-from .conftest import _free_port
+from .conftest import MOSQUITTO, _free_port, start_mosquitto
 
 
 class Collector:
@@ -124,3 +125,46 @@ def test_publish_score_deadletter_command_and_sigterm(mosquitto: int, tmp_path: 
             proc.kill()
         pub.loop_stop()
         col.close()
+
+
+def test_broker_unreachable_at_start_then_serves(tmp_path: Path) -> None:
+    if MOSQUITTO is None:
+        pytest.skip("mosquitto is not installed")
+    port = _free_port()
+    uid = uuid.uuid4().hex[:8]
+    name = f"u{uid}"
+    env = {**os.environ, "LILLITH_MQTT__CLIENT_ID": f"daemon-{uid}",
+           "LILLITH_MQTT__RECONNECT_MAX_S": "1.0",
+           "LILLITH_AGENTS": json.dumps([{"name": name, "topics": [f"test/{uid}/#"]}])}
+    logf = (tmp_path / "daemon.log").open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "lillith.runtime.cli", "run", "--source",
+                             f"mqtt://127.0.0.1:{port}"], env=env, stdout=logf,
+                            stderr=subprocess.STDOUT)
+    broker = None
+    col = pub = None
+    try:
+        time.sleep(3.0)  # several failed connection attempts, no crash
+        assert proc.poll() is None, (tmp_path / "daemon.log").read_text()[-2000:]
+        assert "broker_unreachable" in (tmp_path / "daemon.log").read_text()
+        broker = start_mosquitto(port, tmp_path)
+        col = Collector(port, f"lillith/{name}/#")
+        assert col.wait(f"lillith/{name}/status", 1, 30), (tmp_path / "daemon.log").read_text()
+        pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"pub-{uid}")
+        pub.connect("127.0.0.1", port)
+        pub.loop_start()
+        for i in range(20):
+            pub.publish(f"test/{uid}/x", json.dumps({"values": [float(i)]}), qos=1
+                        ).wait_for_publish(5)
+        assert len(col.wait(f"lillith/{name}/out", 20, 60)) == 20
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        if pub is not None:
+            pub.loop_stop()
+        if col is not None:
+            col.close()
+        if broker is not None:
+            broker.terminate()
+            broker.wait(10)

@@ -1,0 +1,61 @@
+"""AgentWorker: queue policies, commands at step boundaries, ordered results."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from lillith.agents.config import AgentConfig
+from lillith.runtime.worker import AgentWorker, Result
+from lillith.sensors.codec import Frame
+
+
+def _frame(v: float) -> Frame:
+    return Frame(np.array([v]), None)
+
+
+def test_drop_oldest_and_backpressure_when_full() -> None:
+    got: list[Result] = []
+    w = AgentWorker("a", AgentConfig(), queue_size=4, policy="drop_oldest", width=1,
+                    on_result=got.append)
+    for i in range(10):  # nothing consumes yet: the queue holds the newest 4
+        assert w.offer(i, _frame(i))
+    assert w.dropped == 6 and w.depth == 4
+    w.start()
+    w.stop()
+    assert w.join(60)
+    assert [r.seq for r in got] == [6, 7, 8, 9]
+
+    b = AgentWorker("b", AgentConfig(), queue_size=3, policy="backpressure", width=1,
+                    on_result=lambda r: None)
+    assert all(b.offer(i, _frame(i)) for i in range(3))
+    assert not b.offer(3, _frame(3)) and b.dropped == 0 and b.depth == 3
+
+
+def test_commands_run_between_frames_and_errors_reach_the_caller() -> None:
+    done = threading.Event()
+    seen: list[int] = []
+
+    def on_result(r: Result) -> None:
+        seen.append(r.seq)
+        if r.seq == 50:
+            done.set()
+
+    w = AgentWorker("c", AgentConfig(), queue_size=100, policy="backpressure", width=None,
+                    on_result=on_result)
+    w.start()
+    for i in range(1, 26):
+        w.offer(i, _frame(float(i)))
+    step = w.call(lambda ag: ag.step if ag is not None else -1)
+    for i in range(26, 51):
+        w.offer(i, _frame(float(i)))
+    assert step.result(60) == 25  # exactly between frame 25 and 26
+    bad = w.call(lambda ag: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        bad.result(60)
+    assert done.wait(60)
+    assert seen == list(range(1, 51)) and w.width == 1
+    w.stop()
+    assert w.join(60)
