@@ -41,3 +41,8 @@ def test_errors_name_the_field(tmp_path: Path) -> None:
         load_settings(bad)
     with pytest.raises(ConfigError):
         load_settings(tmp_path / "missing.toml")
+
+
+def test_deploy_example_config_is_complete_and_valid() -> None:
+    example = Path(__file__).resolve().parents[1] / "deploy" / "lillith.toml"
+    assert load_settings(example) == Settings()
