@@ -168,3 +168,55 @@ def test_broker_unreachable_at_start_then_serves(tmp_path: Path) -> None:
         if broker is not None:
             broker.terminate()
             broker.wait(10)
+
+
+def test_sighup_reloads_live_settings(mosquitto: int, tmp_path: Path) -> None:
+    uid = uuid.uuid4().hex[:8]
+    name = f"h{uid}"
+    cfg = tmp_path / "lillith.toml"
+
+    def write(output_every: int, high: float) -> None:
+        cfg.write_text(f'[mqtt]\nclient_id = "d-{uid}"\n[[agents]]\nname = "{name}"\n'
+                       f'topics = ["test/{uid}/#"]\noutput_every = {output_every}\n'
+                       f"high = {high}\n")
+
+    write(1, 1e12)
+    logf = (tmp_path / "daemon.log").open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "lillith.runtime.cli", "run", "--config",
+                             str(cfg), "--source", f"mqtt://127.0.0.1:{mosquitto}"],
+                            stdout=logf, stderr=subprocess.STDOUT)
+    col = Collector(mosquitto, f"lillith/{name}/#")
+    pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"pub-{uid}")
+    pub.connect("127.0.0.1", mosquitto)
+    pub.loop_start()
+
+    def send(lo: int, hi: int, value: float = 1.0) -> None:
+        for i in range(lo, hi):
+            pub.publish(f"test/{uid}/x", json.dumps({"t": i, "values": [value + i % 3]}),
+                        qos=1).wait_for_publish(5)
+
+    try:
+        assert col.wait(f"lillith/{name}/status", 1, 60), (tmp_path / "daemon.log").read_text()
+        send(0, 20)
+        assert len(col.wait(f"lillith/{name}/out", 20, 60)) == 20
+        write(5, 100.0)  # decimate outputs by 5, reject values above 100
+        proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 30
+        while "config_reloaded" not in (tmp_path / "daemon.log").read_text():
+            assert time.monotonic() < deadline, (tmp_path / "daemon.log").read_text()
+            time.sleep(0.05)
+        send(20, 40)
+        send(40, 41, value=500.0)
+        dead = col.wait(f"lillith/{name}/deadletter", 1, 30)
+        assert json.loads(dead[0])["reason"] == "out_of_bounds"
+        outs = [json.loads(o) for o in col.wait(f"lillith/{name}/out", 24, 30)]
+        time.sleep(0.5)  # nothing else may follow
+        outs = [json.loads(o) for o in col.get(f"lillith/{name}/out")]
+        assert [o["seq"] for o in outs[20:]] == [25, 30, 35, 40]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        pub.loop_stop()
+        col.close()

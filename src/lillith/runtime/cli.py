@@ -120,7 +120,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             vals = stream.values[start:start + n]
             return vals, np.zeros(vals.shape[0], dtype=bool)
     elif source.startswith("mqtt://"):
-        return _run_daemon(settings, source)
+        return _run_daemon(settings, source, args.config)
     else:
         raise LillithError("unknown source (synthetic | replay:PATH | mqtt://HOST:PORT[/FILTER])",
                            source=source)
@@ -152,11 +152,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_daemon(settings: Any, source: str) -> int:
+def _run_daemon(settings: Any, source: str, config_path: Path | None = None) -> int:
     """``lillith run --source mqtt://HOST:PORT[/FILTER]``: the asyncio daemon.
 
     SIGTERM / SIGINT stop intake, drain and publish offline status; a second
-    signal forces exit.
+    signal forces exit. SIGHUP reloads the configuration (file and
+    environment) and applies what can change live (see ``Daemon.reload``).
     """
     import asyncio
     import signal
@@ -184,8 +185,21 @@ def _run_daemon(settings: Any, source: str) -> int:
                 os._exit(130)  # second signal: forced exit
             stop.set()
 
+        def on_hup() -> None:
+            from lillith.runtime.config import load_settings
+            from lillith.runtime.logging import configure_logging, get_logger
+
+            try:
+                fresh = load_settings(config_path, env=os.environ)
+            except LillithError as e:
+                get_logger("run").error("config_reload_failed", error=str(e))
+                return
+            configure_logging(fresh.log.level, fresh.log.format)
+            daemon.reload(fresh.agents)
+
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, on_signal)
+        loop.add_signal_handler(signal.SIGHUP, on_hup)
         await daemon.run(stop)
 
     asyncio.run(main())

@@ -129,12 +129,18 @@ class Daemon:
                 await link.subscribe(t)
             await link.subscribe(f"{a.prefix}/cmd")
         async with asyncio.TaskGroup() as tg:
-            intake = tg.create_task(self._intake(link), name="intake")
+            intake = tg.create_task(self._intake(link, stop), name="intake")
             publisher = tg.create_task(self._publisher(link), name="publisher")
             status = tg.create_task(self._status_loop(link, stop), name="status")
             lag = tg.create_task(self._lag_probe(), name="loop-lag")
             await stop.wait()
-            log.info("intake_stopping")
+            log.info("intake_stopping", pending=link.pending())
+            # messages aiomqtt already acknowledged are read and processed first;
+            # the intake returns by itself once none is left, or is cancelled
+            # here while it waits on an empty queue
+            deadline = time.monotonic() + self.drain_timeout_s
+            while not intake.done() and link.pending() and time.monotonic() < deadline:
+                await asyncio.sleep(0.005)
             intake.cancel()
             status.cancel()
             lag.cancel()
@@ -160,8 +166,34 @@ class Daemon:
         for a in self.agents:
             a.worker.stop()
 
+    def reload(self, bindings: list[AgentBinding]) -> None:
+        """Apply the parts of a new configuration that can change live.
+
+        Per agent (matched by name): value bounds, payload size limit,
+        output decimation and the queue policy. Topics, channels, widths and
+        the agent's model need a restart; a change to them is logged and
+        ignored.
+        """
+        by_name = {b.name: b for b in bindings}
+        for a in self.agents:
+            new = by_name.get(a.binding.name)
+            if new is None:
+                log.warning("config_reload_agent_missing", agent=a.binding.name)
+                continue
+            fixed = ("topics", "channels", "width", "queue_size")
+            changed = [f for f in fixed if getattr(new, f) != getattr(a.binding, f)]
+            if changed:
+                log.warning("config_reload_needs_restart", agent=a.binding.name, fields=changed)
+            a.binding = a.binding.model_copy(update={
+                "low": new.low, "high": new.high, "max_bytes": new.max_bytes,
+                "output_every": new.output_every, "policy": new.policy})
+            a.schema = replace(a.schema, low=new.low, high=new.high, max_bytes=new.max_bytes)
+            a.worker.policy = new.policy
+            log.info("config_reloaded", agent=a.binding.name, output_every=new.output_every,
+                     low=new.low, high=new.high, max_bytes=new.max_bytes, policy=new.policy)
+
     # ------------------------------------------------------------------ tasks
-    async def _intake(self, link: MqttLink) -> None:
+    async def _intake(self, link: MqttLink, stop: asyncio.Event) -> None:
         async for msg in link.messages():
             for a in self.agents:
                 if msg.topic == f"{a.prefix}/cmd":
@@ -170,6 +202,8 @@ class Daemon:
                 if any(topic_matches(msg.topic, f) for f in a.binding.topics):
                     await self._accept(link, a, msg.topic, msg.payload, msg.content_type)
                     break
+            if stop.is_set() and not link.pending():
+                return
 
     async def _accept(self, link: MqttLink, a: _AgentRuntime, topic: str, payload: bytes,
                       ctype: str | None) -> None:

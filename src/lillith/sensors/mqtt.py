@@ -119,6 +119,10 @@ class MqttLink:
         await self._client.publish(topic, payload, qos=self.settings.qos if qos is None else qos,
                                    retain=retain)
 
+    def pending(self) -> int:
+        """Messages received (and, by aiomqtt, already acknowledged) but not yet read."""
+        return len(self._client.messages)
+
     async def messages(self) -> AsyncIterator[Incoming]:
         """Received messages, in order."""
         async for m in self._client.messages:
