@@ -20,8 +20,13 @@ def test_drop_oldest_and_backpressure_when_full() -> None:
     got: list[Result] = []
     w = AgentWorker("a", AgentConfig(), queue_size=4, policy="drop_oldest", width=1,
                     on_result=got.append)
+    lost = []
     for i in range(10):  # nothing consumes yet: the queue holds the newest 4
-        assert w.offer(i, _frame(i))
+        ok, gone = w.offer(i, _frame(i))
+        assert ok
+        if gone is not None:
+            lost.append(gone)
+    assert lost == [0, 1, 2, 3, 4, 5]
     assert w.dropped == 6 and w.depth == 4
     w.start()
     w.stop()
@@ -30,8 +35,8 @@ def test_drop_oldest_and_backpressure_when_full() -> None:
 
     b = AgentWorker("b", AgentConfig(), queue_size=3, policy="backpressure", width=1,
                     on_result=lambda r: None)
-    assert all(b.offer(i, _frame(i)) for i in range(3))
-    assert not b.offer(3, _frame(3)) and b.dropped == 0 and b.depth == 3
+    assert all(b.offer(i, _frame(i)) == (True, None) for i in range(3))
+    assert b.offer(3, _frame(3)) == (False, None) and b.dropped == 0 and b.depth == 3
 
 
 def test_commands_run_between_frames_and_errors_reach_the_caller() -> None:

@@ -26,9 +26,19 @@ from lillith.agents.config import AgentConfig
 from lillith.runtime.metrics import DaemonMetrics
 from lillith.runtime.worker import AgentWorker, Result
 from lillith.sensors.codec import RejectError, Schema, decode, excerpt
-from lillith.sensors.mqtt import LastWill, MqttError, MqttLink, MqttSettings, topic_matches
+from lillith.sensors.mqtt import (
+    Incoming,
+    LastWill,
+    MqttError,
+    MqttLink,
+    MqttSettings,
+    PahoLink,
+    open_link,
+    topic_matches,
+)
 
 log = structlog.get_logger().bind(component="daemon")
+Link = MqttLink | PahoLink
 
 
 class AgentBinding(BaseModel):
@@ -64,6 +74,7 @@ class _AgentRuntime:
         self.frames_in = 0
         self.frames_out = 0
         self.dropped_reported = 0
+        self.unacked: dict[int, Incoming] = {}  # seq -> message, acked once processed
         self.rejects: Counter[str] = Counter()
         self.last_log: dict[str, float] = {}
 
@@ -109,9 +120,10 @@ class Daemon:
             try:
                 will = LastWill(f"{self.agents[0].prefix}/status",
                                 json.dumps({"state": "offline"}).encode())
-                async with MqttLink(self.mqtt, will) as link:
+                async with open_link(self.mqtt, will) as link:
                     backoff = self.mqtt.reconnect_min_s
-                    log.info("broker_connected", host=self.mqtt.host, port=self.mqtt.port)
+                    log.info("broker_connected", host=self.mqtt.host, port=self.mqtt.port,
+                             client=type(link).__name__)
                     await self._serve(link, stop)
                     return
             except MqttError as e:
@@ -122,7 +134,7 @@ class Daemon:
                 backoff = min(backoff * 2, self.mqtt.reconnect_max_s)
         self._stop_workers()
 
-    async def _serve(self, link: MqttLink, stop: asyncio.Event) -> None:
+    async def _serve(self, link: Link, stop: asyncio.Event) -> None:
         for a in self.agents:
             await self._publish_status(link, a, "online")
             for t in a.binding.topics:
@@ -135,12 +147,14 @@ class Daemon:
             lag = tg.create_task(self._lag_probe(), name="loop-lag")
             await stop.wait()
             log.info("intake_stopping", pending=link.pending())
-            # messages aiomqtt already acknowledged are read and processed first;
-            # the intake returns by itself once none is left, or is cancelled
-            # here while it waits on an empty queue
-            deadline = time.monotonic() + self.drain_timeout_s
-            while not intake.done() and link.pending() and time.monotonic() < deadline:
-                await asyncio.sleep(0.005)
+            if link.acks_on_receipt:
+                # aiomqtt already acknowledged what it received: read and process
+                # it first; the intake returns once none is left, or is cancelled
+                # here while it waits on an empty queue
+                deadline = time.monotonic() + self.drain_timeout_s
+                while not intake.done() and link.pending() and time.monotonic() < deadline:
+                    await asyncio.sleep(0.005)
+            # (paho: unread messages are unacknowledged; the broker redelivers them)
             intake.cancel()
             status.cancel()
             lag.cancel()
@@ -193,22 +207,25 @@ class Daemon:
                      low=new.low, high=new.high, max_bytes=new.max_bytes, policy=new.policy)
 
     # ------------------------------------------------------------------ tasks
-    async def _intake(self, link: MqttLink, stop: asyncio.Event) -> None:
+    async def _intake(self, link: Link, stop: asyncio.Event) -> None:
         async for msg in link.messages():
             for a in self.agents:
                 if msg.topic == f"{a.prefix}/cmd":
                     await self._command(link, a, msg.payload)
+                    link.ack(msg)
                     break
                 if any(topic_matches(msg.topic, f) for f in a.binding.topics):
-                    await self._accept(link, a, msg.topic, msg.payload, msg.content_type)
+                    await self._accept(link, a, msg)
                     break
-            if stop.is_set() and not link.pending():
+            else:
+                link.ack(msg)
+            if stop.is_set() and (not link.acks_on_receipt or not link.pending()):
                 return
 
-    async def _accept(self, link: MqttLink, a: _AgentRuntime, topic: str, payload: bytes,
-                      ctype: str | None) -> None:
+    async def _accept(self, link: Link, a: _AgentRuntime, msg: Incoming) -> None:
+        topic, payload = msg.topic, msg.payload
         try:
-            frame = decode(payload, a.schema, content_type=ctype)
+            frame = decode(payload, a.schema, content_type=msg.content_type)
         except RejectError as e:
             a.rejects[e.reason] += 1
             self.metrics.rejects.labels(a.binding.name, e.reason).inc()
@@ -220,20 +237,29 @@ class Daemon:
             dead = {"topic": topic, "reason": e.reason, "detail": e.message,
                     "excerpt": excerpt(payload)}
             await link.publish(f"{a.prefix}/deadletter", json.dumps(dead).encode(), qos=0)
+            link.ack(msg)  # handled: rejected for good
             return
         if a.schema.expected_width is None:  # the first valid frame fixes the width
             a.schema = replace(a.schema, width=int(frame.values.size))
         a.frames_in += 1
         self.metrics.frames_in.labels(a.binding.name).inc()
         a.seq += 1
-        await a.worker.put(a.seq, frame)
+        a.unacked[a.seq] = msg
+        lost = await a.worker.put(a.seq, frame)
+        if lost is not None:  # drop_oldest: the dropped frame is done with
+            link.ack(a.unacked.pop(lost))
 
-    async def _publisher(self, link: MqttLink) -> None:
+    async def _publisher(self, link: Link) -> None:
         by_name = {a.binding.name: a for a in self.agents}
         while True:
             r = await self._results.get()
             try:
                 a = by_name[r.agent]
+                msg = a.unacked.pop(r.seq, None)
+                if r.metrics is None:  # processing failed: counted by the worker
+                    if msg is not None:
+                        link.ack(msg)
+                    continue
                 a.frames_out += 1
                 name = a.binding.name
                 self.metrics.frames_out.labels(name).inc()
@@ -252,6 +278,8 @@ class Daemon:
                            "prediction": m.prediction, "loss": m.loss, "bmu": m.bmu,
                            "mode": m.mode, "energy": m.energy, "skipped": m.skipped}
                     await link.publish(f"{a.prefix}/out", json.dumps(out).encode())
+                if msg is not None:
+                    link.ack(msg)  # processed and published: the broker may forget it
             finally:
                 self._results.task_done()
 
@@ -266,20 +294,21 @@ class Daemon:
             for a in self.agents:
                 self.metrics.queue_depth.labels(a.binding.name).set(a.worker.depth)
 
-    async def _status_loop(self, link: MqttLink, stop: asyncio.Event) -> None:
+    async def _status_loop(self, link: Link, stop: asyncio.Event) -> None:
         while not stop.is_set():
             await asyncio.sleep(self.status_every_s)
             for a in self.agents:
                 await self._publish_status(link, a, "online")
 
-    async def _publish_status(self, link: MqttLink, a: _AgentRuntime, state: str) -> None:
+    async def _publish_status(self, link: Link, a: _AgentRuntime, state: str) -> None:
         body = {"state": state, "step": a.frames_out, "frames_in": a.frames_in,
                 "frames_out": a.frames_out, "max_loop_lag_ms": round(self.max_lag_s * 1e3, 3),
                 "queue_depth": a.worker.depth, "dropped": a.worker.dropped,
                 "rejects": dict(a.rejects), "errors": a.worker.errors}
-        await link.publish(f"{a.prefix}/status", json.dumps(body).encode(), retain=True, qos=1)
+        await link.publish(f"{a.prefix}/status", json.dumps(body).encode(), retain=True, qos=1,
+                           wait=state == "offline")
 
-    async def _command(self, link: MqttLink, a: _AgentRuntime, payload: bytes) -> None:
+    async def _command(self, link: Link, a: _AgentRuntime, payload: bytes) -> None:
         reply: dict[str, Any]
         try:
             cmd = json.loads(payload)

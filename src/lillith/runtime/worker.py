@@ -30,7 +30,7 @@ class Result:
 
     agent: str
     seq: int
-    metrics: Metrics
+    metrics: Metrics | None  # None: the frame could not be processed (counted)
     seconds: float
 
 
@@ -67,35 +67,44 @@ class AgentWorker:
         """Frames waiting in the queue."""
         return self._q.qsize()
 
-    def offer(self, seq: int, frame: Frame) -> bool:
-        """Enqueue without blocking; False when full under ``backpressure``.
+    def offer(self, seq: int, frame: Frame) -> tuple[bool, int | None]:
+        """Enqueue without blocking: ``(accepted, seq of a dropped frame or None)``.
 
-        Under ``drop_oldest`` a full queue loses its oldest frame (counted).
+        Under ``backpressure`` a full queue refuses (``accepted`` False); under
+        ``drop_oldest`` it loses its oldest frame (counted) and takes this one.
         """
         try:
             self._q.put_nowait((seq, frame))
-            return True
+            return True, None
         except queue.Full:
             if self.policy == "backpressure":
-                return False
+                return False, None
+        lost: int | None = None
         try:
             old = self._q.get_nowait()
             if isinstance(old, tuple):
                 self.dropped += 1
+                lost = old[0]
             else:
                 self._q.put_nowait(old)  # a command or the stop mark is never dropped
         except queue.Empty:
             pass
         try:
             self._q.put_nowait((seq, frame))
-            return True
+            return True, lost
         except queue.Full:
             self.dropped += 1
-            return True
+            return True, seq
 
-    async def put(self, seq: int, frame: Frame) -> None:
-        """Enqueue, waiting for space under ``backpressure`` (the caller stops reading)."""
-        while not self.offer(seq, frame):
+    async def put(self, seq: int, frame: Frame) -> int | None:
+        """Enqueue, waiting for space under ``backpressure`` (the caller stops reading).
+
+        Returns the seq of a frame dropped to make room (``drop_oldest``), if any.
+        """
+        while True:
+            ok, lost = self.offer(seq, frame)
+            if ok:
+                return lost
             await asyncio.sleep(0.002)
 
     def call(self, fn: Callable[[Agent | None], Any]) -> Future[Any]:
@@ -133,6 +142,7 @@ class AgentWorker:
                 m = self.agent.process(frame.values, frame.t)
             except Exception:
                 self.errors += 1
+                self._on_result(Result(self.name, seq, None, time.perf_counter() - t0))
                 continue
             self.processed += 1
             self._on_result(Result(self.name, seq, m, time.perf_counter() - t0))

@@ -11,12 +11,13 @@ stops *its* consumption, while paho keeps reading into aiomqtt's queue.
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Literal
+from typing import Any, Literal
 
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -46,15 +47,23 @@ class MqttSettings(BaseModel):
     keepalive: int = Field(30, ge=5)
     reconnect_min_s: float = Field(0.5, gt=0)
     reconnect_max_s: float = Field(30.0, gt=0)
+    client: Literal["paho", "aiomqtt"] = "paho"
+    receive_maximum: int = Field(64, ge=1, le=65535)
 
 
 @dataclass(frozen=True)
 class Incoming:
-    """One received message: topic, payload bytes, MQTT 5 content type if any."""
+    """One received message: topic, payload bytes, MQTT 5 content type if any.
+
+    ``mid``/``qos`` identify it for :meth:`PahoLink.ack` (``mid`` 0: nothing to
+    acknowledge).
+    """
 
     topic: str
     payload: bytes
     content_type: str | None
+    mid: int = 0
+    qos: int = 0
 
 
 @dataclass(frozen=True)
@@ -73,7 +82,15 @@ def topic_matches(topic: str, topic_filter: str) -> bool:
 
 
 class MqttLink:
-    """An open connection; use as ``async with MqttLink(settings, will) as link``."""
+    """aiomqtt connection; use as ``async with MqttLink(settings, will) as link``.
+
+    aiomqtt acknowledges QoS-1 messages on receipt, so :meth:`ack` does
+    nothing here: what it has received and lillith has not processed is lost
+    if the process dies. :class:`PahoLink` (the default) acknowledges after
+    processing instead.
+    """
+
+    acks_on_receipt = True
 
     def __init__(self, settings: MqttSettings, will: LastWill | None = None) -> None:
         self.settings = settings
@@ -114,8 +131,8 @@ class MqttLink:
         await self._client.subscribe(topic_filter, qos=self.settings.qos)
 
     async def publish(self, topic: str, payload: bytes, *, retain: bool = False,
-                      qos: int | None = None) -> None:
-        """Publish ``payload`` (QoS defaults to the configured one)."""
+                      qos: int | None = None, wait: bool = False) -> None:
+        """Publish ``payload`` (QoS defaults to the configured one; aiomqtt always waits)."""
         await self._client.publish(topic, payload, qos=self.settings.qos if qos is None else qos,
                                    retain=retain)
 
@@ -123,10 +140,154 @@ class MqttLink:
         """Messages received (and, by aiomqtt, already acknowledged) but not yet read."""
         return len(self._client.messages)
 
+    def ack(self, msg: Incoming) -> None:
+        """aiomqtt acknowledged ``msg`` when it arrived: nothing to do."""
+
     async def messages(self) -> AsyncIterator[Incoming]:
         """Received messages, in order."""
         async for m in self._client.messages:
             payload = m.payload if isinstance(m.payload, bytes | bytearray) else (
                 str(m.payload).encode() if m.payload is not None else b"")
             ctype = getattr(m.properties, "ContentType", None) if m.properties else None
-            yield Incoming(str(m.topic), bytes(payload), ctype)
+            yield Incoming(str(m.topic), bytes(payload), ctype, int(m.mid), int(m.qos))
+
+
+class LinkError(MqttError):
+    """Connection to the broker failed or was lost (paho link)."""
+
+
+class PahoLink:
+    """paho-mqtt connection with manual acknowledgement (the default link).
+
+    paho's network loop runs in its own thread and hands messages to the event
+    loop with ``call_soon_threadsafe``. QoS-1 messages are acknowledged only
+    when the daemon says so (:meth:`ack`, after the agent processed the
+    frame), so a message the daemon never processed is redelivered by the
+    broker to the persistent session: at-least-once, end to end. The broker's
+    in-flight window (unacknowledged messages per client) then bounds how far
+    the broker runs ahead of the agents: backpressure, with the broker holding
+    the rest.
+    """
+
+    acks_on_receipt = False
+
+    def __init__(self, settings: MqttSettings, will: LastWill | None = None) -> None:
+        import paho.mqtt.client as paho
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        self.settings = s = settings
+        self._paho = paho
+        v5 = s.protocol == 5
+        self._client = paho.Client(
+            CallbackAPIVersion.VERSION2, client_id=s.client_id,
+            protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
+            clean_session=None if v5 else not s.persistent_session, manual_ack=True)
+        if s.username is not None:
+            self._client.username_pw_set(s.username, s.password)
+        if s.tls_ca is not None:
+            ctx = ssl.create_default_context(cafile=str(s.tls_ca))
+            if s.tls_cert is not None:
+                ctx.load_cert_chain(str(s.tls_cert), None if s.tls_key is None else str(s.tls_key))
+            self._client.tls_set_context(ctx)
+        if will is not None:
+            self._client.will_set(will.topic, will.payload, qos=1, retain=True)
+        self._queue: asyncio.Queue[Incoming | None] = asyncio.Queue()
+        self._connected: asyncio.Future[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def __aenter__(self) -> PahoLink:
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._connected = loop.create_future()
+        connected = self._connected
+        c = self._client
+        s = self.settings
+
+        def on_connect(client: Any, ud: Any, flags: Any, rc: Any, props: Any = None) -> None:
+            ok = not rc.is_failure if hasattr(rc, "is_failure") else rc == 0
+            loop.call_soon_threadsafe(_resolve, connected, None if ok else LinkError(str(rc)))
+
+        def on_disconnect(client: Any, ud: Any, flags: Any, rc: Any, props: Any = None) -> None:
+            loop.call_soon_threadsafe(self._queue.put_nowait, None)
+
+        def on_message(client: Any, ud: Any, m: Any) -> None:
+            ctype = getattr(m.properties, "ContentType", None) if m.properties else None
+            inc = Incoming(m.topic, bytes(m.payload), ctype, int(m.mid), int(m.qos))
+            loop.call_soon_threadsafe(self._queue.put_nowait, inc)
+
+        c.on_connect = on_connect
+        c.on_disconnect = on_disconnect
+        c.on_message = on_message
+        kwargs: dict[str, Any] = {}
+        if s.protocol == 5:
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            props.SessionExpiryInterval = s.session_expiry_s if s.persistent_session else 0
+            # unacknowledged QoS-1 messages the broker may send us: beyond it the
+            # broker holds them (flow control; 3.1.1 relies on the broker's limit)
+            props.ReceiveMaximum = s.receive_maximum
+            kwargs = {"clean_start": not s.persistent_session, "properties": props}
+        try:
+            await loop.run_in_executor(
+                None, lambda: c.connect(s.host, s.port, s.keepalive, **kwargs))
+        except OSError as e:
+            raise LinkError(f"cannot connect to {s.host}:{s.port}: {e}") from e
+        c.loop_start()
+        try:
+            await asyncio.wait_for(connected, 30)
+        except BaseException:
+            c.loop_stop()
+            raise
+        return self
+
+    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        self._client.disconnect()
+        await asyncio.get_running_loop().run_in_executor(None, self._client.loop_stop)
+
+    async def subscribe(self, topic_filter: str) -> None:
+        """Subscribe with the configured QoS."""
+        rc, _ = self._client.subscribe(topic_filter, qos=self.settings.qos)
+        if rc != self._paho.MQTT_ERR_SUCCESS:
+            raise LinkError(f"subscribe failed: {rc}")
+
+    async def publish(self, topic: str, payload: bytes, *, retain: bool = False,
+                      qos: int | None = None, wait: bool = False) -> None:
+        """Queue ``payload`` for sending; ``wait`` blocks until the broker has it."""
+        info = self._client.publish(topic, payload,
+                                    qos=self.settings.qos if qos is None else qos, retain=retain)
+        if info.rc != self._paho.MQTT_ERR_SUCCESS:
+            raise LinkError(f"publish failed: {info.rc}")
+        if wait:
+            await asyncio.get_running_loop().run_in_executor(
+                None, lambda: info.wait_for_publish(10))
+
+    def ack(self, msg: Incoming) -> None:
+        """Acknowledge ``msg`` to the broker (QoS 1); safe from any thread."""
+        if msg.qos > 0 and msg.mid:
+            self._client.ack(msg.mid, msg.qos)
+
+    def pending(self) -> int:
+        """Messages received but not yet read (none acknowledged yet)."""
+        return self._queue.qsize()
+
+    async def messages(self) -> AsyncIterator[Incoming]:
+        """Received messages, in order; raises :class:`LinkError` on disconnect."""
+        while True:
+            m = await self._queue.get()
+            if m is None:
+                raise LinkError("disconnected from the broker")
+            yield m
+
+
+def _resolve(fut: asyncio.Future[None], error: BaseException | None) -> None:
+    if fut.done():
+        return
+    if error is None:
+        fut.set_result(None)
+    else:
+        fut.set_exception(error)
+
+
+def open_link(settings: MqttSettings, will: LastWill | None = None) -> MqttLink | PahoLink:
+    """The configured link implementation (``settings.client``)."""
+    return PahoLink(settings, will) if settings.client == "paho" else MqttLink(settings, will)
