@@ -16,7 +16,7 @@ import numpy as np
 
 from lillith.errors import LillithError
 
-BENCHMARKS = ("fabric", "som", "conv4d", "agent", "nab")
+BENCHMARKS = ("fabric", "som", "conv4d", "agent", "nab", "ingest")
 
 
 def bench_dir() -> Path:

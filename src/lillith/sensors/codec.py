@@ -125,8 +125,17 @@ def _number(v: Any, where: str) -> float:
 
 
 def _from_object(obj: Any, schema: Schema) -> Frame:
-    if _depth(obj, MAX_DEPTH) > MAX_DEPTH:
-        raise RejectError("too_deep", "payload nests too deeply", limit=MAX_DEPTH)
+    try:
+        return _from_object_checked(obj, schema)
+    except RejectError as e:
+        # a wrong type may be deep nesting: name the real problem (checked
+        # only on this rare path, so valid frames pay nothing for it)
+        if e.reason == "wrong_type" and _depth(obj, MAX_DEPTH) > MAX_DEPTH:
+            raise RejectError("too_deep", "payload nests too deeply", limit=MAX_DEPTH) from None
+        raise
+
+
+def _from_object_checked(obj: Any, schema: Schema) -> Frame:
     t: float | None = None
     if isinstance(obj, bool):
         raise RejectError("wrong_type", "payload is a boolean")
@@ -169,17 +178,18 @@ def _named(vals: Mapping[Any, Any], schema: Schema) -> list[float]:
 
 
 def _validated(raw: Sequence[float], t: float | None, schema: Schema) -> Frame:
-    values = np.asarray(raw, dtype=np.float64)
     want = schema.expected_width
-    if values.size == 0 or (want is not None and values.size != want):
+    if len(raw) == 0 or (want is not None and len(raw) != want):
         raise RejectError("wrong_length", "frame has the wrong number of values",
-                     length=int(values.size), expected=want)
-    if not np.all(np.isfinite(values)):
-        raise RejectError("non_finite", "frame contains NaN or Inf")
-    if np.any(values < schema.low) or np.any(values > schema.high):
-        raise RejectError("out_of_bounds", "value outside the configured bounds",
-                     low=schema.low, high=schema.high)
-    return Frame(values, t)
+                          length=len(raw), expected=want)
+    lo, hi = schema.low, schema.high
+    for v in raw:  # plain floats: cheaper than numpy for a frame of a few values
+        if not math.isfinite(v):
+            raise RejectError("non_finite", "frame contains NaN or Inf")
+        if v < lo or v > hi:
+            raise RejectError("out_of_bounds", "value outside the configured bounds",
+                              low=lo, high=hi)
+    return Frame(np.array(raw, dtype=np.float64), t)
 
 
 def decode(payload: bytes, schema: Schema, *, content_type: str | None = None) -> Frame:
@@ -212,7 +222,7 @@ def decode(payload: bytes, schema: Schema, *, content_type: str | None = None) -
             raise RejectError("malformed_binary", "raw float32 length is not a multiple of 4",
                          bytes=len(payload))
         vals = np.frombuffer(payload, dtype="<f4").astype(np.float64)
-        return _validated(list(vals), None, schema)
+        return _validated(vals.tolist(), None, schema)
     if ctype in MSGPACK_TYPES:
         import msgpack
 

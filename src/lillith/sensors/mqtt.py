@@ -12,6 +12,7 @@ stops *its* consumption, while paho keeps reading into aiomqtt's queue.
 from __future__ import annotations
 
 import asyncio
+import collections
 import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -191,7 +192,11 @@ class PahoLink:
             self._client.tls_set_context(ctx)
         if will is not None:
             self._client.will_set(will.topic, will.payload, qos=1, retain=True)
-        self._queue: asyncio.Queue[Incoming | None] = asyncio.Queue()
+        # paho's thread appends here and wakes the loop only when the consumer
+        # is idle: one call_soon_threadsafe per burst, not per message
+        self._inbox: collections.deque[Incoming | None] = collections.deque()
+        self._armed = False
+        self._wake = asyncio.Event()
         self._connected: asyncio.Future[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -207,13 +212,18 @@ class PahoLink:
             ok = not rc.is_failure if hasattr(rc, "is_failure") else rc == 0
             loop.call_soon_threadsafe(_resolve, connected, None if ok else LinkError(str(rc)))
 
+        def deliver(item: Incoming | None) -> None:  # on paho's thread
+            self._inbox.append(item)
+            if not self._armed:
+                self._armed = True
+                loop.call_soon_threadsafe(self._wake.set)
+
         def on_disconnect(client: Any, ud: Any, flags: Any, rc: Any, props: Any = None) -> None:
-            loop.call_soon_threadsafe(self._queue.put_nowait, None)
+            deliver(None)
 
         def on_message(client: Any, ud: Any, m: Any) -> None:
             ctype = getattr(m.properties, "ContentType", None) if m.properties else None
-            inc = Incoming(m.topic, bytes(m.payload), ctype, int(m.mid), int(m.qos))
-            loop.call_soon_threadsafe(self._queue.put_nowait, inc)
+            deliver(Incoming(m.topic, bytes(m.payload), ctype, int(m.mid), int(m.qos)))
 
         c.on_connect = on_connect
         c.on_disconnect = on_disconnect
@@ -268,15 +278,22 @@ class PahoLink:
 
     def pending(self) -> int:
         """Messages received but not yet read (none acknowledged yet)."""
-        return self._queue.qsize()
+        return len(self._inbox)
 
     async def messages(self) -> AsyncIterator[Incoming]:
         """Received messages, in order; raises :class:`LinkError` on disconnect."""
+        inbox = self._inbox
         while True:
-            m = await self._queue.get()
-            if m is None:
-                raise LinkError("disconnected from the broker")
-            yield m
+            while inbox:
+                m = inbox.popleft()
+                if m is None:
+                    raise LinkError("disconnected from the broker")
+                yield m
+            self._wake.clear()
+            self._armed = False
+            if inbox:  # appended between the last pop and disarming
+                continue
+            await self._wake.wait()
 
 
 def _resolve(fut: asyncio.Future[None], error: BaseException | None) -> None:
