@@ -21,7 +21,8 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_mosquitto(port: int, directory: Path) -> subprocess.Popen[bytes]:
+def start_mosquitto(port: int, directory: Path, *, persistent: bool = False
+                    ) -> subprocess.Popen[bytes]:
     """Start mosquitto on ``127.0.0.1:port`` and wait until it accepts connections.
 
     ``max_queued_messages 0`` lifts the broker's default cap of 1000 queued
@@ -30,8 +31,10 @@ def start_mosquitto(port: int, directory: Path) -> subprocess.Popen[bytes]:
     """
     assert MOSQUITTO is not None
     conf = directory / f"mosquitto-{port}.conf"
+    persistence = (f"persistence true\npersistence_location {directory}/\n" if persistent
+                   else "persistence false\n")
     conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n"
-                    "max_queued_messages 0\npersistence false\n")
+                    f"max_queued_messages 0\n{persistence}")
     proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 10

@@ -294,3 +294,56 @@ def test_qos1_nothing_lost_across_daemon_restart(mosquitto: int, tmp_path: Path)
                 p.kill()
         pub.loop_stop()
         col.close()
+
+
+
+def test_reconnects_after_broker_restart(tmp_path: Path) -> None:
+    """The broker goes away mid-session: the daemon reconnects, resubscribes and serves."""
+    if MOSQUITTO is None:
+        pytest.skip("mosquitto is not installed")
+    port = _free_port()
+    broker = start_mosquitto(port, tmp_path)
+    uid = uuid.uuid4().hex[:8]
+    name = f"k{uid}"
+    env = {**os.environ, "LILLITH_MQTT__CLIENT_ID": f"daemon-{uid}",
+           "LILLITH_MQTT__RECONNECT_MAX_S": "1.0",
+           "LILLITH_AGENTS": json.dumps([{"name": name, "topics": [f"test/{uid}/#"]}])}
+    log_path = tmp_path / "daemon.log"
+    proc = subprocess.Popen([sys.executable, "-m", "lillith.runtime.cli", "run", "--source",
+                             f"mqtt://127.0.0.1:{port}"], env=env, stdout=log_path.open("w"),
+                            stderr=subprocess.STDOUT)
+    col = pub = None
+    try:
+        deadline = time.monotonic() + 60
+        while log_path.read_text().count("broker_connected") < 1:
+            assert time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.1)
+        broker.terminate()
+        broker.wait(30)
+        time.sleep(1.5)
+        assert proc.poll() is None, log_path.read_text()[-2000:]
+        broker = start_mosquitto(port, tmp_path)
+        deadline = time.monotonic() + 60
+        while log_path.read_text().count("broker_connected") < 2:
+            assert time.monotonic() < deadline, log_path.read_text()[-2000:]
+            time.sleep(0.1)
+        col = Collector(port, f"lillith/{name}/#")
+        time.sleep(0.5)
+        pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"pub-{uid}")
+        pub.connect("127.0.0.1", port)
+        pub.loop_start()
+        for i in range(20):
+            pub.publish(f"test/{uid}/x", json.dumps({"t": i, "values": [float(i)]}), qos=1
+                        ).wait_for_publish(5)
+        assert len(col.wait(f"lillith/{name}/out", 20, 60)) == 20, log_path.read_text()[-2000:]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        if pub is not None:
+            pub.loop_stop()
+        if col is not None:
+            col.close()
+        broker.terminate()
+        broker.wait(10)

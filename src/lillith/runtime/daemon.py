@@ -126,7 +126,13 @@ class Daemon:
                              client=type(link).__name__)
                     await self._serve(link, stop)
                     return
-            except MqttError as e:
+            except (MqttError, ExceptionGroup) as e:
+                if isinstance(e, ExceptionGroup):  # raised inside the task group
+                    lost = e.subgroup(MqttError)
+                    if lost is None or lost.exceptions != e.exceptions:
+                        raise
+                if stop.is_set():
+                    break
                 delay = backoff * (0.5 + random.random())
                 log.warning("broker_unreachable", error=str(e), retry_in_s=round(delay, 2))
                 with contextlib.suppress(TimeoutError):

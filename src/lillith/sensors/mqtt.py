@@ -57,7 +57,8 @@ class Incoming:
     """One received message: topic, payload bytes, MQTT 5 content type if any.
 
     ``mid``/``qos`` identify it for :meth:`PahoLink.ack` (``mid`` 0: nothing to
-    acknowledge).
+    acknowledge); a packet id is only meaningful on the connection (``link``)
+    that received the message.
     """
 
     topic: str
@@ -65,6 +66,7 @@ class Incoming:
     content_type: str | None
     mid: int = 0
     qos: int = 0
+    link: int = 0  # id of the connection that received it
 
 
 @dataclass(frozen=True)
@@ -223,7 +225,8 @@ class PahoLink:
 
         def on_message(client: Any, ud: Any, m: Any) -> None:
             ctype = getattr(m.properties, "ContentType", None) if m.properties else None
-            deliver(Incoming(m.topic, bytes(m.payload), ctype, int(m.mid), int(m.qos)))
+            deliver(Incoming(m.topic, bytes(m.payload), ctype, int(m.mid), int(m.qos),
+                             id(self)))
 
         c.on_connect = on_connect
         c.on_disconnect = on_disconnect
@@ -272,8 +275,13 @@ class PahoLink:
                 None, lambda: info.wait_for_publish(10))
 
     def ack(self, msg: Incoming) -> None:
-        """Acknowledge ``msg`` to the broker (QoS 1); safe from any thread."""
-        if msg.qos > 0 and msg.mid:
+        """Acknowledge ``msg`` to the broker (QoS 1); safe from any thread.
+
+        A message received on an earlier connection is not acknowledged here:
+        its packet id may belong to another message now; the broker redelivers
+        it to the session instead (a QoS-1 duplicate, never a loss).
+        """
+        if msg.qos > 0 and msg.mid and msg.link == id(self):
             self._client.ack(msg.mid, msg.qos)
 
     def pending(self) -> int:
