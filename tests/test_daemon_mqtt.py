@@ -21,6 +21,13 @@ import pytest
 from .conftest import MOSQUITTO, _free_port, start_mosquitto
 
 
+def start_daemon(log_path: Path, *args: str, env: dict[str, str] | None = None
+                 ) -> subprocess.Popen[bytes]:
+    """``lillith run ARGS`` in a subprocess, its output going to ``log_path``."""
+    return subprocess.Popen([sys.executable, "-m", "lillith.runtime.cli", "run", *args],
+                            env=env, stdout=log_path.open("w"), stderr=subprocess.STDOUT)
+
+
 class Collector:
     """A paho subscriber that stores every message by topic."""
 
@@ -67,10 +74,8 @@ def test_publish_score_deadletter_command_and_sigterm(mosquitto: int, tmp_path: 
            "LILLITH_LOG__FORMAT": "json",
            "LILLITH_METRICS_PORT": str(metrics_port)}
     col = Collector(mosquitto, f"{prefix}/#")
-    logf = (tmp_path / "daemon.log").open("w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "lillith.runtime.cli", "run", "--source",
-         f"mqtt://127.0.0.1:{mosquitto}"], env=env, stdout=logf, stderr=subprocess.STDOUT)
+    proc = start_daemon(tmp_path / "daemon.log", "--source", f"mqtt://127.0.0.1:{mosquitto}",
+                        env=env)
 
     def daemon_log() -> str:
         return (tmp_path / "daemon.log").read_text()[-3000:]
@@ -136,10 +141,8 @@ def test_broker_unreachable_at_start_then_serves(tmp_path: Path) -> None:
     env = {**os.environ, "LILLITH_MQTT__CLIENT_ID": f"daemon-{uid}",
            "LILLITH_MQTT__RECONNECT_MAX_S": "1.0",
            "LILLITH_AGENTS": json.dumps([{"name": name, "topics": [f"test/{uid}/#"]}])}
-    logf = (tmp_path / "daemon.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "lillith.runtime.cli", "run", "--source",
-                             f"mqtt://127.0.0.1:{port}"], env=env, stdout=logf,
-                            stderr=subprocess.STDOUT)
+    proc = start_daemon(tmp_path / "daemon.log", "--source", f"mqtt://127.0.0.1:{port}",
+                        env=env)
     broker = None
     col = pub = None
     try:
@@ -181,10 +184,8 @@ def test_sighup_reloads_live_settings(mosquitto: int, tmp_path: Path) -> None:
                        f"high = {high}\n")
 
     write(1, 1e12)
-    logf = (tmp_path / "daemon.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "lillith.runtime.cli", "run", "--config",
-                             str(cfg), "--source", f"mqtt://127.0.0.1:{mosquitto}"],
-                            stdout=logf, stderr=subprocess.STDOUT)
+    proc = start_daemon(tmp_path / "daemon.log", "--config", str(cfg), "--source",
+                        f"mqtt://127.0.0.1:{mosquitto}")
     col = Collector(mosquitto, f"lillith/{name}/#")
     pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"pub-{uid}")
     pub.connect("127.0.0.1", mosquitto)
@@ -238,10 +239,8 @@ def test_qos1_nothing_lost_across_daemon_restart(mosquitto: int, tmp_path: Path)
     col = Collector(mosquitto, f"lillith/{name}/#")
 
     def start(k: int) -> subprocess.Popen[bytes]:
-        logf = (tmp_path / f"daemon{k}.log").open("w")
-        return subprocess.Popen([sys.executable, "-m", "lillith.runtime.cli", "run", "--source",
-                                 f"mqtt://127.0.0.1:{mosquitto}"], env=env, stdout=logf,
-                                stderr=subprocess.STDOUT)
+        return start_daemon(tmp_path / f"daemon{k}.log", "--source",
+                            f"mqtt://127.0.0.1:{mosquitto}", env=env)
 
     proc = start(1)
     pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"pub-{uid}")
@@ -296,7 +295,6 @@ def test_qos1_nothing_lost_across_daemon_restart(mosquitto: int, tmp_path: Path)
         col.close()
 
 
-
 def test_reconnects_after_broker_restart(tmp_path: Path) -> None:
     """The broker goes away mid-session: the daemon reconnects, resubscribes and serves."""
     if MOSQUITTO is None:
@@ -309,9 +307,7 @@ def test_reconnects_after_broker_restart(tmp_path: Path) -> None:
            "LILLITH_MQTT__RECONNECT_MAX_S": "1.0",
            "LILLITH_AGENTS": json.dumps([{"name": name, "topics": [f"test/{uid}/#"]}])}
     log_path = tmp_path / "daemon.log"
-    proc = subprocess.Popen([sys.executable, "-m", "lillith.runtime.cli", "run", "--source",
-                             f"mqtt://127.0.0.1:{port}"], env=env, stdout=log_path.open("w"),
-                            stderr=subprocess.STDOUT)
+    proc = start_daemon(log_path, "--source", f"mqtt://127.0.0.1:{port}", env=env)
     col = pub = None
     try:
         deadline = time.monotonic() + 60
