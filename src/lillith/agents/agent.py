@@ -216,7 +216,6 @@ class Agent:
             surprise_gain=b.surprise_gain, drive_min=b.drive_min, drive_max=b.drive_max))
         m = cfg.modes
         self.modes = ModeCycler(shares=m.shares, period=m.period, enabled=m.enabled)
-        torch.manual_seed(cfg.seed)
         self.predictor = TilePredictor(self.feat_dim, self.n_channels, cfg)
         pc = cfg.predictor
         self.optimizer = torch.optim.Adam(self.predictor.parameters(), lr=pc.lr,
