@@ -107,11 +107,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     torch.set_num_threads(settings.torch_threads)
     source = args.source
     if source == "synthetic":
-        signal = SyntheticSignal(4, seed=settings.agent.seed)
-        width = signal.n_channels
+        synth = SyntheticSignal(4, seed=settings.agent.seed)
+        width = synth.n_channels
 
         def frames(start: int, n: int) -> Any:
-            return signal.generate(start, n)
+            return synth.generate(start, n)
     elif source.startswith("replay:"):
         stream = read_csv_stream(Path(source[len("replay:"):]))
         width = stream.values.shape[1]
