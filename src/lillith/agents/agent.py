@@ -339,6 +339,8 @@ class Agent:
         zs = np.empty((n, self.n_channels), dtype=np.float64)
         qes = np.zeros(n)
         bmus = np.full(n, -1, dtype=np.int64)
+        locs = np.empty((n, self.n_channels), dtype=np.float64)
+        scales = np.empty((n, self.n_channels), dtype=np.float64)
         modes: list[str] = []
         learns = self._batch_learns
         plast = self._batch_scale
@@ -347,6 +349,9 @@ class Agent:
             z = self.normalizer.transform(x)
             zs[r] = z
             self.normalizer.learn_one(x)  # statistics, not learning work: never gated
+            # the forecast is reported in the units of the statistics after this frame
+            locs[r] = self.normalizer.mean
+            scales[r] = self.normalizer.effective_scale()
             m = force or self._forced_mode or self.modes.mode_at(self.step + r)
             modes.append(m)
             self._hist[:-1] = self._hist[1:]
@@ -410,7 +415,7 @@ class Agent:
             out.append(Metrics(
                 step=self.step, t=None if ts is None else float(ts[r]), loss=loss,
                 anomaly_score=raw, anomaly_likelihood=lik,
-                prediction=[float(v) for v in self.normalizer.inverse(preds[r])],
+                prediction=[float(v) for v in locs[r] + preds[r] * scales[r]],
                 bmu=int(bmus[r]), mode=modes[r], energy=mods["energy"],
                 learning_drive=mods["learning_drive"], mood=mods["mood"], skipped=not learns,
             ))
@@ -477,9 +482,6 @@ class Agent:
         ``optim/``, ``bio/``, ``norm/``, ``lik/``, ``agent/``). The agent's
         configuration is stored as UTF-8 JSON bytes under ``agent/config``.
         """
-        if not self.at_boundary:
-            raise AgentError("state is taken between micro-batches", step=self.step,
-                             batch_size=self.config.predictor.batch_size)
         d: dict[str, npt.NDArray[Any]] = {}
 
         def put(prefix: str, sub: dict[str, npt.NDArray[Any]]) -> None:
@@ -518,6 +520,16 @@ class Agent:
             d["agent/prev_feat"] = self._prev_feat.copy()
             d["agent/prev_last"] = self._prev_last.copy()
         d["agent/recent_losses"] = np.array(self.recent_losses, dtype=np.float64)
+        # the part-filled micro-batch, so a snapshot can be taken after any frame
+        p = self._pending
+        d["agent/pending_feats"] = (np.stack(p.feats) if p.feats
+                                    else np.zeros((0, self.feat_dim), dtype=np.float32))
+        d["agent/pending_lasts"] = (np.stack(p.lasts) if p.lasts
+                                    else np.zeros((0, self.n_channels), dtype=np.float32))
+        d["agent/pending_targets"] = (np.stack(p.targets) if p.targets
+                                      else np.zeros((0, self.n_channels), dtype=np.float32))
+        d["agent/batch"] = np.array([self._batch_scale, float(self._batch_learns)],
+                                    dtype=np.float64)
         meta = {"n_channels": self.n_channels, "name": self.name,
                 "config": self.config.model_dump(mode="json"),
                 "forced_mode": self._forced_mode}
@@ -594,9 +606,16 @@ class Agent:
             self.recent_losses = deque((float(v) for v in state["agent/recent_losses"]),
                                        maxlen=1000)
             self._forced_mode = meta.get("forced_mode")
+            pend = _Pending()
+            for name, lst in (("feats", pend.feats), ("lasts", pend.lasts),
+                              ("targets", pend.targets)):
+                arr = np.asarray(state[f"agent/pending_{name}"], dtype=np.float32)
+                lst.extend(arr[i].copy() for i in range(arr.shape[0]))
+            self._pending = pend
+            bs = np.asarray(state["agent/batch"], dtype=np.float64)
+            self._batch_scale, self._batch_learns = float(bs[0]), bool(bs[1])
         except KeyError as e:
             raise StateError("agent state lacks an array", missing=str(e)) from e
-        self._pending = _Pending()
 
 
 def _config_diff(a: Any, b: Any, path: str = "") -> list[str]:

@@ -69,9 +69,14 @@ class RobustNormalizer:
                          -self.z_max, self.z_max)
         return z
 
+    def effective_scale(self) -> F64:
+        """Scale used by :meth:`transform` and :meth:`inverse` (floored), shape (C,)."""
+        out: F64 = np.maximum(self.scale, self._floor())
+        return out
+
     def inverse(self, z: F64) -> F64:
         """Map normalised values back to input units, shape (C,)."""
-        out: F64 = self.mean + z * np.maximum(self.scale, self._floor())
+        out: F64 = self.mean + z * self.effective_scale()
         return out
 
     def learn_one(self, x: F64) -> None:
