@@ -88,6 +88,36 @@ one no-grad pass over all tiles, ``O(N T d H)``, when gradients are recorded.
 Usage and claim counters are updated under ``torch.no_grad``. Inputs are not checked
 for non-finite values (the sensor layer rejects them before they get here).
 
+Evolution of hidden units (seed 002)
+-----------------------------------
+A hidden unit is a pair ``(t, j)``: column ``j`` of ``w1[t]``, entry ``b1[t, j]``
+and row ``j`` of ``w2[t]``.
+
+* **Fitness.** While gradients are recorded (``track=True`` and autograd on),
+  the forward pass puts a tensor hook on the chosen tiles' hidden activation
+  ``a`` (N, H); on backward it adds ``|a * dL/da|``, averaged over the tokens
+  each tile received, into a per-unit EMA ``unit_importance`` (T, H) (decay
+  ``fitness_decay`` per backward, only for tiles that received tokens). About
+  eight small tensor operations per backward; nothing at all without
+  gradients. Optionally (``fitness_diversity`` / ``fitness_stability`` > 0)
+  the hook also keeps EMAs of ``a``, ``a^2`` and ``a a^T`` per tile, from
+  which :meth:`SparseLookupFFNv2.fitness_components` derives *diversity*
+  (1 - mean ``|corr|`` with the other units of the tile) and *stability*
+  (``E[a]^2 / E[a^2]``, 1 for a constant activation); *energy*
+  (1 - weight norm / the tile's largest) needs no tracking. Each component
+  is in [0, 1] within its tile (importance divided by the tile's maximum);
+  :meth:`SparseLookupFFNv2.unit_fitness` is their weighted mean (default
+  importance only, seed 002 idea 7 otherwise).
+* **Lineage.** Every unit has a unique int64 id, two parent ids (-1: none),
+  a generation and a birth step; ids are never reused.
+* **Apoptosis** (:meth:`SparseLookupFFNv2.apoptosis`) removes, per unfrozen
+  observed tile, the ``floor(prune_rate * H)`` least fit units and regrows
+  each slot from fitness-weighted parents among the tile's survivors, by
+  functional preservation (an exact Net2Net split: output unchanged), mutation
+  or crossover (output-weight row of the child starts at zero: output
+  unchanged too, see the method). Optimiser moments of the regrown slices
+  are zeroed in place.
+
 The modules are not thread-safe: one owner (the agent's worker) mutates them.
 """
 
@@ -109,11 +139,13 @@ from lillith.errors import LillithError, StateError
 
 __all__ = [
     "ANALYSIS_THRESHOLD",
+    "REGROWTH_STRATEGIES",
     "TERNARY_TOLERANCE",
     "ScoreCalibrationSpline",
     "SparseLookupBlockV2",
     "SparseLookupFFNv2",
     "TileError",
+    "reset_optimizer_moments",
 ]
 
 #: A signature value counts as "near" a ternary level (for
@@ -145,6 +177,24 @@ _HYPER_KEYS = (
 )
 _ROUTER_GRADS = ("mixture", "straight_through")
 _EXTRA_KEYS = ("config", "hyper", "counters", "claim_counts", "surgery_history", "rng_state")
+#: Entries of the state added with unit fitness and lineage; a state without
+#: any of them (written before they existed) restores fresh defaults.
+_EVOLUTION_KEYS = (
+    "fitness_config",
+    "unit_importance",
+    "unit_fitness_obs",
+    "unit_act_mean",
+    "unit_act_sq",
+    "unit_act_cross",
+    "lineage_ids",
+    "lineage_parents",
+    "lineage_generation",
+    "lineage_birth",
+    "lineage_next",
+)
+_FITNESS_NAMES = ("importance", "diversity", "stability", "energy")
+#: Regrowth strategies of :meth:`SparseLookupFFNv2.apoptosis`.
+REGROWTH_STRATEGIES = ("preservation", "mutation", "crossover")
 
 
 class TileError(LillithError):
@@ -182,6 +232,47 @@ def _check_weight(name: str, value: float) -> float:
     if not (math.isfinite(v) and v >= 0.0):
         raise TileError(f"{name} must be finite and >= 0", **{name: value})
     return v
+
+
+def reset_optimizer_moments(optimizer: torch.optim.Optimizer, param: Tensor, index: Any) -> int:
+    """Zero an optimiser's per-element state of ``param[index]``, in place.
+
+    Every state tensor of ``param`` with the parameter's own shape (Adam's
+    ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq``; SGD's
+    ``momentum_buffer``; RMSprop's ``square_avg``, ...) gets ``[index] = 0``;
+    scalar entries such as Adam's ``step`` are per parameter and stay. The
+    state tensors are modified in place, so the optimiser (fused or not)
+    keeps using the same objects. A parameter the optimiser has no state
+    for yet (never stepped, or not one of its parameters) is left alone.
+
+    With Adam the bias correction then treats the zeroed elements as
+    long-trained: the first update of a zeroed element is about
+    ``lr * (1 - beta1) / sqrt(1 - beta2)`` (~3.2 lr with the defaults)
+    in the direction of its gradient, then the moments catch up.
+
+    Parameters
+    ----------
+    optimizer : torch.optim.Optimizer
+    param : Tensor
+        A parameter (the very object the optimiser holds).
+    index : index expression
+        Anything ``tensor[index] = 0`` accepts (ints, slices, index tensors).
+
+    Returns
+    -------
+    int
+        Number of state tensors modified.
+    """
+    state = optimizer.state.get(param)
+    if not state:
+        return 0
+    touched = 0
+    with torch.no_grad():
+        for value in state.values():
+            if isinstance(value, Tensor) and value.shape == param.shape:
+                value[index] = 0
+                touched += 1
+    return touched
 
 
 # ----------------------------------------------------------------------------
@@ -317,6 +408,15 @@ class SparseLookupFFNv2(nn.Module):
     input_norm : bool, default True
         Apply a learnable LayerNorm to ``x`` before routing and the experts
         (parameters ``norm_weight``, ``norm_bias``; ``None`` when False).
+    track_fitness : bool, default True, keyword-only
+        Record hidden-unit fitness during backward (module docstring,
+        "Evolution of hidden units"); changes no output or gradient.
+    fitness_decay : float, default 0.99, keyword-only
+        Per-backward decay of the fitness EMAs, in [0, 1).
+    fitness_importance, fitness_diversity, fitness_stability, fitness_energy : float
+        Keyword-only weights (>= 0, not all 0) of the fitness components in
+        :meth:`unit_fitness`; default 1, 0, 0, 0 (importance only). See
+        :meth:`configure_fitness`.
 
     Raises
     ------
@@ -336,12 +436,26 @@ class SparseLookupFFNv2(nn.Module):
         Tokens routed to each tile since the last :meth:`reset_stats`.
     usage_ema : buffer, float32 (T,)
         EMA of the per-forward fraction of tokens routed to each tile.
+    unit_importance : buffer, float32 (T, H)
+        EMA of ``|a * dL/da|`` per hidden unit (not in ``state_dict()``; in
+        :meth:`get_state`).
+    unit_fitness_obs : buffer, int64 (T,)
+        Backward passes in which each tile had tokens (fitness observations).
+    unit_act_mean, unit_act_sq : buffer, float32 (T, H)
+        EMAs of ``a`` and ``a^2`` (tracked when diversity or stability count).
+    unit_act_cross : buffer, float32 (T, H, H), or (0, H, H) when unused
+        EMA of ``a a^T`` per tile (tracked when diversity counts).
     """
 
     frozen_mask: Tensor
     frozen_values: Tensor
     usage_counts: Tensor
     usage_ema: Tensor
+    unit_importance: Tensor
+    unit_fitness_obs: Tensor
+    unit_act_mean: Tensor
+    unit_act_sq: Tensor
+    unit_act_cross: Tensor
     _offdiag: Tensor
 
     def __init__(
@@ -363,6 +477,13 @@ class SparseLookupFFNv2(nn.Module):
         usage_decay: float = 0.99,
         router_grad: str = "mixture",
         input_norm: bool = True,
+        *,
+        track_fitness: bool = True,
+        fitness_decay: float = 0.99,
+        fitness_importance: float = 1.0,
+        fitness_diversity: float = 0.0,
+        fitness_stability: float = 0.0,
+        fitness_energy: float = 0.0,
     ) -> None:
         super().__init__()
         if router_grad not in _ROUTER_GRADS:
@@ -442,6 +563,32 @@ class SparseLookupFFNv2(nn.Module):
         self._forward_calls = 0
         self._history_seq = 0
 
+        # hidden-unit fitness (non-persistent buffers: get_state carries them,
+        # state_dict() stays as it was) and lineage
+        self.register_buffer("unit_importance", torch.zeros(T, H), persistent=False)
+        self.register_buffer(
+            "unit_fitness_obs", torch.zeros(T, dtype=torch.int64), persistent=False
+        )
+        self.register_buffer("unit_act_mean", torch.zeros(T, H), persistent=False)
+        self.register_buffer("unit_act_sq", torch.zeros(T, H), persistent=False)
+        self.register_buffer("unit_act_cross", torch.zeros(0, H, H), persistent=False)
+        self.track_fitness = True
+        self.fitness_decay = 0.99
+        self.fitness_weights: dict[str, float] = {"importance": 1.0}
+        self.configure_fitness(
+            track=track_fitness,
+            decay=fitness_decay,
+            importance=fitness_importance,
+            diversity=fitness_diversity,
+            stability=fitness_stability,
+            energy=fitness_energy,
+        )
+        self._lineage_ids = np.arange(T * H, dtype=np.int64).reshape(T, H)
+        self._lineage_parents = np.full((T, H, 2), -1, dtype=np.int64)
+        self._lineage_generation = np.zeros((T, H), dtype=np.int64)
+        self._lineage_birth = np.zeros((T, H), dtype=np.int64)
+        self._next_unit_id = T * H
+
     # ------------------------------------------------------------ internals
 
     def _set_hyper(self, **values: float) -> None:
@@ -512,17 +659,18 @@ class SparseLookupFFNv2(nn.Module):
             raise TileError("signature contains non-finite values")
         return sig.to(self.signatures_raw.device)
 
-    def _record(self, op: str, tile_idx: int, tag: str = "") -> None:
-        self._history.append(
-            {
-                "op": op,
-                "tile_idx": int(tile_idx),
-                "tag": str(tag),
-                "step": self._forward_calls,
-                "seq": self._history_seq,
-                "frozen": bool(self.frozen_mask[tile_idx]),
-            }
-        )
+    def _record(self, op: str, tile_idx: int, tag: str = "", **extra: Any) -> None:
+        """Append a surgery-history entry; ``extra`` must be JSON-serialisable."""
+        entry: dict[str, Any] = {
+            "op": op,
+            "tile_idx": int(tile_idx),
+            "tag": str(tag),
+            "step": self._forward_calls,
+            "seq": self._history_seq,
+            "frozen": bool(self.frozen_mask[tile_idx]),
+        }
+        entry.update(extra)
+        self._history.append(entry)
         self._history_seq += 1
 
     def _refresh_frozen_flag(self) -> None:
@@ -562,7 +710,9 @@ class SparseLookupFFNv2(nn.Module):
             Class labels for claim tracking (negative values are ignored).
             The class table grows to ``labels.max() + 1`` as needed.
         track : bool, default True
-            Update usage counters (and claims when ``labels`` is given).
+            Update usage counters (and claims when ``labels`` is given); when
+            gradients are recorded, also hook the hidden-unit fitness update
+            onto the backward pass (``track_fitness``).
 
         Returns
         -------
@@ -686,6 +836,10 @@ class SparseLookupFFNv2(nn.Module):
                 )
                 if labels is not None:
                     self._track_claims(idx, labels.reshape(-1))
+            if self.track_fitness and hidden.requires_grad:
+                hidden.register_hook(  # type: ignore[no-untyped-call]
+                    self._fitness_hook(hidden.detach(), idx, counts)
+                )
 
         info = {
             "tile_idx": idx.view(lead),
@@ -695,6 +849,66 @@ class SparseLookupFFNv2(nn.Module):
             "prob": p.detach().view(lead),
         }
         return out, info, aux
+
+    def route(self, x: Tensor | npt.ArrayLike) -> dict[str, Tensor]:
+        """Routing only: no gradient, no counters, no expert evaluated.
+
+        Parameters
+        ----------
+        x : Tensor or array-like, float (N, d) or (B, L, d)
+            Tokens.
+
+        Returns
+        -------
+        dict of str to Tensor
+            ``tile_idx`` int64 and ``cluster_idx`` int64 (the choice
+            :meth:`forward` makes for the same tokens), ``score`` float32 (the
+            cosine of the routing code with the chosen signature), each of
+            shape ``x.shape[:-1]``; ``code`` float32 (N, d), the routing codes
+            of the flattened tokens.
+
+        Raises
+        ------
+        TileError
+            ``x`` has the wrong shape or no tokens.
+        """
+        d = self.d_model
+        try:
+            xt = torch.as_tensor(x, dtype=self.compress_w1.dtype, device=self.compress_w1.device)
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise TileError("x must be a numeric array") from e
+        if xt.dim() not in (2, 3) or xt.shape[-1] != d or xt.numel() == 0:
+            raise TileError(
+                "x must have shape (N, d_model) or (B, L, d_model) with tokens",
+                shape=tuple(xt.shape),
+                d_model=d,
+            )
+        lead = xt.shape[:-1]
+        x2 = xt.reshape(-1, d)
+        N = x2.shape[0]
+        C, K = self.num_clusters, self.tiles_per_cluster
+        with torch.no_grad():
+            xn = F.layer_norm(x2, (d,), self.norm_weight, self.norm_bias) if self.input_norm else x2
+            code = F.linear(
+                F.silu(F.linear(xn, self.compress_w1, self.compress_b1)),
+                self.compress_w2,
+                self.compress_b2,
+            )
+            sig = self._effective_signatures()
+            sig_norms = torch.linalg.vector_norm(sig, dim=1)
+            dots = code @ sig.t()
+            z = (dots * self._score_scale).view(N, C, K)
+            cl = z.mean(-1).argmax(-1, keepdim=True)
+            idx1 = cl * K + z.argmax(-1).gather(1, cl)
+            cos = dots.gather(1, idx1) / (
+                torch.linalg.vector_norm(code, dim=1, keepdim=True) * sig_norms[idx1]
+            ).clamp_min(1e-8)
+        return {
+            "tile_idx": idx1.view(lead),
+            "cluster_idx": cl.view(lead),
+            "score": cos.view(lead),
+            "code": code,
+        }
 
     def _track_claims(self, idx: Tensor, labels: Tensor) -> None:
         lab = labels.to(device=idx.device, dtype=torch.int64)
@@ -715,6 +929,191 @@ class SparseLookupFFNv2(nn.Module):
             self.num_tiles, n_cls
         )
         self._claims = claims
+
+    # ------------------------------------------------------------ fitness
+
+    def _fitness_hook(self, hidden: Tensor, idx: Tensor, counts: Tensor) -> Any:
+        """Backward hook on the hidden activation (N, 1, H) of the chosen tiles."""
+
+        def hook(grad: Tensor) -> None:
+            with torch.no_grad():
+                self._observe_fitness(hidden, grad, idx, counts)
+
+        return hook
+
+    def _observe_fitness(self, hidden: Tensor, grad: Tensor, idx: Tensor, counts: Tensor) -> None:
+        """Fold one batch's ``|a * dL/da|`` (and activity moments) into the EMAs."""
+        T, H = self.num_tiles, self.tile_hidden
+        a = hidden.view(-1, H)
+        imp = a * grad.reshape(-1, H)
+        sums = imp.new_zeros(T, H).index_add_(0, idx, imp.abs_())
+        cf = counts.to(a.dtype).unsqueeze(1)  # (T, 1)
+        inv = cf.clamp_min(1.0).reciprocal_()
+        w = cf.clamp_max(1.0).mul_(1.0 - self.fitness_decay)  # (T, 1), 0 where unseen
+        self.unit_importance.lerp_(sums.mul_(inv), w)  # weight 0 leaves a row bit-unchanged
+        self.unit_fitness_obs.add_(counts.clamp_max(1))
+        weights = self.fitness_weights
+        if weights["diversity"] > 0.0 or weights["stability"] > 0.0:
+            self.unit_act_mean.lerp_(a.new_zeros(T, H).index_add_(0, idx, a).mul_(inv), w)
+            self.unit_act_sq.lerp_(a.new_zeros(T, H).index_add_(0, idx, a * a).mul_(inv), w)
+            if self.unit_act_cross.shape[0] == T:
+                cross = a.new_zeros(T, H, H).index_add_(0, idx, a.unsqueeze(2) * a.unsqueeze(1))
+                self.unit_act_cross.lerp_(cross.mul_(inv.unsqueeze(2)), w.unsqueeze(2))
+
+    def configure_fitness(
+        self,
+        *,
+        track: bool | None = None,
+        decay: float | None = None,
+        importance: float | None = None,
+        diversity: float | None = None,
+        stability: float | None = None,
+        energy: float | None = None,
+    ) -> None:
+        """Change how hidden-unit fitness is recorded and combined.
+
+        Arguments left ``None`` keep their current value. Turning diversity
+        on allocates the (T, H, H) cross-moment EMA (zeros: its correlations
+        start uninformative and fill in with the decay).
+
+        Parameters
+        ----------
+        track : bool, optional
+            Record fitness during backward.
+        decay : float, optional
+            EMA decay per backward, in [0, 1).
+        importance, diversity, stability, energy : float, optional
+            Weights of the components of :meth:`unit_fitness` (>= 0; their
+            sum must stay > 0).
+
+        Raises
+        ------
+        TileError
+            Invalid values; nothing is changed.
+        """
+        new_weights = dict(self.fitness_weights)
+        for name, value in zip(
+            _FITNESS_NAMES, (importance, diversity, stability, energy), strict=True
+        ):
+            if value is not None:
+                new_weights[name] = _check_weight(f"fitness_{name}", value)
+        new_weights = {k: new_weights.get(k, 0.0) for k in _FITNESS_NAMES}
+        if sum(new_weights.values()) <= 0.0:
+            raise TileError("fitness weights must not all be 0", **new_weights)
+        new_decay = self.fitness_decay if decay is None else float(decay)
+        if not (math.isfinite(new_decay) and 0.0 <= new_decay < 1.0):
+            raise TileError("fitness_decay must be in [0, 1)", fitness_decay=decay)
+        self.fitness_weights = new_weights
+        self.fitness_decay = new_decay
+        if track is not None:
+            self.track_fitness = bool(track)
+        T, H = self.num_tiles, self.tile_hidden
+        if new_weights["diversity"] > 0.0 and self.unit_act_cross.shape[0] != T:
+            self.unit_act_cross = self.unit_importance.new_zeros(T, H, H)
+
+    def fitness_components(self) -> dict[str, npt.NDArray[np.float32]]:
+        """The four fitness components per hidden unit, each float32 (T, H) in [0, 1].
+
+        Returns
+        -------
+        dict of str to numpy.ndarray
+            ``importance``: ``unit_importance`` divided by its tile's maximum
+            (0 for a tile never observed); ``diversity``: 1 - mean over the
+            tile's other units of ``|corr(a_j, a_k)|`` from the activity EMAs
+            (1 while no cross moments are tracked); ``stability``:
+            ``E[a]^2 / E[a^2]`` (0 while untracked); ``energy``: 1 - norm of
+            the unit's weights ``(w1[:, j], b1[j], w2[j, :])`` divided by the
+            tile's largest.
+        """
+        with torch.no_grad():
+            comps = self._fitness_tensors(_FITNESS_NAMES)
+        return {k: v.cpu().numpy().astype(np.float32) for k, v in comps.items()}
+
+    def _fitness_tensors(self, names: tuple[str, ...]) -> dict[str, Tensor]:
+        T, H = self.num_tiles, self.tile_hidden
+        out: dict[str, Tensor] = {}
+        eps = 1e-12
+        if "importance" in names:
+            imp = torch.nan_to_num(self.unit_importance.detach(), nan=0.0, posinf=0.0)
+            imp = imp.clamp_min(0.0)
+            out["importance"] = imp / imp.amax(1, keepdim=True).clamp_min(eps)
+        if "stability" in names or "diversity" in names:
+            mean = self.unit_act_mean.detach()
+            sq = self.unit_act_sq.detach()
+            var = (sq - mean * mean).clamp_min(0.0)
+            if "stability" in names:
+                out["stability"] = ((mean * mean) / sq.clamp_min(eps)).clamp(0.0, 1.0)
+            if "diversity" in names:
+                if self.unit_act_cross.shape[0] != T or H < 2:
+                    out["diversity"] = torch.ones_like(mean)
+                else:
+                    cov = self.unit_act_cross.detach() - mean.unsqueeze(2) * mean.unsqueeze(1)
+                    sd = var.sqrt()
+                    corr = (cov / (sd.unsqueeze(2) * sd.unsqueeze(1)).clamp_min(eps)).abs()
+                    corr = corr.clamp(0.0, 1.0) * (1.0 - torch.eye(H, device=corr.device))
+                    out["diversity"] = 1.0 - corr.sum(2) / (H - 1)
+        if "energy" in names:
+            norm = (
+                self.w1.detach().square().sum(1)
+                + self.b1.detach().square()
+                + self.w2.detach().square().sum(2)
+            ).sqrt()
+            out["energy"] = 1.0 - norm / norm.amax(1, keepdim=True).clamp_min(eps)
+        return out
+
+    def unit_fitness(self) -> Tensor:
+        """Combined hidden-unit fitness, float32 (T, H) in [0, 1], a detached copy.
+
+        The weighted mean of :meth:`fitness_components` with the weights of
+        :meth:`configure_fitness` (components of weight 0 are not computed).
+        Only comparisons within a tile are meaningful.
+        """
+        weights = {k: w for k, w in self.fitness_weights.items() if w > 0.0}
+        with torch.no_grad():
+            comps = self._fitness_tensors(tuple(weights))
+            total = sum(weights.values())
+            fit = torch.zeros_like(self.unit_importance)
+            for name, w in weights.items():
+                fit.add_(comps[name], alpha=w / total)
+        return fit
+
+    def unit_lineage(self) -> dict[str, npt.NDArray[np.int64]]:
+        """Lineage of the current hidden units (copies).
+
+        Returns
+        -------
+        dict of str to numpy.ndarray
+            ``ids`` int64 (T, H), unique, never reused; ``parents`` int64
+            (T, H, 2), parent ids (-1: none; one parent for preservation and
+            mutation, two for crossover); ``generation`` int64 (T, H), 0 for
+            units made at initialisation or by :meth:`reseed_tile`, else
+            ``1 + max(parents' generations)``; ``birth`` int64 (T, H), the
+            ``step`` of the apoptosis (or reseed, -1 if none was given) that
+            made the unit, 0 at initialisation; ``next_id`` int64 (1,).
+        """
+        return {
+            "ids": self._lineage_ids.copy(),
+            "parents": self._lineage_parents.copy(),
+            "generation": self._lineage_generation.copy(),
+            "birth": self._lineage_birth.copy(),
+            "next_id": np.array([self._next_unit_id], dtype=np.int64),
+        }
+
+    def _reset_units(self, t: int, step: int) -> None:
+        """Fresh lineage (no parents) and empty fitness for every unit of tile ``t``."""
+        H = self.tile_hidden
+        self._lineage_ids[t] = np.arange(self._next_unit_id, self._next_unit_id + H)
+        self._next_unit_id += H
+        self._lineage_parents[t] = -1
+        self._lineage_generation[t] = 0
+        self._lineage_birth[t] = step
+        with torch.no_grad():
+            self.unit_importance[t] = 0.0
+            self.unit_fitness_obs[t] = 0
+            self.unit_act_mean[t] = 0.0
+            self.unit_act_sq[t] = 0.0
+            if self.unit_act_cross.shape[0] == self.num_tiles:
+                self.unit_act_cross[t] = 0.0
 
     # ------------------------------------------------------------ regularisers
 
@@ -773,41 +1172,58 @@ class SparseLookupFFNv2(nn.Module):
         self._refresh_frozen_flag()
         self._record("insert", t, tag)
 
-    def freeze_signature(self, tile_idx: int) -> None:
-        """Freeze a tile's current effective signature (no-op value-wise if frozen)."""
+    def freeze_signature(self, tile_idx: int, *, tag: str = "") -> None:
+        """Freeze a tile's current effective signature (no-op value-wise if frozen).
+
+        ``tag`` is free text for the surgery history.
+        """
         t = self._check_tile(tile_idx)
         with torch.no_grad():
             if not bool(self.frozen_mask[t]):
                 self.frozen_values[t].copy_(self.signatures_raw[t])
                 self.frozen_mask[t] = True
         self._refresh_frozen_flag()
-        self._record("freeze", t)
+        self._record("freeze", t, tag)
 
-    def unfreeze_signature(self, tile_idx: int) -> None:
-        """Unfreeze a tile; its raw signature restarts from the frozen value."""
+    def unfreeze_signature(self, tile_idx: int, *, tag: str = "") -> None:
+        """Unfreeze a tile; its raw signature restarts from the frozen value.
+
+        ``tag`` is free text for the surgery history.
+        """
         t = self._check_tile(tile_idx)
         with torch.no_grad():
             if bool(self.frozen_mask[t]):
                 self.signatures_raw[t].copy_(self.frozen_values[t])
                 self.frozen_mask[t] = False
         self._refresh_frozen_flag()
-        self._record("unfreeze", t)
+        self._record("unfreeze", t, tag)
 
     def is_frozen(self, tile_idx: int) -> bool:
         """Whether tile ``tile_idx``'s signature is frozen."""
         return bool(self.frozen_mask[self._check_tile(tile_idx)])
 
-    def reseed_tile(self, tile_idx: int, signature: Tensor | npt.ArrayLike | None = None) -> None:
+    def reseed_tile(
+        self,
+        tile_idx: int,
+        signature: Tensor | npt.ArrayLike | None = None,
+        *,
+        step: int | None = None,
+        tag: str = "",
+    ) -> None:
         """Re-initialise a tile: new expert weights and a new (unfrozen) signature.
 
         The expert is drawn from the module's init generator; the signature
         is ``signature`` if given, else random N(0, 0.5^2). The tile's usage
         count and claim counts are zeroed and its usage EMA set to the
         uniform share ``1 / num_tiles`` (a grace period before it can look
-        dead again). Optimiser moments of the tile's parameters are not
-        touched. Recorded in the surgery history as ``"reseed"``.
+        dead again). Its hidden units are new: fresh lineage ids (no parents,
+        generation 0, birth ``step``, -1 when not given) and zero fitness.
+        Optimiser moments of the tile's parameters are not touched (see
+        :func:`reset_optimizer_moments`). Recorded in the surgery history as
+        ``"reseed"`` with ``tag``.
         """
         t = self._check_tile(tile_idx)
+        birth = -1 if step is None else operator.index(step)
         sig = (
             self._random_signatures(1)[0].to(self.signatures_raw.device)
             if signature is None
@@ -821,8 +1237,257 @@ class SparseLookupFFNv2(nn.Module):
             self.usage_ema[t] = 1.0 / self.num_tiles
             if self._claims.shape[1] > 0:
                 self._claims[t] = 0
+        self._reset_units(t, birth)
         self._refresh_frozen_flag()
-        self._record("reseed", t)
+        self._record("reseed", t, tag)
+
+    def apoptosis(
+        self,
+        *,
+        prune_rate: float,
+        regrowth: str = "preservation",
+        mutation_strength: float = 0.1,
+        step: int,
+        optimizer: torch.optim.Optimizer | None = None,
+        seed: int | None = None,
+        min_age: int = 0,
+        min_observations: int = 1,
+    ) -> dict[str, Any]:
+        """Remove the least fit hidden units of each tile and regrow their slots.
+
+        For every tile that is not frozen and has at least
+        ``min_observations`` fitness observations, the
+        ``k = min(floor(prune_rate * H), H - 1)`` units of lowest
+        :meth:`unit_fitness` among those at least ``min_age`` steps old die
+        (ties: lowest index). Each dead unit is first silenced (its ``w2`` row
+        zeroed), then its slot ``c`` is refilled from parents drawn among the
+        tile's survivors with probability proportional to fitness:
+
+        * ``"preservation"`` (Net2Net split of one parent ``p``):
+          ``w1[:, c] = w1[:, p]``, ``b1[c] = b1[p]``, then ``w2[p, :]`` is
+          halved and copied to ``w2[c, :]``. Parent and child compute the same
+          activation and share the parent's output, so the FFN's output equals
+          that of the pruned network (up to float summation order). The two
+          share the parent's importance (halved: ``dL/da`` halves with
+          ``w2``) and its activity statistics.
+        * ``"mutation"``: ``w1[:, c] = w1[:, p] + e``, ``b1[c] = b1[p] + e0``,
+          ``e ~ N(0, (mutation_strength * rms(w1[:, p]))^2)``; ``w2[c, :] = 0``.
+        * ``"crossover"``: two distinct parents ``p1, p2``,
+          ``alpha ~ U(0.3, 0.7)``, ``w1[:, c] = alpha w1[:, p1] + (1 - alpha)
+          w1[:, p2] + e`` (``b1`` likewise) with the "small" noise
+          ``e ~ N(0, (0.5 * mutation_strength * rms(blend))^2)``;
+          ``w2[c, :] = 0``. With a single survivor it falls back to mutation.
+
+        Mutation and crossover children start with a zero output row, so the
+        FFN's output is again that of the pruned network, whatever the noise:
+        the change an apoptosis makes is bounded by the dead units'
+        contributions. The child's ``w2`` row gets gradient at once
+        (``a_c * dL/dy``) and its input weights follow as it grows. Their
+        importance starts at the median of the tile's survivors (so they are
+        not the obvious next victims), their activity statistics at the first
+        parent's. Lineage: a new unique id, parent ids, generation
+        ``1 + max(parents')``, birth ``step``.
+
+        Parameters
+        ----------
+        prune_rate : float
+            Largest fraction of each tile's units to remove, in [0, 1).
+            Rounded down per tile: ``prune_rate < 1 / H`` removes nothing.
+        regrowth : {"preservation", "mutation", "crossover"}, default "preservation"
+        mutation_strength : float, default 0.1
+            Noise relative to the parent's weight scale (>= 0).
+        step : int
+            The caller's step, stored as the birth step of the new units and
+            in the history.
+        optimizer : torch.optim.Optimizer, optional
+            When given, its per-element state for the regrown slices of
+            ``w1``, ``b1`` and ``w2`` (Adam's ``exp_avg``, ``exp_avg_sq``, ...)
+            is zeroed in place (:func:`reset_optimizer_moments`); the
+            parameter objects stay the same.
+        seed : int, optional
+            Seed of the draws (parents, noise, alpha). ``None``: the module's
+            init generator (part of the state, so a restored module draws the
+            same; it also feeds :meth:`reseed_tile`).
+        min_age : int, default 0
+            Units younger than this many steps (``step - birth``) are spared.
+        min_observations : int, default 1
+            Tiles with fewer fitness observations (backward passes with tokens)
+            are skipped: their fitness says nothing yet.
+
+        Returns
+        -------
+        dict
+            ``op`` "apoptosis"; ``step``; ``strategy`` (as requested);
+            ``died``, ``born`` (lists of unit ids, in birth order: ``born[i]``
+            replaced ``died[i]``); ``parents`` (list of [id, id], -1 for
+            none); ``tiles``, ``units`` (tile and slot of each birth);
+            ``strategies`` (per birth: the one used); ``turnover`` dict:
+            ``died``, ``born`` (counts), ``per_tile`` (list of T counts),
+            ``fraction`` (of all units), ``frozen_skipped``,
+            ``unobserved_skipped`` (lists of tiles); ``moments_reset`` (state
+            tensors modified).
+
+        Raises
+        ------
+        TileError
+            Invalid arguments (nothing changed).
+        """
+        rate = float(prune_rate)
+        if not (math.isfinite(rate) and 0.0 <= rate < 1.0):
+            raise TileError("prune_rate must be in [0, 1)", prune_rate=prune_rate)
+        if regrowth not in REGROWTH_STRATEGIES:
+            raise TileError(
+                "regrowth must be one of " + ", ".join(REGROWTH_STRATEGIES), regrowth=regrowth
+            )
+        strength = _check_weight("mutation_strength", mutation_strength)
+        for name, value in (("step", step), ("min_age", min_age)):
+            if isinstance(value, bool):
+                raise TileError(f"{name} must be an integer", **{name: value})
+            try:
+                operator.index(value)
+            except TypeError as e:
+                raise TileError(f"{name} must be an integer", **{name: value}) from e
+        step_i = operator.index(step)
+        age_min = operator.index(min_age)
+        obs_min = operator.index(min_observations)
+        if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+            raise TileError("optimizer must be a torch.optim.Optimizer")
+        gen = self._gen if seed is None else _make_generator(seed)
+        T, H, d = self.num_tiles, self.tile_hidden, self.d_model
+        k = min(math.floor(rate * H + 1e-9), H - 1)
+        fit = self.unit_fitness().cpu()
+        frozen = self.frozen_mask.cpu().numpy()
+        obs = self.unit_fitness_obs.cpu().numpy()
+        old_enough = (step_i - self._lineage_birth) >= age_min  # (T, H)
+        has_cross = self.unit_act_cross.shape[0] == T
+        dev = self.w1.device
+        w1, b1, w2 = self.w1, self.b1, self.w2
+        imp = self.unit_importance
+        died: list[int] = []
+        born: list[int] = []
+        parents_out: list[list[int]] = []
+        tiles_out: list[int] = []
+        units_out: list[int] = []
+        used: list[str] = []
+        per_tile = [0] * T
+        frozen_skipped: list[int] = []
+        unobserved_skipped: list[int] = []
+        with torch.no_grad():
+            for t in range(T) if k > 0 else ():
+                if frozen[t]:
+                    frozen_skipped.append(t)
+                    continue
+                if obs[t] < obs_min:
+                    unobserved_skipped.append(t)
+                    continue
+                f = fit[t]
+                order = torch.argsort(f, stable=True).tolist()
+                dead = [j for j in order if old_enough[t, j]][:k]
+                if not dead:
+                    continue
+                dead_set = set(dead)
+                survivors = [j for j in range(H) if j not in dead_set]
+                surv = torch.tensor(survivors, dtype=torch.int64)
+                pw = f[surv].double().clamp_min(0.0)
+                pw = pw + 1e-6 * float(pw.max()) + 1e-12
+                newborn_imp = float(imp[t, surv.to(dev)].median())
+                w2[t, torch.tensor(dead, device=dev)] = 0.0  # silence the dead
+                tile_died: list[int] = []
+                tile_born: list[int] = []
+                for c in dead:
+                    strategy = regrowth
+                    if strategy == "crossover" and len(survivors) < 2:
+                        strategy = "mutation"
+                    n_par = 2 if strategy == "crossover" else 1
+                    pick = torch.multinomial(pw, n_par, replacement=False, generator=gen)
+                    par = [survivors[i] for i in pick.tolist()]
+                    p = par[0]
+                    if strategy == "preservation":
+                        w1[t, :, c] = w1[t, :, p]
+                        b1[t, c] = b1[t, p]
+                        w2[t, p].mul_(0.5)
+                        w2[t, c] = w2[t, p]
+                        imp[t, p] *= 0.5
+                        imp[t, c] = imp[t, p]
+                    else:
+                        if strategy == "mutation":
+                            base_w, base_b, rel = w1[t, :, p], b1[t, p], strength
+                        else:
+                            alpha = 0.3 + 0.4 * float(torch.rand((), generator=gen))
+                            q = par[1]
+                            base_w = alpha * w1[t, :, p] + (1.0 - alpha) * w1[t, :, q]
+                            base_b = alpha * b1[t, p] + (1.0 - alpha) * b1[t, q]
+                            rel = 0.5 * strength
+                        scale = float(base_w.square().mean().sqrt())
+                        if not (math.isfinite(scale) and scale > 0.0):
+                            scale = 1.0 / math.sqrt(d)
+                        noise = (torch.randn(d + 1, generator=gen) * (rel * scale)).to(dev)
+                        w1[t, :, c] = base_w + noise[:d]
+                        b1[t, c] = base_b + noise[d]
+                        w2[t, c] = 0.0
+                        imp[t, c] = newborn_imp
+                    self.unit_act_mean[t, c] = self.unit_act_mean[t, p]
+                    self.unit_act_sq[t, c] = self.unit_act_sq[t, p]
+                    if has_cross:
+                        cross = self.unit_act_cross[t]
+                        cross[c, :] = cross[p, :]
+                        cross[:, c] = cross[:, p]
+                        cross[c, c] = cross[p, p]
+                    # lineage
+                    par_ids = [int(self._lineage_ids[t, j]) for j in par]
+                    new_id = self._next_unit_id
+                    self._next_unit_id += 1
+                    tile_died.append(int(self._lineage_ids[t, c]))
+                    tile_born.append(new_id)
+                    self._lineage_ids[t, c] = new_id
+                    pair = [*par_ids, -1][:2]
+                    self._lineage_parents[t, c] = pair
+                    self._lineage_generation[t, c] = 1 + max(
+                        int(self._lineage_generation[t, j]) for j in par
+                    )
+                    self._lineage_birth[t, c] = step_i
+                    parents_out.append(pair)
+                    tiles_out.append(t)
+                    units_out.append(c)
+                    used.append(strategy)
+                died.extend(tile_died)
+                born.extend(tile_born)
+                per_tile[t] = len(tile_died)
+                self._record(
+                    "apoptosis",
+                    t,
+                    regrowth,
+                    agent_step=step_i,
+                    died=tile_died,
+                    born=tile_born,
+                )
+        moments = 0
+        if optimizer is not None and tiles_out:
+            tt = torch.tensor(tiles_out, dtype=torch.int64, device=dev)
+            cc = torch.tensor(units_out, dtype=torch.int64, device=dev)
+            moments += reset_optimizer_moments(optimizer, self.w1, (tt, slice(None), cc))
+            moments += reset_optimizer_moments(optimizer, self.b1, (tt, cc))
+            moments += reset_optimizer_moments(optimizer, self.w2, (tt, cc, slice(None)))
+        return {
+            "op": "apoptosis",
+            "step": step_i,
+            "strategy": regrowth,
+            "died": died,
+            "born": born,
+            "parents": parents_out,
+            "tiles": tiles_out,
+            "units": units_out,
+            "strategies": used,
+            "turnover": {
+                "died": len(died),
+                "born": len(born),
+                "per_tile": per_tile,
+                "fraction": len(died) / (T * H),
+                "frozen_skipped": frozen_skipped,
+                "unobserved_skipped": unobserved_skipped,
+            },
+            "moments_reset": moments,
+        }
 
     def get_signature_analysis(self, tile_idx: int) -> dict[str, Any]:
         """Describe a tile's effective signature.
@@ -851,9 +1516,12 @@ class SparseLookupFFNv2(nn.Module):
     def get_surgery_history(self) -> list[dict[str, Any]]:
         """Surgery operations so far, oldest first (copies).
 
-        Each entry: ``op`` ("insert", "freeze", "unfreeze", "reseed"),
-        ``tile_idx``, ``tag``, ``step`` (tracked forward calls so far),
-        ``seq`` (running operation number), ``frozen`` (state after the op).
+        Each entry: ``op`` ("insert", "freeze", "unfreeze", "reseed",
+        "apoptosis"), ``tile_idx``, ``tag``, ``step`` (tracked forward calls
+        so far), ``seq`` (running operation number), ``frozen`` (state after
+        the op). Apoptosis entries (one per tile that changed, ``tag`` the
+        strategy) add ``agent_step`` (the ``step`` given to
+        :meth:`apoptosis`), ``died`` and ``born`` (lists of unit ids).
         """
         return [dict(h) for h in self._history]
 
@@ -991,7 +1659,14 @@ class SparseLookupFFNv2(nn.Module):
             tracked forward calls, surgery sequence number); ``claim_counts``
             int64 (num_tiles, classes); ``surgery_history`` uint8, UTF-8 JSON
             of :meth:`get_surgery_history`; ``rng_state`` uint8, the init
-            generator's state (used by :meth:`reseed_tile`).
+            generator's state (used by :meth:`reseed_tile`). Hidden-unit
+            evolution: ``fitness_config`` float64 (6,) (track flag, decay,
+            weights of importance, diversity, stability, energy);
+            ``unit_importance``, ``unit_act_mean``, ``unit_act_sq`` float32
+            (T, H); ``unit_act_cross`` float32 (T, H, H) or (0, H, H);
+            ``unit_fitness_obs`` int64 (T,); ``lineage_ids``,
+            ``lineage_generation``, ``lineage_birth`` int64 (T, H);
+            ``lineage_parents`` int64 (T, H, 2); ``lineage_next`` int64 (1,).
         """
         state: dict[str, npt.NDArray[Any]] = {
             k: v.detach().cpu().numpy().copy() for k, v in self.state_dict().items()
@@ -1006,6 +1681,24 @@ class SparseLookupFFNv2(nn.Module):
             json.dumps(self._history).encode("utf-8"), dtype=np.uint8
         ).copy()
         state["rng_state"] = self._gen.get_state().numpy().copy()
+        w = self.fitness_weights
+        state["fitness_config"] = np.array(
+            [float(self.track_fitness), self.fitness_decay, *(w[k] for k in _FITNESS_NAMES)],
+            dtype=np.float64,
+        )
+        for key in (
+            "unit_importance",
+            "unit_fitness_obs",
+            "unit_act_mean",
+            "unit_act_sq",
+            "unit_act_cross",
+        ):
+            state[key] = getattr(self, key).detach().cpu().numpy().copy()
+        state["lineage_ids"] = self._lineage_ids.copy()
+        state["lineage_parents"] = self._lineage_parents.copy()
+        state["lineage_generation"] = self._lineage_generation.copy()
+        state["lineage_birth"] = self._lineage_birth.copy()
+        state["lineage_next"] = np.array([self._next_unit_id], dtype=np.int64)
         return state
 
     def _config(self) -> dict[str, int]:
@@ -1027,6 +1720,10 @@ class SparseLookupFFNv2(nn.Module):
         weights, dropout, temperature, usage decay) are taken from the state.
         Parameters are copied in place, so optimisers built on this module
         stay attached.
+
+        A state without the hidden-unit evolution entries (written before
+        they existed) restores fresh lineage and empty fitness and keeps this
+        instance's fitness configuration.
 
         Raises
         ------
@@ -1099,12 +1796,14 @@ class SparseLookupFFNv2(nn.Module):
             gen.set_state(torch.from_numpy(np.ascontiguousarray(rng, dtype=np.uint8)).clone())
         except (RuntimeError, ValueError, TypeError) as e:
             raise StateError("tile state 'rng_state' is invalid") from e
+        evolution = self._evolution_from_state(state)
         try:
             self._set_hyper(**{k: float(v) for k, v in zip(_HYPER_KEYS, hyper, strict=True)})
         except TileError as e:
             raise StateError("tile state hyper-parameters are invalid", reason=str(e)) from e
 
         # commit
+        self._commit_evolution(evolution)
         self.load_state_dict(tensors, strict=True)
         self._claims = torch.from_numpy(np.ascontiguousarray(claims, dtype=np.int64).copy()).to(
             self.usage_counts.device
@@ -1114,6 +1813,104 @@ class SparseLookupFFNv2(nn.Module):
         self._history_seq = int(counters[2])
         self._gen = gen
         self._refresh_frozen_flag()
+
+    def _evolution_from_state(self, state: Mapping[str, npt.ArrayLike]) -> dict[str, Any] | None:
+        """Validated evolution entries of ``state`` (None when it has none)."""
+        present = [k for k in _EVOLUTION_KEYS if k in state]
+        if not present:
+            return None
+        missing = [k for k in _EVOLUTION_KEYS if k not in state]
+        if missing:
+            raise StateError("tile state is missing keys", missing=missing)
+        T, H = self.num_tiles, self.tile_hidden
+
+        def arr(key: str, shapes: tuple[tuple[int, ...], ...], kind: str) -> npt.NDArray[Any]:
+            a = np.asarray(state[key])
+            if tuple(a.shape) not in shapes or a.dtype.kind not in kind:
+                raise StateError(
+                    "tile state array has wrong shape or dtype",
+                    array=key,
+                    shape=a.shape,
+                    dtype=str(a.dtype),
+                )
+            if a.dtype.kind == "f" and not np.all(np.isfinite(a)):
+                raise StateError("tile state array has non-finite values", array=key)
+            return a
+
+        cfg = arr("fitness_config", ((2 + len(_FITNESS_NAMES),),), "f")
+        weights = {k: float(v) for k, v in zip(_FITNESS_NAMES, cfg[2:], strict=True)}
+        if (
+            cfg[0] not in (0.0, 1.0)
+            or not 0.0 <= cfg[1] < 1.0
+            or min(weights.values()) < 0.0
+            or sum(weights.values()) <= 0.0
+        ):
+            raise StateError("tile state 'fitness_config' is invalid", value=cfg.tolist())
+        out: dict[str, Any] = {
+            "track": bool(cfg[0]),
+            "decay": float(cfg[1]),
+            "weights": weights,
+        }
+        for key in ("unit_importance", "unit_act_mean", "unit_act_sq"):
+            out[key] = np.ascontiguousarray(arr(key, ((T, H),), "f"), dtype=np.float32)
+        out["unit_act_cross"] = np.ascontiguousarray(
+            arr("unit_act_cross", ((T, H, H), (0, H, H)), "f"), dtype=np.float32
+        )
+        ints = {
+            "unit_fitness_obs": ((T,),),
+            "lineage_ids": ((T, H),),
+            "lineage_parents": ((T, H, 2),),
+            "lineage_generation": ((T, H),),
+            "lineage_birth": ((T, H),),
+            "lineage_next": ((1,),),
+        }
+        for key, shapes in ints.items():
+            out[key] = np.ascontiguousarray(arr(key, shapes, "iu"), dtype=np.int64)
+        ids, nxt = out["lineage_ids"], int(out["lineage_next"][0])
+        parents = out["lineage_parents"]
+        if (
+            int(out["unit_fitness_obs"].min()) < 0
+            or int(ids.min()) < 0
+            or int(ids.max()) >= nxt
+            or np.unique(ids).size != ids.size
+            or int(parents.min()) < -1
+            or int(parents.max()) >= nxt
+            or int(out["lineage_generation"].min()) < 0
+            or int(out["lineage_birth"].min()) < -1
+        ):
+            raise StateError("tile state lineage or fitness counters are inconsistent")
+        return out
+
+    def _commit_evolution(self, evo: dict[str, Any] | None) -> None:
+        T, H = self.num_tiles, self.tile_hidden
+        with torch.no_grad():
+            if evo is None:
+                for buf in (self.unit_importance, self.unit_act_mean, self.unit_act_sq):
+                    buf.zero_()
+                self.unit_fitness_obs.zero_()
+                self.unit_act_cross.zero_()
+                self._lineage_ids = np.arange(T * H, dtype=np.int64).reshape(T, H)
+                self._lineage_parents = np.full((T, H, 2), -1, dtype=np.int64)
+                self._lineage_generation = np.zeros((T, H), dtype=np.int64)
+                self._lineage_birth = np.zeros((T, H), dtype=np.int64)
+                self._next_unit_id = T * H
+                return
+            self.track_fitness = evo["track"]
+            self.fitness_decay = evo["decay"]
+            self.fitness_weights = dict(evo["weights"])
+            for key in ("unit_importance", "unit_act_mean", "unit_act_sq", "unit_fitness_obs"):
+                target: Tensor = getattr(self, key)
+                target.copy_(torch.from_numpy(evo[key]))
+            self.unit_act_cross = torch.from_numpy(evo["unit_act_cross"].copy()).to(
+                self.unit_importance.device
+            )
+            if self.fitness_weights["diversity"] > 0.0 and self.unit_act_cross.shape[0] != T:
+                self.unit_act_cross = self.unit_importance.new_zeros(T, H, H)
+            self._lineage_ids = evo["lineage_ids"].copy()
+            self._lineage_parents = evo["lineage_parents"].copy()
+            self._lineage_generation = evo["lineage_generation"].copy()
+            self._lineage_birth = evo["lineage_birth"].copy()
+            self._next_unit_id = int(evo["lineage_next"][0])
 
     def extra_repr(self) -> str:
         return (
