@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -11,12 +12,15 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lillith.agents.tiles import (
     ScoreCalibrationSpline,
     SparseLookupBlockV2,
     SparseLookupFFNv2,
     TileError,
+    reset_optimizer_moments,
 )
 from lillith.errors import LillithError, StateError
 
@@ -763,3 +767,450 @@ def test_set_state_validation_leaves_instance_unchanged() -> None:
     check({**good, "hyper": good["hyper"] * -1.0})
     check(make_ffn(d_model=D, num_tiles=16, tiles_per_cluster=4).get_state())
     check(make_ffn(tile_hidden=7).get_state())
+
+
+# --------------------------------------------------------------------------- evolution
+
+H = 8  # tile_hidden of the evolution tests
+
+
+def make_evo(**kw: Any) -> SparseLookupFFNv2:
+    args: dict[str, Any] = {"tile_hidden": H, "dropout": 0.0}
+    args.update(kw)
+    return make_ffn(**args)
+
+
+def trained_evo(steps: int = 15, **kw: Any) -> tuple[SparseLookupFFNv2, torch.optim.Optimizer]:
+    ffn = make_evo(**kw)
+    opt = torch.optim.Adam(ffn.parameters(), lr=1e-2)
+    train_steps(ffn, opt, steps, torch.Generator().manual_seed(3))
+    return ffn, opt
+
+
+def clone_of(ffn: SparseLookupFFNv2) -> SparseLookupFFNv2:
+    other = make_evo(seed=77)
+    other.set_state(ffn.get_state())
+    other.train(ffn.training)
+    return other
+
+
+def test_importance_is_ema_of_activation_times_gradient() -> None:
+    ffn = make_evo(input_norm=False, use_score_calibration=False, fitness_decay=0.75)
+    assert float(ffn.unit_importance.abs().sum()) == 0.0
+    x = torch.randn(40, D)
+    weights = torch.randn(40, D)
+    out, info, _ = ffn(x)
+    (out * weights).sum().backward()
+    idx = info["tile_idx"]
+    with torch.no_grad():
+        a = F.silu(torch.einsum("nd,ndh->nh", x, ffn.w1[idx]) + ffn.b1[idx])
+        g = torch.einsum("nd,nhd->nh", weights, ffn.w2[idx])  # dL/da = w2 (dL/dy), gate 1
+        expected = torch.zeros(ffn.num_tiles, H)
+        counts = torch.bincount(idx, minlength=ffn.num_tiles)
+        expected.index_add_(0, idx, (a * g).abs())
+        expected = 0.25 * expected / counts.clamp_min(1).unsqueeze(1)
+    torch.testing.assert_close(ffn.unit_importance, expected, rtol=1e-5, atol=1e-7)
+    assert torch.equal(ffn.unit_fitness_obs, (counts > 0).long())
+    assert bool((ffn.unit_importance[counts == 0] == 0).all())
+    # a second batch decays the seen rows only
+    before = ffn.unit_importance.clone()
+    x2 = torch.randn(5, D)
+    out2, info2, _ = ffn(x2)
+    out2.sum().backward()
+    unseen = torch.bincount(info2["tile_idx"], minlength=ffn.num_tiles) == 0
+    assert torch.equal(ffn.unit_importance[unseen], before[unseen])
+    assert not torch.equal(ffn.unit_importance[~unseen], before[~unseen])
+
+
+def test_fitness_capture_costs_nothing_without_gradients_and_changes_nothing() -> None:
+    a = make_evo(seed=4)
+    b = make_evo(seed=4, track_fitness=False)
+    x = torch.randn(30, D)
+    with torch.no_grad():
+        a(x)
+    a(x, track=False)[0].sum().backward()
+    assert float(a.unit_importance.abs().sum()) == 0.0
+    assert int(a.unit_fitness_obs.sum()) == 0
+    a.zero_grad()
+    oa = a(x)[0]
+    ob = b(x)[0]
+    assert torch.equal(oa, ob)
+    oa.square().sum().backward()
+    ob.square().sum().backward()
+    for (name, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters(), strict=True):
+        assert pa.grad is not None and pb.grad is not None
+        assert torch.equal(pa.grad, pb.grad), name
+    assert float(a.unit_importance.sum()) > 0.0
+    assert float(b.unit_importance.abs().sum()) == 0.0
+    # state_dict() is unchanged by the new buffers (agents store it separately)
+    assert not any(k.startswith("unit_") for k in a.state_dict())
+
+
+def test_multi_objective_fitness_components() -> None:
+    ffn = make_evo(
+        input_norm=False,
+        fitness_decay=0.0,  # the EMAs are exactly the last batch's statistics
+        fitness_importance=0.4,
+        fitness_diversity=0.3,
+        fitness_stability=0.2,
+        fitness_energy=0.1,
+    )
+    assert ffn.unit_act_cross.shape == (ffn.num_tiles, H, H)
+    x = torch.randn(200, D)
+    out, info, _ = ffn(x)
+    out.square().sum().backward()
+    comps = ffn.fitness_components()
+    assert set(comps) == {"importance", "diversity", "stability", "energy"}
+    for name, c in comps.items():
+        assert c.shape == (ffn.num_tiles, H) and c.dtype == np.float32, name
+        assert np.all((c >= 0.0) & (c <= 1.0 + 1e-6)), name
+    idx = info["tile_idx"]
+    t = int(torch.bincount(idx).argmax())
+    with torch.no_grad():
+        sel = idx == t
+        a = F.silu(x[sel] @ ffn.w1[t] + ffn.b1[t]).double().numpy()
+    mean, sq = a.mean(0), (a * a).mean(0)
+    np.testing.assert_allclose(comps["stability"][t], mean**2 / sq, rtol=1e-4)
+    corr = np.abs(np.corrcoef(a.T))
+    np.fill_diagonal(corr, 0.0)
+    np.testing.assert_allclose(comps["diversity"][t], 1.0 - corr.sum(1) / (H - 1), atol=1e-3)
+    with torch.no_grad():
+        norm = (ffn.w1[t].square().sum(0) + ffn.b1[t].square() + ffn.w2[t].square().sum(1)).sqrt()
+    np.testing.assert_allclose(comps["energy"][t], 1.0 - (norm / norm.max()).numpy(), atol=1e-6)
+    assert comps["importance"][t].max() == pytest.approx(1.0)
+    combined = sum(w * comps[k] for k, w in ffn.fitness_weights.items())
+    np.testing.assert_allclose(ffn.unit_fitness().numpy(), combined, atol=1e-6)
+    with pytest.raises(TileError):
+        ffn.configure_fitness(importance=0.0, diversity=0.0, stability=0.0, energy=0.0)
+    with pytest.raises(TileError):
+        ffn.configure_fitness(decay=1.0)
+    with pytest.raises(TileError):
+        make_evo(fitness_stability=-1.0)
+    assert ffn.fitness_weights["importance"] == 0.4
+
+
+@pytest.mark.parametrize("regrowth", ["preservation", "mutation", "crossover"])
+def test_apoptosis_output_equals_pruned_network(regrowth: str) -> None:
+    ffn, _ = trained_evo()
+    ffn.eval()
+    full = clone_of(ffn)
+    pruned = clone_of(ffn)
+    report = ffn.apoptosis(
+        prune_rate=0.3, regrowth=regrowth, mutation_strength=0.5, step=100, seed=5
+    )
+    assert report["turnover"]["died"] == report["turnover"]["born"] == 2 * ffn.num_tiles
+    with torch.no_grad():  # the reference: the same network with the dead units silenced
+        for t, c in zip(report["tiles"], report["units"], strict=True):
+            pruned.w2[t, c] = 0.0
+    x = torch.randn(500, D)
+    with torch.no_grad():
+        out, new_out, full_out = ffn(x)[0], pruned(x)[0], full(x)[0]
+    assert float((out - new_out).abs().max()) < 1e-5
+    assert float((out - full_out).abs().max()) > 1e-4  # something was pruned
+    if regrowth == "preservation":
+        for t, c, par in zip(report["tiles"], report["units"], report["parents"], strict=True):
+            p = int(np.flatnonzero(ffn.unit_lineage()["ids"][t] == par[0])[0])
+            assert par[1] == -1
+            assert torch.equal(ffn.w1[t, :, c], ffn.w1[t, :, p])
+            assert torch.equal(ffn.b1[t, c], ffn.b1[t, p])
+            assert torch.equal(ffn.w2[t, c], ffn.w2[t, p])
+    else:
+        assert all(
+            float(ffn.w2[t, c].detach().abs().sum()) == 0.0
+            for t, c in zip(report["tiles"], report["units"], strict=True)
+        )
+        twos = [p for p in report["parents"] if p[1] >= 0]
+        assert (len(twos) == len(report["parents"])) == (regrowth == "crossover")
+        # the children are not copies of their parent
+        lin = ffn.unit_lineage()
+        t, c, par = report["tiles"][0], report["units"][0], report["parents"][0]
+        p = int(np.flatnonzero(lin["ids"][t] == par[0])[0])
+        assert not torch.equal(ffn.w1[t, :, c], ffn.w1[t, :, p])
+    assert set(report["strategies"]) == {regrowth}
+    hist = [h for h in ffn.get_surgery_history() if h["op"] == "apoptosis"]
+    assert len(hist) == ffn.num_tiles
+    assert sum(len(h["born"]) for h in hist) == len(report["born"])
+    assert all(h["agent_step"] == 100 and h["tag"] == regrowth for h in hist)
+
+
+def test_apoptosis_prunes_the_least_fit() -> None:
+    ffn, _ = trained_evo()
+    fit = ffn.unit_fitness().numpy()
+    ids = ffn.unit_lineage()["ids"]
+    report = ffn.apoptosis(prune_rate=0.25, regrowth="mutation", step=1, seed=0)
+    for t in range(ffn.num_tiles):
+        died = [int(i) for i in report["died"] if i in set(ids[t].tolist())]
+        expect = ids[t][np.argsort(fit[t], kind="stable")[:2]]
+        assert sorted(died) == sorted(expect.tolist())
+
+
+def test_lineage_stays_consistent_over_many_rounds() -> None:
+    ffn, opt = trained_evo(steps=3)
+    gen = torch.Generator().manual_seed(9)
+    T = ffn.num_tiles
+    seen: set[int] = set(ffn.unit_lineage()["ids"].ravel().tolist())
+    total_born = 0
+    for rnd in range(1, 31):
+        train_steps(ffn, opt, 2, gen)
+        before = ffn.unit_lineage()
+        regrowth = ("preservation", "mutation", "crossover")[rnd % 3]
+        step = 10 * rnd
+        rep = ffn.apoptosis(prune_rate=0.3, regrowth=regrowth, step=step, optimizer=opt, seed=rnd)
+        lin = ffn.unit_lineage()
+        ids = lin["ids"]
+        assert np.unique(ids).size == ids.size == T * H
+        total_born += len(rep["born"])
+        assert int(lin["next_id"][0]) == T * H + total_born
+        assert not seen & set(rep["born"])  # ids are never reused
+        seen |= set(rep["born"])
+        assert set(rep["died"]) <= set(before["ids"].ravel().tolist())
+        assert not set(rep["died"]) & set(ids.ravel().tolist())
+        alive_before = {int(i): (t, j) for (t, j), i in np.ndenumerate(before["ids"])}
+        for t, c, child, par in zip(
+            rep["tiles"], rep["units"], rep["born"], rep["parents"], strict=True
+        ):
+            assert ids[t, c] == child and lin["birth"][t, c] == step
+            assert list(lin["parents"][t, c]) == par
+            gens = []
+            for pid in par:
+                if pid < 0:
+                    continue
+                pt, pj = alive_before[pid]
+                assert pt == t  # parents come from the same tile
+                assert pid not in rep["died"]  # and survived
+                gens.append(int(before["generation"][pt, pj]))
+            assert lin["generation"][t, c] == 1 + max(gens)
+    assert int(ffn.unit_lineage()["generation"].max()) >= 2
+
+
+def test_apoptosis_never_touches_frozen_tiles() -> None:
+    ffn, opt = trained_evo()
+    ffn.freeze_signature(0)
+    ffn.insert_signature(5, torch.ones(D), freeze=True, tag="concept")
+    frozen = (0, 5)
+    keep = {n: getattr(ffn, n).detach()[list(frozen)].clone() for n in ("w1", "b1", "w2", "b2")}
+    sigs = ffn.signatures[list(frozen)].clone()
+    lin = ffn.unit_lineage()
+    imp = ffn.unit_importance[list(frozen)].clone()
+    rep = ffn.apoptosis(prune_rate=0.5, regrowth="crossover", step=3, optimizer=opt, seed=1)
+    assert rep["turnover"]["frozen_skipped"] == [0, 5]
+    assert all(t not in frozen for t in rep["tiles"]) and rep["tiles"]
+    for n, v in keep.items():
+        assert torch.equal(getattr(ffn, n).detach()[list(frozen)], v), n
+    assert torch.equal(ffn.unit_importance[list(frozen)], imp)
+    for key in ("ids", "parents", "generation", "birth"):
+        assert np.array_equal(ffn.unit_lineage()[key][list(frozen)], lin[key][list(frozen)])
+    # training moves the experts but never the frozen signatures
+    train_steps(ffn, opt, 10, torch.Generator().manual_seed(2))
+    assert torch.equal(ffn.signatures[list(frozen)], sigs)
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_apoptosis_resets_adam_moments_of_regrown_slices_only(fused: bool) -> None:
+    ffn = make_evo()
+    opt = torch.optim.Adam(ffn.parameters(), lr=1e-2, fused=fused)
+    params_before = [id(p) for g in opt.param_groups for p in g["params"]]
+    train_steps(ffn, opt, 10, torch.Generator().manual_seed(3))
+    before = {
+        name: {k: v.clone() for k, v in opt.state[getattr(ffn, name)].items()}
+        for name in ("w1", "b1", "w2", "b2", "signatures_raw")
+    }
+    state_objs = {name: opt.state[getattr(ffn, name)]["exp_avg"] for name in ("w1", "b1", "w2")}
+    rep = ffn.apoptosis(prune_rate=0.3, regrowth="preservation", step=1, optimizer=opt, seed=0)
+    assert rep["moments_reset"] == 6 and rep["born"]
+    assert [id(p) for g in opt.param_groups for p in g["params"]] == params_before
+    tt = torch.tensor(rep["tiles"])
+    cc = torch.tensor(rep["units"])
+    slices = {"w1": (tt, slice(None), cc), "b1": (tt, cc), "w2": (tt, cc, slice(None))}
+    for name, old in before.items():
+        st = opt.state[getattr(ffn, name)]
+        for key in ("exp_avg", "exp_avg_sq"):
+            new = st[key]
+            if name in slices:
+                assert new is state_objs[name] if key == "exp_avg" else True
+                mask = torch.zeros_like(new, dtype=torch.bool)
+                mask[slices[name]] = True
+                assert bool((new[mask] == 0).all()), (name, key)
+                assert torch.equal(new[~mask], old[key][~mask]), (name, key)
+            else:
+                assert torch.equal(new, old[key]), (name, key)
+        assert torch.equal(st["step"], old["step"])
+    train_steps(ffn, opt, 3, torch.Generator().manual_seed(4))
+    assert all(bool(torch.isfinite(p).all()) for p in ffn.parameters())
+
+
+def test_reset_optimizer_moments_without_state() -> None:
+    ffn = make_evo()
+    opt = torch.optim.SGD(ffn.parameters(), lr=0.1, momentum=0.9)
+    assert reset_optimizer_moments(opt, ffn.w1, 0) == 0  # never stepped
+    train_steps(ffn, opt, 2, torch.Generator().manual_seed(0))
+    assert reset_optimizer_moments(opt, ffn.w1, (1, slice(None), 2)) == 1
+    assert float(opt.state[ffn.w1]["momentum_buffer"][1, :, 2].abs().sum()) == 0.0
+
+
+def test_state_round_trip_after_apoptosis_is_exact() -> None:
+    a, opt = trained_evo(fitness_diversity=0.5, fitness_stability=0.5)
+    a.apoptosis(prune_rate=0.3, regrowth="crossover", step=7, optimizer=opt)
+    a.apoptosis(prune_rate=0.3, regrowth="preservation", step=9, optimizer=opt, min_age=1)
+    state = a.get_state()
+    for key in (
+        "fitness_config",
+        "unit_importance",
+        "unit_act_cross",
+        "lineage_ids",
+        "lineage_parents",
+        "lineage_generation",
+        "lineage_birth",
+        "lineage_next",
+    ):
+        assert isinstance(state[key], np.ndarray) and state[key].dtype != object, key
+    b = make_evo(seed=42)
+    assert b.fitness_weights["diversity"] == 0.0
+    b.set_state(state)
+    assert b.fitness_weights == a.fitness_weights
+    for key, value in b.get_state().items():
+        assert np.array_equal(value, state[key]), key
+    # both continue identically, including the generator-driven apoptosis
+    opt_b = torch.optim.Adam(b.parameters(), lr=1e-2)
+    opt_b.load_state_dict(copy.deepcopy(opt.state_dict()))
+    for ffn, o in ((a, opt), (b, opt_b)):
+        train_steps(ffn, o, 3, torch.Generator().manual_seed(8))
+        ffn.apoptosis(prune_rate=0.25, regrowth="mutation", step=12, optimizer=o)
+    sa, sb = a.get_state(), b.get_state()
+    for key in sa:
+        assert np.array_equal(sa[key], sb[key]), key
+
+
+def test_state_without_evolution_keys_and_bad_evolution_state() -> None:
+    a, _ = trained_evo()
+    a.apoptosis(prune_rate=0.3, step=1, seed=0)
+    good = a.get_state()
+    old = {k: v for k, v in good.items() if not k.startswith(("unit_", "lineage_", "fitness_"))}
+    b = make_evo(seed=5)
+    b.set_state(old)  # written before fitness and lineage existed
+    lin = b.unit_lineage()
+    assert np.array_equal(lin["ids"].ravel(), np.arange(b.num_tiles * H))
+    assert float(b.unit_importance.abs().sum()) == 0.0
+    assert torch.equal(b.w1, a.w1)
+
+    before = {k: v.copy() for k, v in a.get_state().items()}
+
+    def check(bad: dict[str, Any]) -> None:
+        with pytest.raises(StateError):
+            a.set_state(bad)
+        for k, v in a.get_state().items():
+            assert np.array_equal(v, before[k]), k
+
+    check({k: v for k, v in good.items() if k != "lineage_ids"})
+    dup = good["lineage_ids"].copy()
+    dup[0, 0] = dup[0, 1]
+    check({**good, "lineage_ids": dup})
+    check({**good, "lineage_next": np.array([3], dtype=np.int64)})
+    check({**good, "unit_importance": np.full_like(good["unit_importance"], np.nan)})
+    check({**good, "unit_act_cross": np.zeros((2, H, H), dtype=np.float32)})
+    check({**good, "fitness_config": np.zeros(6)})
+    check({**good, "lineage_parents": good["lineage_parents"][..., :1]})
+
+
+def test_apoptosis_arguments_and_no_ops() -> None:
+    fresh = make_evo()
+    rep = fresh.apoptosis(prune_rate=0.5, step=0, seed=0)  # no fitness observed yet
+    assert rep["died"] == [] and len(rep["turnover"]["unobserved_skipped"]) == fresh.num_tiles
+    ffn, _ = trained_evo()
+    w1 = ffn.w1.detach().clone()
+    rep = ffn.apoptosis(prune_rate=0.1, step=0, seed=0)  # floor(0.1 * 8) = 0
+    assert rep["died"] == [] and torch.equal(ffn.w1, w1)
+    assert not [h for h in ffn.get_surgery_history() if h["op"] == "apoptosis"]
+    rep = ffn.apoptosis(prune_rate=0.5, step=0, seed=0, min_age=1)  # all born at step 0
+    assert rep["died"] == []
+    for kwargs in (
+        {"prune_rate": 1.0},
+        {"prune_rate": -0.1},
+        {"prune_rate": float("nan")},
+        {"prune_rate": 0.2, "regrowth": "cloning"},
+        {"prune_rate": 0.2, "mutation_strength": -1.0},
+        {"prune_rate": 0.2, "step": 1.5},
+        {"prune_rate": 0.2, "step": True},
+        {"prune_rate": 0.2, "optimizer": "adam"},
+    ):
+        args: dict[str, Any] = {"step": 0, **kwargs}
+        with pytest.raises(TileError):
+            ffn.apoptosis(**args)
+    assert torch.equal(ffn.w1, w1)
+
+
+def test_reseed_tile_gives_fresh_lineage_and_fitness() -> None:
+    ffn, _ = trained_evo()
+    ffn.apoptosis(prune_rate=0.3, step=1, seed=0)
+    nxt = int(ffn.unit_lineage()["next_id"][0])
+    ffn.reseed_tile(3, step=40, tag="fresh")
+    lin = ffn.unit_lineage()
+    assert lin["ids"][3].tolist() == list(range(nxt, nxt + H))
+    assert (lin["parents"][3] == -1).all() and (lin["generation"][3] == 0).all()
+    assert (lin["birth"][3] == 40).all()
+    assert float(ffn.unit_importance[3].abs().sum()) == 0.0 and int(ffn.unit_fitness_obs[3]) == 0
+    assert ffn.get_surgery_history()[-1]["tag"] == "fresh"
+    ffn.reseed_tile(2)
+    assert (ffn.unit_lineage()["birth"][2] == -1).all()
+
+
+def test_route_matches_forward() -> None:
+    ffn, _ = trained_evo()
+    ffn.insert_signature(2, torch.linspace(-1, 1, D), freeze=True)
+    x = torch.randn(3, 7, D)
+    counts = ffn.usage_counts.clone()
+    r = ffn.route(x)
+    _, info, _ = ffn(x, track=False)
+    assert torch.equal(r["tile_idx"], info["tile_idx"])
+    assert torch.equal(r["cluster_idx"], info["cluster_idx"])
+    torch.testing.assert_close(r["score"], info["score"])
+    assert r["code"].shape == (21, D)
+    assert torch.equal(ffn.usage_counts, counts)
+    assert torch.equal(ffn.route(x.numpy())["tile_idx"], r["tile_idx"])
+    with pytest.raises(TileError):
+        ffn.route(torch.randn(4, D + 1))
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    rounds=st.lists(
+        st.tuples(
+            st.floats(0.0, 0.95),
+            st.sampled_from(["preservation", "mutation", "crossover"]),
+            st.floats(0.0, 3.0),
+            st.integers(0, 3),
+        ),
+        min_size=1,
+        max_size=6,
+    ),
+    seed=st.integers(0, 2**31),
+)
+def test_apoptosis_property_no_nan_unique_ids(
+    rounds: list[tuple[float, str, float, int]], seed: int
+) -> None:
+    ffn = make_evo(tile_hidden=5, fitness_diversity=0.2, seed=seed % 1000)
+    opt = torch.optim.Adam(ffn.parameters(), lr=1e-2)
+    gen = torch.Generator().manual_seed(seed)
+    train_steps(ffn, opt, 1, gen)
+    n_born = 0
+    for i, (rate, regrowth, strength, min_age) in enumerate(rounds):
+        rep = ffn.apoptosis(
+            prune_rate=rate,
+            regrowth=regrowth,
+            mutation_strength=strength,
+            step=i,
+            optimizer=opt,
+            seed=seed + i,
+            min_age=min_age,
+        )
+        n_born += len(rep["born"])
+        assert len(rep["died"]) == len(rep["born"])
+        assert all(n <= math.floor(rate * 5 + 1e-9) for n in rep["turnover"]["per_tile"])
+        train_steps(ffn, opt, 1, gen)
+        ids = ffn.unit_lineage()["ids"]
+        assert np.unique(ids).size == ids.size
+        assert int(ffn.unit_lineage()["next_id"][0]) == ffn.num_tiles * 5 + n_born
+        for p in ffn.parameters():
+            assert bool(torch.isfinite(p).all())
+        for buf in (ffn.unit_importance, ffn.unit_act_cross, ffn.unit_fitness()):
+            assert bool(torch.isfinite(buf).all())
