@@ -87,6 +87,13 @@ class Connectivity:
         Membrane time constant of each neuron in ms.
     population : ndarray, shape (n,), int8
         Population / group label of each neuron (wiring specific, 0 default).
+    gate : ndarray, shape (nnz,), int32, optional
+        Gate of each synapse: index into ``gate_pairs`` for a gated skip
+        synapse, -1 for an ungated one. ``None`` (the default) when the wiring
+        has no gated skip connections.
+    gate_pairs : ndarray, shape (n_gates, 2), int32, optional
+        ``(source layer, target layer)`` of each gate, layers in the wiring's
+        own numbering; ``None`` together with ``gate``.
     """
 
     shape: Shape3
@@ -102,6 +109,13 @@ class Connectivity:
     s_polarity: npt.NDArray[np.float32]
     tau: npt.NDArray[np.float32]
     population: npt.NDArray[np.int8]
+    gate: npt.NDArray[np.int32] | None = None
+    gate_pairs: npt.NDArray[np.int32] | None = None
+
+    @property
+    def n_gates(self) -> int:
+        """Number of skip gates (0 without gated skip connections)."""
+        return 0 if self.gate_pairs is None else int(self.gate_pairs.shape[0])
 
     @property
     def n(self) -> int:
@@ -162,3 +176,15 @@ class Connectivity:
                 raise WiringError("polarity must be +1 or -1", array=name)
         if not np.all(np.isfinite(self.tau)) or np.any(self.tau <= 0):
             raise WiringError("membrane time constants must be finite and > 0")
+        if (self.gate is None) != (self.gate_pairs is None):
+            raise WiringError("gate and gate_pairs must be given together")
+        if self.gate is not None and self.gate_pairs is not None:
+            g, pairs = self.gate, self.gate_pairs
+            if g.dtype != np.int32 or g.shape != (nnz,):
+                raise WiringError("gate must be int32 with one entry per synapse",
+                                  dtype=str(g.dtype), shape=g.shape)
+            if pairs.dtype != np.int32 or pairs.ndim != 2 or pairs.shape[1] != 2:
+                raise WiringError("gate_pairs must be int32 of shape (n_gates, 2)",
+                                  dtype=str(pairs.dtype), shape=pairs.shape)
+            if g.size and (g.min() < -1 or g.max() >= pairs.shape[0]):
+                raise WiringError("gate index out of range", n_gates=int(pairs.shape[0]))

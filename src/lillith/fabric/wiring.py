@@ -920,6 +920,7 @@ class Wiring:
         pop = self._base_pop.copy()
         for idx, lab in self._pop_ops:
             pop[idx] = lab
+        gate, gate_pairs = self._gates(src, dst)
         conn = Connectivity(
             shape=self._shape,
             n_inputs=self.n_inputs,
@@ -934,9 +935,32 @@ class Wiring:
             s_polarity=spol.astype(np.float32),
             tau=tau,
             population=pop,
+            gate=gate,
+            gate_pairs=gate_pairs,
         )
         conn.validate()
         return conn
+
+    def _gates(
+        self, src: IntArray, dst: IntArray
+    ) -> tuple[npt.NDArray[np.int32] | None, npt.NDArray[np.int32] | None]:
+        """Gate of every built synapse and the gates' layer pairs (override in subclasses).
+
+        Parameters
+        ----------
+        src, dst : ndarray, shape (nnz,), int64
+            Pre- and postsynaptic neuron of each synapse, in CSR order.
+
+        Returns
+        -------
+        gate : ndarray, shape (nnz,), int32, or None
+            Gate index per synapse (-1 ungated).
+        gate_pairs : ndarray, shape (n_gates, 2), int32, or None
+            ``(source layer, target layer)`` of each gate.
+
+        The base class gates nothing (``None, None``).
+        """
+        return None, None
 
     def build(self) -> Connectivity:
         """Build the CSR connectivity.
@@ -1303,6 +1327,11 @@ class Hierarchical(Wiring):
     radius : int, default 1
         Spatial radius of the preferred feed-forward / skip / feedback
         sources and of lateral connections.
+    skip_gates : bool, default False
+        Gate the skip pathway: every synapse from layer ``l - skip_distance``
+        onto layer ``l`` (including explicitly added ones) carries the gate of
+        the pair ``(l - skip_distance, l)``, a learned value in (0, 1) that
+        multiplies its current (see ``docs/model.md``).
     n_inputs, seed, tau_m, inhibitory_fraction
         See :class:`Wiring`.
     """
@@ -1320,6 +1349,7 @@ class Hierarchical(Wiring):
         feedback_fan_in: int = 3,
         lateral: bool = True,
         radius: int = 1,
+        skip_gates: bool = False,
         n_inputs: int = 0,
         seed: int = 0,
         tau_m: float = 20.0,
@@ -1329,6 +1359,7 @@ class Hierarchical(Wiring):
             shape, n_inputs=n_inputs, seed=seed, tau_m=tau_m,
             inhibitory_fraction=inhibitory_fraction,
         )
+        self.skip_gates = bool(skip_gates)
         self._bounds, self.layers = _layer_bounds(self.shape[2], layers)
         self.fan_in = _check_int("fan_in", fan_in, 0)
         self.skip = bool(skip)
@@ -1366,6 +1397,21 @@ class Hierarchical(Wiring):
             k, self.radius,
         )
         self._add_synapses(src, dst)
+
+    def _gates(
+        self, src: IntArray, dst: IntArray
+    ) -> tuple[npt.NDArray[np.int32] | None, npt.NDArray[np.int32] | None]:
+        """One gate per (source layer, target layer) pair of the skip pathway."""
+        if not self.skip_gates:
+            return None, None
+        lid = self.layer_ids
+        ls, ld = lid[src], lid[dst]
+        is_skip = (ld - ls) == self.skip_distance
+        targets = np.unique(ld[is_skip]).astype(np.int32)
+        pairs = np.stack([targets - self.skip_distance, targets], axis=1).astype(np.int32)
+        gate = np.full(src.shape[0], -1, dtype=np.int32)
+        gate[is_skip] = np.searchsorted(targets, ld[is_skip]).astype(np.int32)
+        return gate, pairs.reshape(-1, 2)
 
     def _connect(self) -> None:
         L = self.n_layers
