@@ -34,15 +34,21 @@ def gauss_noise(seed: int, step: int, n: int) -> np.ndarray:
     return np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)
 
 
-def branch_and_segment(indptr: np.ndarray, K: int, S: int) -> tuple[np.ndarray, np.ndarray]:
+def branch_and_segment(indptr: np.ndarray, K: int, S: int,
+                       bptr: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Branch k takes the k-th contiguous block of each row (first ln % K blocks one
-    longer); the m-th synapse of a branch block lands on segment m mod S."""
+    longer, or the blocks ``[bptr[i*K+k], bptr[i*K+k+1])`` when a branch pointer is
+    given); the m-th synapse of a branch block lands on segment m mod S."""
     br = np.empty(indptr[-1], dtype=np.int64)
     seg = np.empty(indptr[-1], dtype=np.int64)
     for i in range(indptr.shape[0] - 1):
         lo, hi = indptr[i], indptr[i + 1]
         ln = hi - lo
-        sizes = np.full(K, ln // K) + (np.arange(K) < ln % K)
+        if bptr is None:
+            sizes = np.full(K, ln // K) + (np.arange(K) < ln % K)
+        else:
+            sizes = np.diff(bptr[i * K:(i + 1) * K + 1])
+            assert bptr[i * K] == lo and sizes.sum() == ln
         br[lo:hi] = np.repeat(np.arange(K), sizes)
         seg[lo:hi] = np.concatenate([np.arange(m) % S for m in sizes]) if ln else []
     return br, seg
@@ -61,20 +67,28 @@ def reference_step(
     bidirectional_weight: float = 0.5,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """One step on a ``get_state()`` dict; returns the new state (float64)."""
+    """One step on a ``get_state()`` dict; returns the new state (float64).
+
+    With skip gates (``gate`` >= 0) a synapse's gain is multiplied by its gate
+    value, and after the step the gate logits follow the local rule of
+    docs/model.md (``eta_gate``, ``gate_decay``, ``gate_logit0`` of ``prm``).
+    """
     s = {k: np.array(v, dtype=np.float64) if np.asarray(v).dtype.kind == "f" else np.array(v)
          for k, v in st.items()}
     n, K = s["vb"].shape
     dt = prm.dt
     indptr, indices = s["indptr"], s["indices"]
     rows = np.repeat(np.arange(n), np.diff(indptr))
-    br, seg = branch_and_segment(indptr, K, s["hot"].shape[2])
+    br, seg = branch_and_segment(indptr, K, s["hot"].shape[2], s.get("bptr"))
     a_prev = s["act"]
     if mode == "bidirectional":
         g_ff, g_fb = 1.0 - bidirectional_weight, bidirectional_weight
     else:
         g_ff, g_fb = 1.0, 0.0
     gain = np.where(s["feedback"] == 1, g_fb, g_ff)
+    gate = s.get("gate")
+    if gate is not None and s["gate_val"].size:
+        gain = gain * np.where(gate >= 0, s["gate_val"][np.maximum(gate, 0)], 1.0)
     cur = gain * s["polarity"] * s["w"] * a_prev[indices]
     ab = dt / prm.tau_branch
     eh = np.exp(-dt / prm.tau_hotspot)
@@ -127,4 +141,16 @@ def reference_step(
     out.update(v=v, m_na=m, n_k=nk, c_ca=c, vb=vb, cab=cab, hot=hot, ref=ref, adapt=adapt,
                theta=theta, act=a, w=w, pending=np.zeros_like(pend), step=s["step"] + 1,
                hot_gain=np.array(1.0))
+    if gate is not None and s["gate_val"].size:
+        rate = prm.eta_gate * plasticity
+        if prm.gate_decay > 0:
+            rate = min(rate, 1.0 / prm.gate_decay)
+        if rate > 0:
+            logit = s["gate_logit"].copy()
+            for q in range(logit.shape[0]):
+                sel = gate == q
+                hebb = a[rows[sel]].mean() * a[indices[sel]].mean() if sel.any() else 0.0
+                logit[q] += rate * (hebb - prm.gate_decay * (logit[q] - prm.gate_logit0))
+            logit = np.clip(logit, -15.0, 15.0)
+            out.update(gate_logit=logit, gate_val=1.0 / (1.0 + np.exp(-logit)))
     return out

@@ -7,9 +7,13 @@
 - :class:`SelfOrganizingMap` online SOM
 - :class:`Conv4D` spatio-temporal encoder
 - :class:`BiologicalNonlinearity` the output nonlinearity on its own
+- evolution (:mod:`lillith.fabric.evolution`): :class:`LayerStrategy` and
+  :class:`FitnessWeights` for ``NeuralFabric3D.apoptosis`` /
+  ``observe_importance``
 """
 
 from lillith.fabric.conv4d import Conv4D
+from lillith.fabric.evolution import FitnessWeights, LayerStrategy
 from lillith.fabric.neural_fabric import MODES, PRESETS, NeuralFabric3D
 from lillith.fabric.nonlinearity import BiologicalNonlinearity
 from lillith.fabric.params import FabricParams
@@ -25,7 +29,9 @@ __all__ = [
     "Connectivity",
     "Conv4D",
     "FabricParams",
+    "FitnessWeights",
     "Hierarchical",
+    "LayerStrategy",
     "Local3D",
     "MultiScale",
     "NeuralFabric3D",

@@ -4,11 +4,13 @@ Pure functions over arrays: no Python objects, no logging, no raising. The
 typed wrapper :class:`lillith.fabric.neural_fabric.NeuralFabric3D` validates
 every input before calling them. Equations and constants: ``docs/model.md``.
 
-Every kernel exists twice, compiled from the same Python source: a serial
-build and a ``parallel=True`` build (``prange`` over neurons). Each neuron's
-update reads only the previous step's activations of other neurons and
-writes only its own state, so the two builds give the same result (no
-cross-neuron reduction, no race).
+The step kernel exists four times, compiled from the same Python source: a
+serial build and a ``parallel=True`` build (``prange`` over neurons), each
+without and with gated skip synapses (the module constant ``_GATED`` is
+frozen into each build, so the ungated builds carry no trace of the gates).
+Each neuron's update reads only the previous step's activations of other
+neurons and writes only its own state, so the serial and parallel builds
+give the same result (no cross-neuron reduction, no race).
 """
 
 from __future__ import annotations
@@ -62,10 +64,16 @@ P_W_MAX = 37
 P_TAU_THETA = 38  # BCM sliding threshold time constant, ms
 N_PARAMS = 39
 
+# skip-gate logits are clipped to this magnitude (sigmoid stays < 1 in float32)
+GATE_LOGIT_MAX = 15.0
+
 MODE_NORMAL = 0
 MODE_RANDOM = 1
 MODE_INTENTIONAL = 2
 MODE_BIDIRECTIONAL = 3
+
+# compile-time switch of the step kernel's gated-skip code (see _renamed)
+_GATED = False
 
 _U64_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _U64_M1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -144,10 +152,12 @@ def _step_impl(
     seed: np.uint64,
     step: np.uint64,
     inv_hot_gain: float,
-    indptr: np.ndarray,
+    bptr: np.ndarray,
     indices: np.ndarray,
     polarity: np.ndarray,
     fb_start: np.ndarray,
+    gate_idx: np.ndarray,
+    gate_val: np.ndarray,
     s_indptr: np.ndarray,
     s_indices: np.ndarray,
     s_wsigned: np.ndarray,
@@ -176,6 +186,12 @@ def _step_impl(
     writes ``a_new``; all other state arrays are updated in place. Plastic
     weights ``w`` of the synapses onto a neuron are updated with the
     previous step's pre/post activities (fused into the same pass).
+
+    Branch ``k`` of neuron ``i`` is the CSR block ``[bptr[i*K + k],
+    bptr[i*K + k + 1])`` (shape (n*K + 1,), int64; ``bptr[i*K]`` is the row
+    start). In the gated builds a synapse with ``gate_idx[j] >= 0`` (int32,
+    shape (nnz,)) transmits ``gate_val[gate_idx[j]]`` (float32, in (0, 1))
+    times its current; the ungated builds never read either array.
     """
     n = v.shape[0]
     K = vb.shape[1]
@@ -236,23 +252,20 @@ def _step_impl(
     # contribution c is stored as c / gain, and nothing decays element-wise
     chg = ch * f32(inv_hot_gain)
     hot1 = hot.reshape(n * K * S)
-    inv_K = 1.0 / K
     for i in prange(n):
         post = a_prev[i]
         learn = plastic and post > zero
         bcm = post * (post - theta[i])
         decay = eta * lam * post * post
-        lo = indptr[i]
-        ln = indptr[i + 1] - lo
-        # -- synapses onto branch k are the k-th contiguous block of the row:
-        #    the first ``ln % K`` branches take ``ln // K + 1`` synapses
+        # -- synapses onto branch k are the k-th contiguous block of the row,
+        #    bounded by the branch pointer (by default the first ``len % K``
+        #    blocks are one longer; evolution may change the sizes)
         idend = zero
-        base = int((ln + 0.5) * inv_K)  # == ln // K, without a 64-bit idiv per neuron
-        extra = ln - base * K
-        b1 = lo
+        bi = i * K
+        b1 = bptr[bi]
         for k in range(K):
             b0 = b1
-            b1 = b0 + base + (1 if k < extra else 0)
+            b1 = bptr[bi + k + 1]
             acc = zero
             hb = (i * K + k) * S
             if has_pending:
@@ -285,20 +298,35 @@ def _step_impl(
                         for j in range(j0, j1):
                             pre = a_prev[indices[j]]
                             wj = w[j]
-                            cur = g * polarity[j] * wj * pre
+                            gj = g
+                            if _GATED:
+                                q = gate_idx[j]
+                                if q >= 0:
+                                    gj = g * gate_val[q]
+                            cur = gj * polarity[j] * wj * pre
                             acc += cur
                             hot1[hbj + j] += chg * abs(cur)
                             w[j] = _clip(wj + hebb * pre - decay * wj, zero, w_max)
                     else:
                         for j in range(j0, j1):
-                            cur = g * polarity[j] * w[j] * a_prev[indices[j]]
+                            gj = g
+                            if _GATED:
+                                q = gate_idx[j]
+                                if q >= 0:
+                                    gj = g * gate_val[q]
+                            cur = gj * polarity[j] * w[j] * a_prev[indices[j]]
                             acc += cur
                             hot1[hbj + j] += chg * abs(cur)
                 else:
                     for j in range(j0, j1):
                         pre = a_prev[indices[j]]
                         wj = w[j]
-                        cur = g * polarity[j] * wj * pre
+                        gj = g
+                        if _GATED:
+                            q = gate_idx[j]
+                            if q >= 0:
+                                gj = g * gate_val[q]
+                        cur = gj * polarity[j] * wj * pre
                         acc += cur
                         hot1[hb + (j - b0) % S] += chg * abs(cur)
                         if learn:
@@ -356,14 +384,17 @@ def _step_impl(
         theta[i] += a_th * (a * a - theta[i])
 
 
-def _renamed(fn: Any, name: str) -> Any:
-    """Copy of ``fn`` under another name.
+def _renamed(fn: Any, name: str, **constants: Any) -> Any:
+    """Copy of ``fn`` under another name, optionally with some globals replaced.
 
     numba's on-disk cache is keyed by qualified name and line, so the serial
     and the parallel build of one Python function would overwrite (and load)
-    each other's machine code; distinct names keep two cache entries.
+    each other's machine code; distinct names keep separate cache entries.
+    ``constants`` override module globals for this copy only; numba freezes
+    globals into the machine code, so they act as compile-time switches.
     """
-    clone = types.FunctionType(fn.__code__.replace(co_name=name), fn.__globals__, name,
+    glb = {**fn.__globals__, **constants} if constants else fn.__globals__
+    clone = types.FunctionType(fn.__code__.replace(co_name=name), glb, name,
                                fn.__defaults__, fn.__closure__)
     clone.__qualname__ = name
     clone.__doc__ = fn.__doc__
@@ -380,6 +411,13 @@ _step_serial = njit(cache=True, nogil=True, fastmath=_FASTMATH)(
 )
 _step_parallel = njit(cache=True, nogil=True, parallel=True, fastmath=_FASTMATH)(
     _renamed(_step_impl, "_step_parallel_impl")
+)
+# with gated skip synapses (compiled on first use only)
+_step_serial_gated = njit(cache=True, nogil=True, fastmath=_FASTMATH)(
+    _renamed(_step_impl, "_step_serial_gated_impl", _GATED=True)
+)
+_step_parallel_gated = njit(cache=True, nogil=True, parallel=True, fastmath=_FASTMATH)(
+    _renamed(_step_impl, "_step_parallel_gated_impl", _GATED=True)
 )
 
 
@@ -407,6 +445,80 @@ def _pool(a: np.ndarray, n_out: int, out: np.ndarray) -> None:
         for i in range(lo, hi):
             acc += a[i]
         out[g] = acc / max(hi - lo, 1)
+
+
+@njit(cache=True, nogil=True)
+def _pool_weighted(a: np.ndarray, readout: np.ndarray, n_out: int, out: np.ndarray) -> None:
+    """Readout-weighted mean of ``a`` over ``n_out`` contiguous groups into ``out``.
+
+    ``out[g] = sum_{i in g} readout[i] * a[i] / |g|`` with the groups of
+    :func:`_pool`; with ``readout`` all 1 the result equals :func:`_pool`'s
+    bit for bit (``1 * a`` is exact and the sum runs in the same order).
+    """
+    n = a.shape[0]
+    for g in range(n_out):
+        lo = g * n // n_out
+        hi = (g + 1) * n // n_out
+        acc = 0.0
+        for i in range(lo, hi):
+            acc += readout[i] * a[i]
+        out[g] = acc / max(hi - lo, 1)
+
+
+@njit(cache=True, nogil=True)
+def _sigmoid32(x: np.float32) -> np.float32:
+    """Logistic ``1 / (1 + exp(-x))`` of a float32 logit, as float32."""
+    return np.float32(1.0 / (1.0 + math.exp(-float(x))))
+
+
+@njit(cache=True, nogil=True)
+def _gate_values(logit: np.ndarray, val: np.ndarray) -> None:
+    """``val = sigmoid(logit)`` element-wise (float32 in, float32 out)."""
+    for q in range(logit.shape[0]):
+        val[q] = _sigmoid32(logit[q])
+
+
+@njit(cache=True, nogil=True)
+def _gate_update(
+    gate_ptr: np.ndarray,
+    gate_pre: np.ndarray,
+    gate_post: np.ndarray,
+    act: np.ndarray,
+    rate: float,
+    decay: float,
+    logit0: float,
+    logit: np.ndarray,
+    val: np.ndarray,
+) -> None:
+    """Local learning rule of the skip gates (in place).
+
+    For gate ``q`` with skip synapses ``t`` in ``[gate_ptr[q], gate_ptr[q+1])``
+    (presynaptic neurons ``gate_pre[t]``, postsynaptic ``gate_post[t]``)::
+
+        logit[q] += rate * (mean_t act[post] * mean_t act[pre] - decay * (logit[q] - logit0))
+        val[q]    = 1 / (1 + exp(-logit[q]))
+
+    ``rate`` is the plasticity multiplier times the gate learning rate.
+    """
+    for q in range(logit.shape[0]):
+        t0 = gate_ptr[q]
+        t1 = gate_ptr[q + 1]
+        hebb = 0.0
+        if t1 > t0:
+            s_pre = 0.0
+            s_post = 0.0
+            for t in range(t0, t1):
+                s_pre += act[gate_pre[t]]
+                s_post += act[gate_post[t]]
+            m = float(t1 - t0)
+            hebb = (s_post / m) * (s_pre / m)
+        lg = logit[q] + rate * (hebb - decay * (logit[q] - logit0))
+        if lg > GATE_LOGIT_MAX:
+            lg = GATE_LOGIT_MAX
+        elif lg < -GATE_LOGIT_MAX:
+            lg = -GATE_LOGIT_MAX
+        logit[q] = lg
+        val[q] = _sigmoid32(logit[q])
 
 
 @njit(cache=True, nogil=True)

@@ -3,11 +3,14 @@
 All state is held as contiguous float32 arrays over neurons (one object owns
 them, as brian2 and norse hold neuron state); connectivity is CSR
 (:class:`~lillith.fabric.topology.Connectivity`) built by a wiring; one step
-is one call of a numba kernel (:mod:`lillith.fabric._kernels`).
+is one call of a numba kernel (:mod:`lillith.fabric._kernels`). Evolution
+(fitness, apoptosis, regrowth, lineage) works on the same arrays through
+:mod:`lillith.fabric.evolution`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import numpy as np
@@ -15,6 +18,7 @@ import numpy.typing as npt
 
 from lillith.errors import FabricError, StateError
 from lillith.fabric import _kernels as K
+from lillith.fabric import evolution as E
 from lillith.fabric.params import FabricParams
 from lillith.fabric.topology import Connectivity, Shape3, index_of, n_neurons
 
@@ -40,6 +44,14 @@ _DYNAMIC = ("v", "m_na", "n_k", "c_ca", "vb", "cab", "hot", "ref", "adapt", "the
             "act", "w")
 _TOPOLOGY = ("indptr", "indices", "polarity", "feedback",
              "s_indptr", "s_indices", "s_wsigned", "tau", "population", "neuron_id")
+# evolution state: optional in set_state (snapshots from before it existed)
+_EVOLUTION = ("bptr", "gate", "gate_pairs", "gate_logit", "gate_val", "readout", "fitness",
+              "importance", "act_mean", "act_sq", "diversity", "parent_ids", "generation",
+              "birth_step", "next_id")
+# per-neuron arrays a preserving split copies from the parent
+_INHERITED = ("v", "m_na", "n_k", "c_ca", "vb", "cab", "hot", "ref", "adapt", "theta", "act",
+              "_pending")
+_FITNESS = ("importance", "act_mean", "act_sq", "diversity", "fitness")
 
 
 class NeuralFabric3D:
@@ -74,6 +86,11 @@ class NeuralFabric3D:
     seed : int
         Seeds the input projection, the synapse-to-segment placement and the
         exploration noise.
+    fitness_decay : float
+        Keep factor in [0, 1) of the fitness moving averages updated by
+        :meth:`observe_importance` (``x <- d * x + (1 - d) * sample``).
+    fitness_weights : FitnessWeights or mapping, optional
+        Objectives of the fitness; default importance only.
     """
 
     def __init__(
@@ -91,6 +108,8 @@ class NeuralFabric3D:
         bidirectional_weight: float = 0.5,
         parallel: bool | None = None,
         seed: int = 0,
+        fitness_decay: float = 0.99,
+        fitness_weights: E.FitnessWeights | Mapping[str, float] | None = None,
     ) -> None:
         shape = (int(shape[0]), int(shape[1]), int(shape[2]))
         if min(shape) < 1:
@@ -113,11 +132,17 @@ class NeuralFabric3D:
         self.bidirectional_weight = float(bidirectional_weight)
         self.parallel = self.n >= PARALLEL_THRESHOLD if parallel is None else bool(parallel)
         self.seed = int(seed)
+        if not (np.isfinite(fitness_decay) and 0.0 <= fitness_decay < 1.0):
+            raise FabricError("fitness_decay must lie in [0, 1)", fitness_decay=fitness_decay)
+        self.fitness_decay = float(fitness_decay)
+        self.fitness_weights = E.FitnessWeights.coerce(fitness_weights)
         conn = self._connectivity(wiring)
         self.params.validate(conn.tau)
         self._p = self.params.pack()
-        self._init_topology(conn)
-        self._init_dynamics(conn)
+        weight0 = self._init_topology(conn)
+        self._init_dynamics(weight0)
+        self._init_evolution()
+        self._refresh_topology()
 
     # ------------------------------------------------------------------ setup
     def _connectivity(self, wiring: Any) -> Connectivity:
@@ -137,7 +162,8 @@ class NeuralFabric3D:
                               wiring_inputs=conn.n_inputs, n_inputs=self.n_inputs)
         return conn
 
-    def _init_topology(self, conn: Connectivity) -> None:
+    def _init_topology(self, conn: Connectivity) -> F32:
+        """Topology arrays from ``conn``; returns the initial weights in row order."""
         rng = np.random.default_rng(self.seed)
         nnz = conn.nnz
         # within each row: forward / lateral synapses first, feedback last
@@ -147,11 +173,22 @@ class NeuralFabric3D:
         self.indices = conn.indices[order]
         self.polarity = conn.polarity[order].astype(np.int8)
         self.feedback = conn.feedback[order]
-        self._weight0 = conn.weight[order]
-        self.fb_start = _feedback_start(self.indptr, self.feedback)
+        weight0 = conn.weight[order]
         # branch k of a neuron takes the k-th contiguous block of its CSR row
         # (neighbouring presynaptic neurons cluster on one branch) and the
-        # m-th synapse of a branch lands on its segment m mod n_segments
+        # m-th synapse of a branch lands on its segment m mod n_segments; the
+        # blocks are kept explicit (bptr) so evolution can resize them
+        self.bptr = E.default_branch_ptr(self.indptr, self.n_branches)
+        if conn.gate is not None and conn.gate_pairs is not None:
+            self.gate = conn.gate[order].astype(np.int32)
+            self.gate_pairs = conn.gate_pairs.astype(np.int32).reshape(-1, 2)
+        else:
+            self.gate = np.full(conn.nnz, -1, dtype=np.int32)
+            self.gate_pairs = np.zeros((0, 2), dtype=np.int32)
+        n_gates = self.gate_pairs.shape[0]
+        self.gate_logit = np.full(n_gates, self.params.gate_logit0, dtype=np.float32)
+        self.gate_val = np.zeros(n_gates, dtype=np.float32)
+        K._gate_values(self.gate_logit, self.gate_val)
         if conn.s_indices.size:
             self.s_indptr = conn.s_indptr.copy()
             self.s_indices = conn.s_indices.copy()
@@ -172,8 +209,9 @@ class NeuralFabric3D:
         self.tau = conn.tau.astype(np.float32, copy=True)
         self.population = conn.population.copy()
         self.neuron_id = np.arange(self.n, dtype=np.int64)
+        return weight0
 
-    def _init_dynamics(self, conn: Connectivity) -> None:
+    def _init_dynamics(self, weight0: F32) -> None:
         n, Kb, S = self.n, self.n_branches, self.n_segments
         e_l = np.float32(self.params.e_leak)
         self.v = np.full(n, e_l, dtype=np.float32)
@@ -190,13 +228,37 @@ class NeuralFabric3D:
         self.theta = np.zeros(n, dtype=np.float32)
         self.act = np.zeros(n, dtype=np.float32)
         self._act_next = np.zeros(n, dtype=np.float32)
-        self.w = _row_normalised(self.indptr, self._weight0, self.polarity, self.params.g_inh)
+        self.w = _row_normalised(self.indptr, weight0, self.polarity, self.params.g_inh)
         self.step_count = 0
         self._pending = np.zeros((n, Kb, S), dtype=np.float32)
         self._has_pending = False
         self._x = np.zeros(self.n_inputs, dtype=np.float32)
         self._goal = np.zeros(n, dtype=np.float32)
         self._features = np.zeros(self.n_features, dtype=np.float32)
+
+    def _init_evolution(self) -> None:
+        n = self.n
+        self.readout = np.ones(n, dtype=np.float32)
+        self.fitness = np.zeros(n, dtype=np.float32)
+        self.importance = np.zeros(n, dtype=np.float32)
+        self.act_mean = np.zeros(n, dtype=np.float32)
+        self.act_sq = np.zeros(n, dtype=np.float32)
+        self.diversity = np.zeros(n, dtype=np.float32)
+        self._fit_scratch = np.zeros((2, n), dtype=np.float32)
+        self.parent_ids = np.full((n, 2), -1, dtype=np.int64)
+        self.generation = np.zeros(n, dtype=np.int32)
+        self.birth_step = np.zeros(n, dtype=np.int64)
+        self.next_id = n
+        F, XY = self.n_features, self.shape[0] * self.shape[1]
+        bounds = np.arange(F + 1, dtype=np.int64) * n // F
+        self._group = np.repeat(np.arange(F, dtype=np.int64), np.diff(bounds))
+        self._layer_size = XY
+
+    def _refresh_topology(self) -> None:
+        """Arrays derived from the topology (after construction, evolution, restore)."""
+        self.fb_start = _feedback_start(self.indptr, self.feedback)
+        self._gate_ptr, self._gate_pre, self._gate_post = E.gate_lists(
+            self.indptr, self.indices, self.gate, self.n_gates)
 
     # ------------------------------------------------------------------ stepping
     def step(
@@ -254,13 +316,18 @@ class NeuralFabric3D:
             if goal is None:
                 raise FabricError("intentional mode needs a goal pattern")
             self.set_goal(goal)
-        kernel = K._step_parallel if self.parallel else K._step_serial
+        gated = self.n_gates > 0
+        if gated:
+            kernel = K._step_parallel_gated if self.parallel else K._step_serial_gated
+        else:
+            kernel = K._step_parallel if self.parallel else K._step_serial
+        gate_rate = self._gate_rate(float(plasticity)) if gated else 0.0
         for _ in range(substeps):
             kernel(
                 self._p, code, self.noise_scale, self.intent_gain, self.bidirectional_weight,
                 float(plasticity), np.uint64(self.seed), np.uint64(self.step_count),
                 self._advance_hot_gain(),
-                self.indptr, self.indices, self.polarity, self.fb_start,
+                self.bptr, self.indices, self.polarity, self.fb_start, self.gate, self.gate_val,
                 self.s_indptr, self.s_indices, self.s_wsigned,
                 self.tau, self._x, self._goal, self._pending, self._has_pending, self.w,
                 self.v, self.m_na, self.n_k, self.c_ca, self.vb, self.cab, self.hot,
@@ -269,11 +336,22 @@ class NeuralFabric3D:
             self.act, self._act_next = self._act_next, self.act
             self._has_pending = False
             self.step_count += 1
+            if gate_rate > 0.0:
+                K._gate_update(self._gate_ptr, self._gate_pre, self._gate_post, self.act,
+                               gate_rate, self.params.gate_decay, self.params.gate_logit0,
+                               self.gate_logit, self.gate_val)
         view = self.act.view()
         view.flags.writeable = False
         return view
 
     forward = step
+
+    def _gate_rate(self, plasticity: float) -> float:
+        """Step size of the gate rule: ``eta_gate * plasticity``, at most ``1 / gate_decay``."""
+        rate = self.params.eta_gate * plasticity
+        if self.params.gate_decay > 0.0:
+            rate = min(rate, 1.0 / self.params.gate_decay)
+        return rate
 
     def _advance_hot_gain(self) -> float:
         """Decay the hotspot gain by one step; returns ``1 / gain`` for the kernel.
@@ -349,7 +427,11 @@ class NeuralFabric3D:
         return self._to_map(self.act)
 
     def pooled(self, out: F32 | None = None) -> F32:
-        """Pooled feature vector: mean activation over ``n_features`` depth slabs.
+        """Pooled feature vector: readout-weighted mean activation over ``n_features`` slabs.
+
+        Feature ``f = sum_{i in slab f} readout_i * act_i / |slab f|``; slab ``f``
+        covers neurons ``[f * n // F, (f + 1) * n // F)`` (consecutive z-layers).
+        The readout weights are 1 until a preserving split halves them.
 
         Parameters
         ----------
@@ -362,7 +444,7 @@ class NeuralFabric3D:
         ndarray, shape (n_features,), float32
         """
         buf = self._features if out is None else out
-        K._pool(self.act, self.n_features, buf)
+        K._pool_weighted(self.act, self.readout, self.n_features, buf)
         return buf
 
     def dendrite_voltage(self, neuron: int | tuple[int, int, int]) -> F32:
@@ -399,15 +481,251 @@ class NeuralFabric3D:
         """Number of recurrent synapses."""
         return int(self.indices.shape[0])
 
+    # ------------------------------------------------------------------ skip gates
+    @property
+    def n_gates(self) -> int:
+        """Number of skip gates (0 unless the wiring gates its skip connections)."""
+        return int(self.gate_pairs.shape[0])
+
+    def skip_gates(self) -> F32:
+        """Current skip gate values ``sigmoid(logit)``, shape (n_gates,), float32 in (0, 1).
+
+        Gate ``q`` multiplies the current of every skip synapse from layer
+        ``skip_gate_pairs()[q, 0]`` onto layer ``skip_gate_pairs()[q, 1]``.
+        """
+        out: F32 = self.gate_val.copy()
+        return out
+
+    def skip_gate_pairs(self) -> npt.NDArray[np.int32]:
+        """``(source layer, target layer)`` of each gate, shape (n_gates, 2), int32.
+
+        Layers are numbered as in the wiring (:class:`Hierarchical` layers).
+        """
+        out: npt.NDArray[np.int32] = self.gate_pairs.copy()
+        return out
+
+    # ------------------------------------------------------------------ evolution
+    def observe_importance(self, grad_features: npt.ArrayLike, *,
+                           decay: float | None = None) -> None:
+        """Update the fitness averages from the loss gradient of the pooled features.
+
+        Call once per training step with the gradient that step computed;
+        uses the current activations. Per neuron ``i`` in pooling slab ``f``:
+        importance sample ``|act_i * readout_i * grad_f / |f||``; also the
+        activity averages behind the other objectives. Each average moves as
+        ``x <- d * x + (1 - d) * sample``; then :attr:`fitness` is recomputed
+        from them (:class:`~lillith.fabric.evolution.FitnessWeights`).
+
+        Parameters
+        ----------
+        grad_features : array_like, shape (n_features,)
+            ``dLoss / d pooled()``, finite.
+        decay : float, optional
+            Keep factor ``d`` in [0, 1); default :attr:`fitness_decay`.
+
+        Raises
+        ------
+        FabricError
+            On a wrong shape, non-finite values or a bad decay.
+        """
+        g = np.asarray(grad_features, dtype=np.float32).reshape(-1)
+        if g.shape[0] != self.n_features:
+            raise FabricError("gradient has wrong width", width=g.shape[0],
+                              n_features=self.n_features)
+        if not np.all(np.isfinite(g)):
+            raise FabricError("gradient contains NaN or Inf")
+        keep = self.fitness_decay if decay is None else float(decay)
+        if not (np.isfinite(keep) and 0.0 <= keep < 1.0):
+            raise FabricError("decay must lie in [0, 1)", decay=decay)
+        E._observe(self.act, self.readout, g, self.n_features, keep, self.importance,
+                   self.act_mean, self.act_sq, self.diversity)
+        self._combine_fitness()
+
+    def _combine_fitness(self) -> None:
+        E._combine(self.fitness_weights.as_array(), self.indptr, self.w, self.importance,
+                   self.act_mean, self.act_sq, self.diversity, self._fit_scratch, self.fitness)
+
+    def apoptosis(
+        self,
+        *,
+        strategies: E.StrategySpec,
+        step: int | None = None,
+        seed: int | None = None,
+        allow_sensory: bool = False,
+    ) -> dict[str, Any]:
+        """One round of neuron death and regrowth, per z-layer (seed 002).
+
+        In each z-layer the lowest-fitness neurons (at most ``prune_rate`` of
+        the layer) die and each slot is refilled from healthy parents of the
+        same layer (see :func:`lillith.fabric.evolution.plan_apoptosis` and
+        :func:`~lillith.fabric.evolution.rewire`); newborns get fresh ids,
+        their parents' ids, ``generation = max(parent generations) + 1`` and
+        ``birth_step = step``. The connectivity is rebuilt (rows change
+        length) and checked; this allocates, so run it every K steps, not
+        per step.
+
+        ``"preservation"`` splits the parent (Net2Net): the child is an exact
+        copy (incoming row with its branch layout, sensory row, all dynamic
+        state including plasticity traces, tau, population), the parent's
+        outgoing weights and readout are shared equally with its children, so
+        with plasticity 0 the next step's activations and pooled features equal
+        those of the fabric with the dead neurons merely silenced (to float
+        rounding). ``"mutation"`` and ``"crossover"`` give a fresh neuron at
+        rest with noisy / blended incoming weights, readout 1 and the dead
+        neuron's outgoing synapses.
+
+        Parameters
+        ----------
+        strategies : LayerStrategy, mapping, sequence or {z: strategy}
+            One strategy for every z-layer, one per z-layer, or some layers
+            only (see :func:`lillith.fabric.evolution.strategies_per_layer`).
+        step : int, optional
+            Step recorded as the newborns' birth step; default the fabric's
+            step counter.
+        seed : int, optional
+            Seed of this round's random choices together with ``step``;
+            default the fabric's seed.
+        allow_sensory : bool
+            Whether neurons with sensory synapses may die and parent.
+
+        Returns
+        -------
+        dict
+            ``step``, ``died`` / ``born`` (totals), ``nnz_before``,
+            ``nnz_after`` and ``layers``: per z-layer with a strategy,
+            ``layer``, ``strategy``, ``prune_rate``, ``size``, ``died`` (ids),
+            ``born`` (ids), ``parents`` (``[id, id or -1]`` per newborn),
+            ``slots`` (indices), ``alpha`` (crossover blend factors),
+            ``turnover`` (newborns) and ``skipped`` (deaths without a parent).
+
+        Raises
+        ------
+        FabricError
+            On an invalid strategy.
+        """
+        Z = self.shape[2]
+        per_layer = E.strategies_per_layer(strategies, Z)
+        step_v = self.step_count if step is None else int(step)
+        seed_v = self.seed if seed is None else int(seed)
+        if step_v < 0 or seed_v < 0:
+            raise FabricError("step and seed must be >= 0", step=step_v, seed=seed_v)
+        rng = np.random.default_rng(np.random.SeedSequence([seed_v, step_v]))
+        sensory = np.diff(self.s_indptr) > 0
+        plan = E.plan_apoptosis(self.fitness, self._layer_size, per_layer, self._group,
+                                sensory, bool(allow_sensory), rng)
+        nnz_before = self.nnz
+        died = self.neuron_id[plan.slots].copy()
+        if plan.size:
+            new = E.rewire(self._topology_of(vars(self)), plan, self.n_branches,
+                           self.params.w_max, rng)
+            E.check_topology(new, self.n, self.n_branches, self.n_inputs, self.n_gates)
+            self._regrow(plan, step_v)
+            for key in ("indptr", "bptr", "indices", "w", "polarity", "feedback", "gate",
+                        "s_indptr", "s_indices", "s_wsigned"):
+                setattr(self, key, getattr(new, key))
+            self._refresh_topology()
+            self._combine_fitness()
+        return self._apoptosis_report(plan, per_layer, died, step_v, nnz_before)
+
+    def _regrow(self, plan: E.Plan, step: int) -> None:
+        """Per-neuron arrays of the newborns (topology is rewired separately)."""
+        slots, p1, p2 = plan.slots, plan.parent1, plan.parent2
+        pres = plan.kind == E.PRESERVATION
+        fresh = ~pres
+        # lineage (parents are survivors, so their ids are read before any change)
+        pid1 = self.neuron_id[p1]
+        pid2 = np.where(p2 >= 0, self.neuron_id[np.maximum(p2, 0)], -1)
+        gen = self.generation[p1]
+        gen = np.where(p2 >= 0, np.maximum(gen, self.generation[np.maximum(p2, 0)]), gen)
+        self.neuron_id[slots] = self.next_id + np.arange(plan.size, dtype=np.int64)
+        self.next_id += plan.size
+        self.parent_ids[slots, 0] = pid1
+        self.parent_ids[slots, 1] = pid2
+        self.generation[slots] = gen + 1
+        self.birth_step[slots] = step
+        self.tau[slots] = self.tau[p1]
+        self.population[slots] = self.population[p1]
+        # fitness record: inherited (mean of both parents for crossover), so a
+        # newborn is not culled before it has been measured
+        for key in _FITNESS:
+            arr = getattr(self, key)
+            val = arr[p1].astype(np.float64)
+            val = np.where(p2 >= 0, 0.5 * (val + arr[np.maximum(p2, 0)]), val)
+            arr[slots] = val.astype(np.float32)
+        # preserving split: exact copy of the parent, readout shared equally
+        s_p, p_p = slots[pres], p1[pres]
+        for key in _INHERITED:
+            arr = getattr(self, key)
+            arr[s_p] = arr[p_p]
+        if s_p.size:
+            n_child = np.bincount(p_p, minlength=self.n)
+            parents = np.nonzero(n_child)[0]
+            share = self.readout[parents] / (n_child[parents] + 1).astype(np.float32)
+            self.readout[parents] = share
+            self.readout[s_p] = self.readout[p_p]
+            if np.any(self._pending[s_p]):
+                self._has_pending = True
+        # mutation / crossover: a fresh neuron at rest, default readout
+        s_f = slots[fresh]
+        if s_f.size:
+            for key in _INHERITED:
+                getattr(self, key)[s_f] = 0.0
+            self.v[s_f] = np.float32(self.params.e_leak)
+            self.readout[s_f] = 1.0
+
+    def _apoptosis_report(self, plan: E.Plan, per_layer: list[E.LayerStrategy | None],
+                          died: npt.NDArray[np.int64], step: int, nnz_before: int
+                          ) -> dict[str, Any]:
+        layers: list[dict[str, Any]] = []
+        born = self.neuron_id[plan.slots]
+        pids = self.parent_ids[plan.slots]
+        for z, st in enumerate(per_layer):
+            if st is None:
+                continue
+            sel = plan.layer == z
+            layers.append({
+                "layer": z,
+                "strategy": st.regrowth,
+                "prune_rate": st.prune_rate,
+                "mutation_strength": st.mutation_strength,
+                "size": self._layer_size,
+                "died": died[sel].tolist(),
+                "born": born[sel].tolist(),
+                "parents": pids[sel].tolist(),
+                "slots": plan.slots[sel].tolist(),
+                "alpha": [float(a) for a in plan.alpha[sel] if np.isfinite(a)],
+                "turnover": int(sel.sum()),
+                "skipped": int(plan.skipped[z]),
+            })
+        return {"step": step, "died": plan.size, "born": plan.size, "nnz_before": nnz_before,
+                "nnz_after": self.nnz, "layers": layers}
+
+    def lineage(self) -> dict[str, npt.NDArray[Any]]:
+        """Lineage of the living neurons (copies), indexed by neuron slot.
+
+        Returns
+        -------
+        dict
+            ``neuron_id`` (n,) int64 unique; ``parent_ids`` (n, 2) int64, -1 for
+            none; ``generation`` (n,) int32; ``birth_step`` (n,) int64.
+        """
+        return {"neuron_id": self.neuron_id.copy(), "parent_ids": self.parent_ids.copy(),
+                "generation": self.generation.copy(), "birth_step": self.birth_step.copy()}
+
     # ------------------------------------------------------------------ state
     def get_state(self) -> dict[str, npt.NDArray[Any]]:
         """Whole fabric as a plain dict of numpy arrays (copies).
 
         Holds the dynamic state, the plastic weights, the topology (which
-        evolution may change), the constants and the step counter.
+        evolution may change: rows, branch pointer, skip gates), the readout
+        weights, the fitness averages, the lineage, the constants and the
+        step counter.
         """
         d: dict[str, npt.NDArray[Any]] = {k: getattr(self, k).copy() for k in _DYNAMIC}
         d.update({k: getattr(self, k).copy() for k in _TOPOLOGY})
+        d.update({k: np.array(getattr(self, k), copy=True) for k in _EVOLUTION
+                  if k != "next_id"})
+        d["next_id"] = np.array(self.next_id, dtype=np.int64)
         d["pending"] = self._pending.copy()
         d["goal"] = self._goal.copy()
         d["step"] = np.array(self.step_count, dtype=np.int64)
@@ -422,6 +740,11 @@ class NeuralFabric3D:
 
     def set_state(self, state: dict[str, npt.NDArray[Any]]) -> None:
         """Restore from :meth:`get_state`; the fabric then continues bit-identically.
+
+        The evolution arrays (branch pointer, skip gates, readout, fitness,
+        lineage) are optional: a state from before they existed restores with
+        the defaults of a fresh fabric (default branch layout, no gates,
+        readout 1, zero fitness, no parents).
 
         Raises
         ------
@@ -456,6 +779,19 @@ class NeuralFabric3D:
             "tau": (np.float32, (n,)), "population": (np.int8, (n,)),
             "neuron_id": (np.int64, (n,)),
         }
+        if ("gate" in state) != ("gate_pairs" in state):
+            raise StateError("fabric state must hold gate and gate_pairs together")
+        n_gates = int(np.asarray(state["gate_pairs"]).shape[0]) if "gate_pairs" in state else 0
+        optional: dict[str, tuple[Any, tuple[int, ...]]] = {
+            "bptr": (np.int64, (n * Kb + 1,)), "gate": (np.int32, (nnz,)),
+            "gate_pairs": (np.int32, (n_gates, 2)), "gate_logit": (np.float32, (n_gates,)),
+            "gate_val": (np.float32, (n_gates,)), "readout": (np.float32, (n,)),
+            "fitness": (np.float32, (n,)), "importance": (np.float32, (n,)),
+            "act_mean": (np.float32, (n,)), "act_sq": (np.float32, (n,)),
+            "diversity": (np.float32, (n,)), "parent_ids": (np.int64, (n, 2)),
+            "generation": (np.int32, (n,)), "birth_step": (np.int64, (n,)),
+        }
+        spec.update({k: v for k, v in optional.items() if k in state})
         arrays: dict[str, npt.NDArray[Any]] = {}
         for key, (dtype, shp) in spec.items():
             arr = np.asarray(state[key])
@@ -475,15 +811,28 @@ class NeuralFabric3D:
                       or arrays["s_indices"].max() >= self.n_inputs):
             raise StateError("fabric state has sensory channels out of range")
         try:
-            fb_start = _feedback_start(arrays["indptr"], arrays["feedback"])
+            _feedback_start(arrays["indptr"], arrays["feedback"])
         except FabricError as e:
             raise StateError("fabric state has feedback synapses before forward ones") from e
+        self._default_evolution(arrays)
+        try:
+            E.check_topology(self._topology_of(arrays), n, Kb, self.n_inputs, n_gates)
+        except FabricError as e:
+            raise StateError("fabric state has an inconsistent topology",
+                             reason=e.message) from e
         params = np.asarray(state["params"], dtype=np.float32)
         if params.shape != (K.N_PARAMS,):
             raise StateError("fabric parameter vector has wrong length", length=params.size)
+        next_id = int(state["next_id"]) if "next_id" in state else int(
+            arrays["neuron_id"].max(initial=-1)) + 1
+        ids = arrays["neuron_id"]
+        if np.unique(ids).shape[0] != n or next_id <= int(ids.max(initial=-1)):
+            raise StateError("fabric state has duplicate neuron ids or a stale id counter",
+                             next_id=next_id)
         for key, arr in arrays.items():
             setattr(self, key, arr)
-        self.fb_start = fb_start
+        self.next_id = next_id
+        self._refresh_topology()
         self._p = params.copy()
         self._act_next = np.zeros(n, dtype=np.float32)
         if "pending" in state:
@@ -498,6 +847,33 @@ class NeuralFabric3D:
         self.hot_gain = float(state["hot_gain"]) if "hot_gain" in state else 1.0
         self._hot_decay = float(np.exp(-float(self._p[K.P_DT]) / float(self._p[K.P_TAU_H])))
         self.step_count = int(state["step"])
+
+    def _default_evolution(self, arrays: dict[str, npt.NDArray[Any]]) -> None:
+        """Fill evolution arrays a (legacy) state lacks with a fresh fabric's defaults."""
+        n, nnz = self.n, arrays["indices"].shape[0]
+        if "bptr" not in arrays:
+            arrays["bptr"] = E.default_branch_ptr(arrays["indptr"], self.n_branches)
+        if "gate" not in arrays:
+            arrays["gate"] = np.full(nnz, -1, dtype=np.int32)
+            arrays["gate_pairs"] = np.zeros((0, 2), dtype=np.int32)
+        n_gates = arrays["gate_pairs"].shape[0]
+        if "gate_logit" not in arrays:
+            arrays["gate_logit"] = np.full(n_gates, self.params.gate_logit0, dtype=np.float32)
+        if "gate_val" not in arrays:
+            arrays["gate_val"] = np.zeros(n_gates, dtype=np.float32)
+            K._gate_values(arrays["gate_logit"], arrays["gate_val"])
+        arrays.setdefault("readout", np.ones(n, dtype=np.float32))
+        for key in _FITNESS:
+            arrays.setdefault(key, np.zeros(n, dtype=np.float32))
+        arrays.setdefault("parent_ids", np.full((n, 2), -1, dtype=np.int64))
+        arrays.setdefault("generation", np.zeros(n, dtype=np.int32))
+        arrays.setdefault("birth_step", np.zeros(n, dtype=np.int64))
+
+    def _topology_of(self, a: Mapping[str, Any]) -> E.Topology:
+        return E.Topology(
+            indptr=a["indptr"], bptr=a["bptr"], indices=a["indices"], w=a["w"],
+            polarity=a["polarity"], feedback=a["feedback"], gate=a["gate"],
+            s_indptr=a["s_indptr"], s_indices=a["s_indices"], s_wsigned=a["s_wsigned"])
 
     # ------------------------------------------------------------------ helpers
     def _index(self, neuron: int | tuple[int, int, int]) -> int:

@@ -56,6 +56,11 @@ class FabricParams:
     g_inh : float
         Initial E/I balance: each neuron's inhibitory weights sum to
         ``g_inh`` times its excitatory weights (which sum to 1).
+    eta_gate, gate_decay, gate_logit0 : float
+        Learning rate per step (times the plasticity multiplier), decay
+        toward the resting logit, and resting (initial) logit of the gated
+        skip connections (wirings with ``skip_gates``); see ``docs/model.md``.
+        Not part of :meth:`pack`.
     """
 
     dt: float = 1.0
@@ -98,6 +103,9 @@ class FabricParams:
     w_max: float = 2.0
     tau_theta: float = 1000.0
     g_inh: float = 1.0
+    eta_gate: float = 0.05
+    gate_decay: float = 0.02
+    gate_logit0: float = 0.0
 
     def validate(self, tau_m: npt.NDArray[np.float32] | None = None) -> None:
         """Raise :class:`FabricError` if a constant is unusable.
@@ -129,12 +137,20 @@ class FabricParams:
             raise FabricError("inconsistent clip bounds", v_min=self.v_min, v_max=self.v_max)
         if self.eta < 0 or self.oja_lambda < 0 or self.g_adapt < 0 or self.g_inh < 0:
             raise FabricError("rates must be >= 0", eta=self.eta)
+        if self.eta_gate < 0 or self.gate_decay < 0 or abs(self.gate_logit0) > K.GATE_LOGIT_MAX:
+            raise FabricError("gate rates must be >= 0 and the initial logit within bounds",
+                              eta_gate=self.eta_gate, gate_decay=self.gate_decay,
+                              gate_logit0=self.gate_logit0, bound=K.GATE_LOGIT_MAX)
         if tau_m is not None and tau_m.size and float(tau_m.min()) < self.dt:
             raise FabricError("membrane time constant below dt", tau_min=float(tau_m.min()),
                               dt=self.dt)
 
     def pack(self) -> npt.NDArray[np.float32]:
-        """Parameter vector in kernel order, shape (N_PARAMS,), float32."""
+        """Parameter vector in kernel order, shape (N_PARAMS,), float32.
+
+        The gate constants (``eta_gate``, ``gate_decay``, ``gate_logit0``) are
+        not in it: the gate rule runs outside the step kernel.
+        """
         order = (
             self.dt, self.tau_branch, self.tau_hotspot, self.tau_calcium, self.r_syn,
             self.theta_dend, self.kappa_dend, self.a_dend, self.g_dend, self.r_in,
