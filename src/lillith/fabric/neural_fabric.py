@@ -284,7 +284,8 @@ class NeuralFabric3D:
             Target activation pattern in [0, 1] for ``intentional`` mode.
         plasticity : float
             Multiplier (>= 0) of the plasticity rate, e.g. the agent's energy
-            gate times its learning drive; 0 freezes the weights.
+            gate times its learning drive; 0 freezes the weights (and the
+            skip gates, which otherwise follow their rule after each substep).
         substeps : int
             Number of time steps of ``dt`` each.
 
