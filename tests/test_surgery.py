@@ -9,6 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from lillith.agents.agent import Agent
+from lillith.agents.config import AgentConfig
 from lillith.agents.surgery import SurgeryError, TileSurgeryPolicy
 from lillith.agents.tiles import SparseLookupFFNv2, TileError
 from lillith.errors import LillithError, StateError
@@ -326,3 +328,37 @@ def test_bad_inputs_change_nothing() -> None:
         assert isinstance(info.value, LillithError)
     for k, v in ffn.get_state().items():
         assert np.array_equal(v, state[k]), k
+
+
+def test_agent_resumes_exactly_after_apoptosis_and_surgery() -> None:
+    """The agent's fused Adam and its state round trip carry the new tile state."""
+    rng = np.random.default_rng(0)
+    t = np.arange(400)
+    frames = (np.sin(2 * np.pi * t / 40) + 0.1 * rng.standard_normal(400))[:, None]
+    agent = Agent(1, AgentConfig(seed=2))
+    agent.process_many(frames[:200])
+    ffn = agent.predictor.ffn
+    assert int(ffn.unit_fitness_obs.sum()) > 0  # the agent's training fed the fitness
+    rep = ffn.apoptosis(
+        prune_rate=0.25, regrowth="crossover", step=agent.step, optimizer=agent.optimizer
+    )
+    assert rep["born"] and rep["moments_reset"] == 6
+    with torch.no_grad():
+        ffn.usage_ema[0] = 0.0
+    X = np.tanh(rng.normal(size=(64, ffn.d_model))).astype(np.float32)
+    ops = TileSurgeryPolicy(seed=0).run(
+        ffn,
+        recent_inputs=X,
+        recent_errors=np.ones(64),
+        step=agent.step,
+        optimizer=agent.optimizer,
+    )
+    assert ("reseed", 0) in [(o["op"], o["tile"]) for o in ops]
+    restored = Agent.from_state(agent.get_state())
+    a = agent.process_many(frames[200:])
+    b = restored.process_many(frames[200:])
+    assert [m.as_dict() for m in a] == [m.as_dict() for m in b]
+    sa, sb = agent.get_state(), restored.get_state()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert np.array_equal(sa[k], sb[k]), k
