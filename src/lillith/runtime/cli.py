@@ -14,7 +14,7 @@ from typing import Any
 
 from lillith.errors import LillithError
 
-BENCHMARKS = ("fabric", "som", "conv4d", "agent", "nab", "ingest")
+BENCHMARKS = ("fabric", "som", "conv4d", "agent", "nab", "ingest", "checkpoint")
 
 
 def bench_dir() -> Path:

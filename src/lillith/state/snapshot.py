@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import json
 import os
 import re
@@ -44,6 +45,9 @@ from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
+import zarr
+import zarr.api.asynchronous as za
+from zarr.storage import FsspecStore, LocalStore
 
 from lillith.errors import StateError
 
@@ -205,8 +209,6 @@ class _LocalBackend(_Backend):
         os.makedirs(path, exist_ok=True)
 
     def zarr_store(self, path: str, *, read_only: bool) -> Any:
-        from zarr.storage import LocalStore
-
         return LocalStore(path, read_only=read_only)
 
     def sync_tree(self, path: str) -> None:
@@ -274,15 +276,10 @@ class _FsspecBackend(_Backend):
         self.fs.makedirs(path, exist_ok=True)
 
     def zarr_store(self, path: str, *, read_only: bool) -> Any:
-        from zarr.storage import FsspecStore
-
-        url = f"{self.protocol}://{path.lstrip('/')}" if self.protocol != "file" else path
         if self.protocol == "file":
-            from zarr.storage import LocalStore
-
             return LocalStore(path, read_only=read_only)
-        return FsspecStore.from_url(url, storage_options=self.storage_options,
-                                    read_only=read_only)
+        return FsspecStore.from_url(f"{self.protocol}://{path.lstrip('/')}",
+                                    storage_options=self.storage_options, read_only=read_only)
 
 
 def _fsync_dir(path: str) -> None:
@@ -323,6 +320,7 @@ def crc32(arr: npt.NDArray[Any]) -> int:
     return zlib.crc32(a.reshape(-1).view(np.uint8).data) & 0xFFFFFFFF
 
 
+@functools.cache
 def library_versions() -> dict[str, str]:
     """Versions of the libraries that shaped the state (recorded in every snapshot)."""
     out = {"python": sys.version.split()[0]}
@@ -520,7 +518,7 @@ class SnapshotStore:
         try:
             index = await self._write_group(tmp, arrays, run)
             attrs = {"schema_version": SCHEMA_VERSION, "step": int(step), "utc": iso,
-                     "created": now, "seq": seq, "libraries": library_versions(),
+                     "created": now, "seq": seq, "libraries": dict(library_versions()),
                      "json": json_attrs, "index": index}
             await self._write_attrs(tmp, attrs)
             await run(b.sync_tree, tmp)
@@ -552,8 +550,6 @@ class SnapshotStore:
 
     async def _write_group(self, path: str, arrays: Arrays,
                            run: Callable[..., Awaitable[Any]]) -> dict[str, Any]:
-        import zarr.api.asynchronous as za
-
         store = self._backend.zarr_store(path, read_only=False)
         group = await za.open_group(store=store, mode="w",
                                     attributes={"lillith": {"complete": False}})
@@ -597,16 +593,12 @@ class SnapshotStore:
         return index
 
     async def _write_attrs(self, path: str, attrs: dict[str, Any]) -> None:
-        import zarr.api.asynchronous as za
-
         store = self._backend.zarr_store(path, read_only=False)
         group = await za.open_group(store=store, mode="r+")
         await group.update_attributes({"lillith": attrs})
 
     # ------------------------------------------------------------------ read
     def _read_attrs(self, path: str) -> dict[str, Any]:
-        import zarr
-
         try:
             group = zarr.open_group(store=self._backend.zarr_store(path, read_only=True),
                                     mode="r")
@@ -620,8 +612,6 @@ class SnapshotStore:
 
     def _read(self, name: str) -> tuple[Arrays, dict[str, Any], list[str]]:
         """Arrays, attributes and integrity problems of one snapshot (no migration)."""
-        import zarr
-
         path = self._backend.join(self._snapdir, name)
         attrs = self._read_attrs(path)
         group = zarr.open_group(store=self._backend.zarr_store(path, read_only=True), mode="r")
