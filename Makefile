@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: venv install run test soak lint typecheck bench clean mosquitto
+.PHONY: venv install run test soak crash lint typecheck bench clean mosquitto
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON)"; exit 1; }
@@ -37,6 +37,9 @@ test: $(STAMP) mosquitto
 
 soak: $(STAMP) mosquitto
 	$(PY) -m pytest -m slow
+
+crash: $(STAMP)
+	$(PY) -m pytest -m crash
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench

@@ -23,7 +23,10 @@ from .conftest import MOSQUITTO, _free_port, start_mosquitto
 
 def start_daemon(log_path: Path, *args: str, env: dict[str, str] | None = None
                  ) -> subprocess.Popen[bytes]:
-    """``lillith run ARGS`` in a subprocess, its output going to ``log_path``."""
+    """``lillith run ARGS`` in a subprocess, its output going to ``log_path``;
+    snapshots under ``log_path``'s directory unless the environment says otherwise."""
+    env = dict(os.environ if env is None else env)
+    env.setdefault("LILLITH_STATE__DIR", str(log_path.parent / "state"))
     return subprocess.Popen([sys.executable, "-m", "lillith.runtime.cli", "run", *args],
                             env=env, stdout=log_path.open("w"), stderr=subprocess.STDOUT)
 
@@ -343,3 +346,71 @@ def test_reconnects_after_broker_restart(tmp_path: Path) -> None:
             col.close()
         broker.terminate()
         broker.wait(10)
+
+
+def test_daemon_checkpoints_resumes_and_snapshots_on_command(mosquitto: int,
+                                                            tmp_path: Path) -> None:
+    from lillith.state import SnapshotStore
+
+    uid = uuid.uuid4().hex[:8]
+    name = f"c{uid}"
+    prefix = f"lillith/{name}"
+    state = tmp_path / "state"
+    env = {**os.environ, "LILLITH_MQTT__CLIENT_ID": f"daemon-{uid}",
+           "LILLITH_AGENTS": json.dumps([{"name": name, "topics": [f"test/{uid}/#"]}]),
+           "LILLITH_LOG__FORMAT": "json", "LILLITH_STATE__DIR": str(state)}
+    col = Collector(mosquitto, f"{prefix}/#")
+    pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"pub-{uid}")
+    pub.connect("127.0.0.1", mosquitto)
+    pub.loop_start()
+
+    def events(log: Path) -> list[dict[str, object]]:
+        return [json.loads(x) for x in log.read_text().splitlines() if x.startswith("{")]
+
+    def publish(lo: int, hi: int) -> None:
+        for i in range(lo, hi):
+            pub.publish(f"test/{uid}/s", json.dumps({"t": i, "values": [np.sin(i / 4), 1.0]}),
+                        qos=1).wait_for_publish(5)
+
+    store = SnapshotStore(state / "agents" / name)
+    procs = []
+    try:
+        proc = start_daemon(tmp_path / "d1.log", "--source", f"mqtt://127.0.0.1:{mosquitto}",
+                            "--checkpoint-every", "50", env=env)
+        procs.append(proc)
+        assert col.wait(f"{prefix}/status", 1, 60), (tmp_path / "d1.log").read_text()
+        publish(0, 120)
+        assert len(col.wait(f"{prefix}/out", 120, 120)) == 120
+        pub.publish(f"{prefix}/cmd", json.dumps({"cmd": "checkpoint", "id": 1}), qos=1)
+        reply = json.loads(col.wait(f"{prefix}/cmd/reply", 1, 30)[0])
+        assert reply["ok"] and reply["step"] == 120, reply
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+        ev = events(tmp_path / "d1.log")
+        cadence = [e["step"] for e in ev if e["event"] == "snapshot_written"
+                   and e["reason"] == "cadence"]
+        assert cadence and all(isinstance(c, int) and c >= 50 for c in cadence), ev
+        assert store.latest_name() == reply["snapshot"]
+        # restart: the agent resumes where it stopped and goes on
+        proc = start_daemon(tmp_path / "d2.log", "--source", f"mqtt://127.0.0.1:{mosquitto}",
+                            env=env)
+        procs.append(proc)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not any(
+                e["event"] == "broker_connected" for e in events(tmp_path / "d2.log")):
+            time.sleep(0.1)
+        publish(120, 130)
+        assert len(col.wait(f"{prefix}/out", 130, 60)) == 130
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+        ev2 = events(tmp_path / "d2.log")
+        assert [e["step"] for e in ev2 if e["event"] == "state_resumed"] == [120]
+        shut = [e for e in ev2 if e["event"] == "snapshot_written"]
+        assert shut[-1]["reason"] == "shutdown" and shut[-1]["step"] == 130
+        assert store.load().info.step == 130
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+        pub.loop_stop()
+        col.close()

@@ -12,11 +12,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from lillith.errors import LillithError
 
-BENCHMARKS = ("fabric", "som", "conv4d", "agent", "nab", "ingest")
+BENCHMARKS = ("fabric", "som", "conv4d", "agent", "nab", "ingest", "checkpoint")
 
 
 def bench_dir() -> Path:
@@ -66,7 +64,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    """Replay CSV files through fresh agents, writing per-row outputs."""
+    """Replay CSV files through agents (fresh, or resumed with ``--state``),
+    writing per-row outputs."""
     import torch
 
     from lillith.runtime.config import load_settings
@@ -75,84 +74,74 @@ def cmd_replay(args: argparse.Namespace) -> int:
     settings = load_settings(args.config, env=os.environ)
     torch.set_num_threads(settings.torch_threads)
     cols = args.value_columns.split(",") if args.value_columns else None
+    state = None
+    if args.state is not None:
+        from lillith.runtime.replay import ReplayState
+
+        st = settings.state
+        state = ReplayState(args.state, fresh=args.fresh, every=args.checkpoint_every,
+                            keep_last=st.keep_last, keep_every=st.keep_every,
+                            storage_options=st.storage_options or None)
     results = replay_paths([Path(p) for p in args.inputs], Path(args.out), settings.agent,
                            timestamp_column=args.timestamp_column, value_columns=cols,
-                           show_progress=not args.quiet)
+                           show_progress=not args.quiet, state=state)
     for r in results:
         print(json.dumps({"source": str(r.source), "output": str(r.output), "rows": r.rows,
-                          "mean_loss": r.mean_loss}))
+                          "mean_loss": r.mean_loss, "start_step": r.start_step,
+                          "snapshot": r.snapshot}))
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """Run an agent on a source until stopped (Ctrl-C), a frame count or a duration.
+    """Run an agent on a source until stopped (Ctrl-C / SIGTERM), a frame count or a duration.
 
-    This is the synchronous foreground loop of the embedded default (synthetic
-    source); the asyncio MQTT daemon, snapshots and resume come with their
-    own issues.
+    Local sources (``synthetic``, ``replay:PATH``) run the agent on a worker
+    thread with snapshots on the configured cadence; ``mqtt://`` runs the
+    MQTT daemon. Both resume from the newest snapshot unless ``--fresh``.
     """
-    import time
+    import asyncio
+    import signal
 
     import torch
 
-    from lillith.agents.agent import Agent
     from lillith.runtime.config import load_settings
-    from lillith.runtime.logging import configure_logging, get_logger
-    from lillith.sensors.csvfile import read_csv_stream
-    from lillith.sensors.synthetic import SyntheticSignal
+    from lillith.runtime.local import open_source, run_local
+    from lillith.runtime.logging import configure_logging
 
     settings = load_settings(args.config, env=os.environ)
+    if args.state is not None:
+        settings = settings.model_copy(update={"state": settings.state.model_copy(
+            update={"dir": args.state})})
     configure_logging(settings.log.level, settings.log.format)
-    log = get_logger("run")
     torch.set_num_threads(settings.torch_threads)
-    source = args.source
-    if source == "synthetic":
-        synth = SyntheticSignal(4, seed=settings.agent.seed)
-        width = synth.n_channels
+    if args.source.startswith("mqtt://"):
+        return _run_daemon(settings, args.source, args.config, fresh=args.fresh,
+                           checkpoint_every=args.checkpoint_every)
+    src = open_source(args.source, settings.agent.seed)
 
-        def frames(start: int, n: int) -> Any:
-            return synth.generate(start, n)
-    elif source.startswith("replay:"):
-        stream = read_csv_stream(Path(source[len("replay:"):]))
-        width = stream.values.shape[1]
+    async def main() -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        hits = {"n": 0}
 
-        def frames(start: int, n: int) -> Any:
-            vals = stream.values[start:start + n]
-            return vals, np.zeros(vals.shape[0], dtype=bool)
-    elif source.startswith("mqtt://"):
-        return _run_daemon(settings, source, args.config)
-    else:
-        raise LillithError("unknown source (synthetic | replay:PATH | mqtt://HOST:PORT[/FILTER])",
-                           source=source)
-    agent = Agent(width, settings.agent)
-    log.info("agent_started", source=source, channels=width,
-             fabric=list(settings.agent.fabric.shape), state_dir=str(settings.state_dir))
-    start = time.monotonic()
-    done = 0
-    chunk = 256
-    try:
-        while args.max_frames is None or done < args.max_frames:
-            if args.duration is not None and time.monotonic() - start >= args.duration:
-                break
-            n = chunk if args.max_frames is None else min(chunk, args.max_frames - done)
-            values, labels = frames(done, n)
-            if values.shape[0] == 0:
-                break
-            ms = agent.process_many(values)
-            done += len(ms)
-            top = max(ms, key=lambda m: m.anomaly_likelihood)
-            log.info("frames_processed", step=agent.step, mean_loss=float(
-                np.mean([m.loss for m in ms])), max_likelihood=round(top.anomaly_likelihood, 6),
-                at_step=top.step, labelled_anomalies=int(np.sum(labels)),
-                energy=round(ms[-1].energy, 4), mode=ms[-1].mode,
-                frames_per_s=round(done / max(time.monotonic() - start, 1e-9), 1))
-    except KeyboardInterrupt:
-        log.info("interrupted", step=agent.step)
-    log.info("agent_stopped", frames=done, seconds=round(time.monotonic() - start, 2))
-    return 0
+        def on_signal() -> None:
+            hits["n"] += 1
+            if hits["n"] > 1:
+                os._exit(130)  # second signal: forced exit
+            stop.set()
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, on_signal)
+        await run_local(settings, src, stop, max_frames=args.max_frames,
+                        until_step=args.until_step, duration=args.duration, fresh=args.fresh,
+                        checkpoint_every=args.checkpoint_every)
+        return 0
+
+    return asyncio.run(main())
 
 
-def _run_daemon(settings: Any, source: str, config_path: Path | None = None) -> int:
+def _run_daemon(settings: Any, source: str, config_path: Path | None = None, *,
+                fresh: bool = False, checkpoint_every: int | None = None) -> int:
     """``lillith run --source mqtt://HOST:PORT[/FILTER]``: the asyncio daemon.
 
     SIGTERM / SIGINT stop intake, drain and publish offline status; a second
@@ -172,7 +161,11 @@ def _run_daemon(settings: Any, source: str, config_path: Path | None = None) -> 
     topic = url.path.lstrip("/")
     if topic:
         bindings[0] = bindings[0].model_copy(update={"topics": [topic]})
-    daemon = Daemon(mqtt, bindings, settings.agent, metrics_port=settings.metrics_port)
+    state = settings.state
+    if checkpoint_every is not None:
+        state = state.model_copy(update={"checkpoint_every_frames": checkpoint_every})
+    daemon = Daemon(mqtt, bindings, settings.agent, metrics_port=settings.metrics_port,
+                    state=state, fresh=fresh)
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -206,6 +199,39 @@ def _run_daemon(settings: Any, source: str, config_path: Path | None = None) -> 
     return 0
 
 
+def cmd_inspect(args: argparse.Namespace) -> int:
+    """List snapshots with integrity status and the newest agent's statistics.
+
+    Exit status 1 with ``--verify`` when any snapshot is broken, 2 when there
+    is no snapshot at all.
+    """
+    from lillith.state.inspect import inspect_store, render
+    from lillith.state.snapshot import SnapshotStore
+
+    root = str(args.state)
+    stores = {"default": SnapshotStore(root)}
+    if "://" not in root and (Path(root) / "agents").is_dir():
+        for d in sorted((Path(root) / "agents").iterdir()):
+            stores[d.name] = SnapshotStore(str(d))
+    reports = {name: inspect_store(st) for name, st in stores.items()}
+    if "default" in reports and not reports["default"]["snapshots"] and len(reports) > 1:
+        del reports["default"]
+    if not any(r["snapshots"] for r in reports.values()):
+        print(f"lillith: error: no snapshot under {root}", file=sys.stderr)
+        return 2
+    if args.json:
+        first = next(iter(reports.values()))
+        doc = dict(first)
+        if len(reports) > 1:
+            doc["agents"] = reports
+        print(json.dumps(doc, indent=2))
+    else:
+        print("\n\n".join(f"[{n}]\n{render(r)}" if len(reports) > 1 else render(r)
+                          for n, r in reports.items()))
+    bad = any(not s["ok"] for r in reports.values() for s in r["snapshots"])
+    return 1 if args.verify and bad else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Argument parser of every sub-command."""
     parser = argparse.ArgumentParser(prog="lillith", description=__doc__)
@@ -214,8 +240,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", type=Path, default=None, help="lillith.toml")
     run.add_argument("--source", default="synthetic",
                      help="synthetic | replay:PATH | mqtt://HOST:PORT[/TOPIC_FILTER]")
-    run.add_argument("--max-frames", type=int, default=None)
+    run.add_argument("--max-frames", type=int, default=None, help="frames of this run")
+    run.add_argument("--until-step", type=int, default=None,
+                     help="stop when the agent's step (resumed frames included) reaches this")
     run.add_argument("--duration", type=float, default=None, help="seconds")
+    run.add_argument("--state", default=None,
+                     help="state directory or fsspec URL (default: [state] dir)")
+    run.add_argument("--fresh", action="store_true",
+                     help="start a new agent (older snapshots are kept)")
+    run.add_argument("--checkpoint-every", type=int, default=None, metavar="N",
+                     help="snapshot every N frames (default: [state] checkpoint_every_frames)")
     run.set_defaults(func=cmd_run)
     b = sub.add_parser("bench", help="run a benchmark against its baseline, side by side")
     b.add_argument("name", choices=BENCHMARKS)
@@ -231,7 +265,19 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--timestamp-column", default="timestamp")
     r.add_argument("--value-columns", default=None, help="comma-separated; default: all others")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.add_argument("--state", default=None,
+                   help="resume from / snapshot to this state directory (one per input file "
+                        "when several)")
+    r.add_argument("--fresh", action="store_true", help="with --state: start a new agent")
+    r.add_argument("--checkpoint-every", type=int, default=None, metavar="N",
+                   help="with --state: also snapshot every N rows")
     r.set_defaults(func=cmd_replay)
+    i = sub.add_parser("inspect", help="snapshots, their integrity, and agent statistics")
+    i.add_argument("state", help="state directory or fsspec URL")
+    i.add_argument("--json", action="store_true", help="print one JSON object")
+    i.add_argument("--verify", action="store_true",
+                   help="exit non-zero when any snapshot is broken")
+    i.set_defaults(func=cmd_inspect)
     return parser
 
 

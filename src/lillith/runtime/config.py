@@ -37,6 +37,20 @@ class LogConfig(_Model):
     format: Literal["console", "json"] = "console"
 
 
+class StateSettings(_Model):
+    """Snapshots: where, how often, how many kept (see docs/snapshots.md)."""
+
+    dir: str = "./lillith-state"
+    """Local directory, or an fsspec URL (``memory://x``, ``s3://bucket/prefix``)."""
+    checkpoint_every_frames: int | None = Field(5000, ge=1)
+    checkpoint_every_seconds: float | None = Field(300.0, gt=0)
+    keep_last: int = Field(5, ge=1)
+    keep_every: int = Field(0, ge=0)
+    """Also keep every K-th snapshot (by sequence number); 0: none."""
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+    """Passed to fsspec for URLs (credentials, endpoint, ...)."""
+
+
 class Settings(_Model):
     """Root of the configuration."""
 
@@ -44,7 +58,7 @@ class Settings(_Model):
     agent: AgentConfig = Field(default_factory=AgentConfig)
     mqtt: MqttSettings = Field(default_factory=MqttSettings)
     agents: list[AgentBinding] = Field(default_factory=lambda: [AgentBinding()])
-    state_dir: Path = Path("./lillith-state")
+    state: StateSettings = Field(default_factory=StateSettings)
     torch_threads: int = Field(1, ge=1, le=256)
     metrics_port: int | None = Field(None, ge=1, le=65535)
 

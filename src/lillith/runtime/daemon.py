@@ -4,8 +4,11 @@ One event loop, no computation on it: it decodes and validates payloads,
 routes them to each agent's bounded queue, publishes results, dead letters,
 status and command replies. Background tasks are named coroutines in one
 ``asyncio.TaskGroup`` per connection; the connection is retried forever with
-exponential backoff and jitter. Shutdown order: stop intake, drain the
-queues (within a timeout), publish offline status, disconnect.
+exponential backoff and jitter. Each agent resumes from its newest intact
+snapshot at start and is checkpointed on a cadence (a copy taken by its
+worker between frames, written off the loop). Shutdown order: stop intake,
+drain the queues (within a timeout), final checkpoint, publish offline
+status, disconnect.
 """
 
 from __future__ import annotations
@@ -17,15 +20,20 @@ import random
 import time
 from collections import Counter
 from dataclasses import replace
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import structlog
 from pydantic import BaseModel, ConfigDict, Field
 
 from lillith.agents.config import AgentConfig
+from lillith.runtime.checkpoint import Checkpointer, clean_and_log
 from lillith.runtime.metrics import DaemonMetrics
 from lillith.runtime.worker import AgentWorker, Result
 from lillith.sensors.codec import RejectError, Schema, decode, excerpt
+from lillith.state.agent_state import agent_store, resume_agent
+
+if TYPE_CHECKING:
+    from lillith.runtime.config import StateSettings
 from lillith.sensors.mqtt import (
     Incoming,
     LastWill,
@@ -37,7 +45,7 @@ from lillith.sensors.mqtt import (
     topic_matches,
 )
 
-log = structlog.get_logger().bind(component="daemon")
+log = structlog.get_logger(component="daemon")
 Link = MqttLink | PahoLink
 
 
@@ -75,6 +83,7 @@ class _AgentRuntime:
         self.frames_out = 0
         self.dropped_reported = 0
         self.unacked: dict[int, Incoming] = {}  # seq -> message, acked once processed
+        self.checkpointer: Checkpointer | None = None
         self.rejects: Counter[str] = Counter()
         self.last_log: dict[str, float] = {}
 
@@ -89,7 +98,8 @@ class Daemon:
     def __init__(self, mqtt: MqttSettings, bindings: list[AgentBinding], config: AgentConfig,
                  *, drain_timeout_s: float = 10.0, status_every_s: float = 10.0,
                  reject_log_window_s: float = 10.0, metrics_port: int | None = None,
-                 lag_probe_s: float = 0.1) -> None:
+                 lag_probe_s: float = 0.1, state: StateSettings | None = None,
+                 fresh: bool = False) -> None:
         self.mqtt = mqtt
         self.bindings = bindings
         self.config = config
@@ -102,6 +112,9 @@ class Daemon:
         self.metrics_port = metrics_port
         self.lag_probe_s = lag_probe_s
         self.max_lag_s = 0.0
+        self.state = state
+        self.fresh = fresh
+        self._finalized = False
 
     # ------------------------------------------------------------------ lifecycle
     async def run(self, stop: asyncio.Event) -> None:
@@ -109,6 +122,7 @@ class Daemon:
         loop = asyncio.get_running_loop()
         self.agents = [_AgentRuntime(b, self.config, self._results, loop) for b in self.bindings]
         for a in self.agents:
+            await self._resume(a)
             a.worker.start()
         if self.metrics_port is not None:
             self.metrics.serve(self.metrics_port)
@@ -138,7 +152,77 @@ class Daemon:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), delay)
                 backoff = min(backoff * 2, self.mqtt.reconnect_max_s)
+        # stopped while disconnected: nothing to publish, but save what was learned
         self._stop_workers()
+        deadline = time.monotonic() + self.drain_timeout_s
+        for a in self.agents:
+            while not a.worker.join(0) and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+        await self._final_checkpoints()
+
+    async def _resume(self, a: _AgentRuntime) -> None:
+        """Restore the agent from its newest intact snapshot (unless ``fresh``)."""
+        if self.state is None:
+            return
+        st = self.state
+        name = a.binding.name
+        store = agent_store(st.dir, name, keep_last=st.keep_last, keep_every=st.keep_every,
+                            storage_options=st.storage_options or None)
+        a.checkpointer = Checkpointer(store, agent=name, every_frames=st.checkpoint_every_frames,
+                                      every_seconds=st.checkpoint_every_seconds)
+        await asyncio.to_thread(clean_and_log, store, name)
+        if self.fresh:
+            log.info("state_fresh", agent=name, state_dir=st.dir)
+            return
+        got = await asyncio.to_thread(resume_agent, store, self.config,
+                                      n_channels=a.worker.width, name=name)
+        if got is None:
+            log.info("state_fresh", agent=name, state_dir=st.dir)
+            return
+        agent, loaded = got
+        for sk in loaded.skipped:
+            log.warning("snapshot_skipped", agent=name, name=sk.name, problems=sk.problems)
+        a.worker.agent = agent
+        a.worker.width = agent.n_channels
+        a.schema = replace(a.schema, width=agent.n_channels)
+        a.checkpointer.mark(agent.step)
+        log.info("state_resumed", agent=name, snapshot=loaded.info.name, step=agent.step)
+
+    async def _checkpoint(self, a: _AgentRuntime, reason: str) -> None:
+        """Copy the state on the worker (between frames), write it off the loop."""
+        cp = a.checkpointer
+        if cp is None or a.worker.agent is None:
+            return
+        fut = a.worker.call(lambda ag: None if ag is None else (ag.step, ag.get_state()))
+        got = await asyncio.wrap_future(fut)
+        if got is not None:
+            await cp.write(got[1], got[0], reason=reason)
+
+    async def _checkpoint_loop(self) -> None:
+        """Snapshot each agent when its cadence (frames or seconds) says so."""
+        while True:
+            await asyncio.sleep(0.05)
+            for a in self.agents:
+                cp, ag = a.checkpointer, a.worker.agent
+                if cp is not None and ag is not None and cp.due(ag.step):
+                    await self._checkpoint(a, "cadence")
+
+    async def _final_checkpoints(self) -> None:
+        """After the drain: the workers have exited, the state is still."""
+        if self._finalized:
+            return
+        self._finalized = True
+        for a in self.agents:
+            cp, ag = a.checkpointer, a.worker.agent
+            if cp is None or ag is None:
+                continue
+            await cp.wait()
+            if not a.worker.join(0):
+                log.error("final_snapshot_skipped", agent=a.binding.name,
+                          reason="worker still busy after the drain timeout")
+                continue
+            state = await asyncio.to_thread(ag.get_state)
+            await cp.write(state, ag.step, reason="shutdown")
 
     async def _serve(self, link: Link, stop: asyncio.Event) -> None:
         for a in self.agents:
@@ -151,6 +235,7 @@ class Daemon:
             publisher = tg.create_task(self._publisher(link), name="publisher")
             status = tg.create_task(self._status_loop(link, stop), name="status")
             lag = tg.create_task(self._lag_probe(), name="loop-lag")
+            ckpt = tg.create_task(self._checkpoint_loop(), name="checkpoint")
             await stop.wait()
             log.info("intake_stopping", pending=link.pending())
             if link.acks_on_receipt:
@@ -164,8 +249,10 @@ class Daemon:
             intake.cancel()
             status.cancel()
             lag.cancel()
+            ckpt.cancel()
             await self._drain()
             publisher.cancel()
+        await self._final_checkpoints()
         for a in self.agents:
             await self._publish_status(link, a, "offline")
         log.info("daemon_stopped", **{a.binding.name: a.frames_out for a in self.agents})
@@ -339,6 +426,13 @@ class Daemon:
             await asyncio.wrap_future(a.worker.call(
                 lambda ag: ag.set_learning_mode(on) if ag is not None else None))
             return {"learning": on}
+        if name == "checkpoint":
+            if a.checkpointer is None:
+                raise ValueError("snapshots are not configured")
+            await self._checkpoint(a, "command")
+            last = a.checkpointer.last
+            return {"snapshot": None if last is None else last.name,
+                    "step": None if last is None else last.step}
         if name == "mode":
             mode = cmd.get("mode")
             await asyncio.wrap_future(a.worker.call(

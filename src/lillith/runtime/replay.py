@@ -6,10 +6,13 @@ import csv
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from lillith.agents.agent import Agent, Metrics
 from lillith.agents.config import AgentConfig
 from lillith.sensors.csvfile import CsvStream, find_csv_files, read_csv_stream
+from lillith.state.agent_state import resume_agent
+from lillith.state.snapshot import SnapshotStore
 
 CHUNK = 512
 
@@ -22,6 +25,28 @@ class ReplayResult:
     output: Path
     rows: int
     mean_loss: float
+    start_step: int = 0
+    snapshot: str | None = None
+
+
+@dataclass(frozen=True)
+class ReplayState:
+    """Snapshots of replayed agents: resume from ``root`` (LATEST) unless ``fresh``,
+    snapshot every ``every`` rows (at chunk boundaries) and at the end of each file.
+    With several input files each gets ``root/<relative path without suffix>``."""
+
+    root: str
+    fresh: bool = False
+    every: int | None = None
+    keep_last: int = 5
+    keep_every: int = 0
+    storage_options: dict[str, Any] | None = None
+
+    def store(self, rel: Path | None) -> SnapshotStore:
+        """Store of one input (``rel`` None: the root itself)."""
+        root = self.root if rel is None else f"{self.root.rstrip('/')}/{rel.with_suffix('')}"
+        return SnapshotStore(root, keep_last=self.keep_last, keep_every=self.keep_every,
+                             storage_options=self.storage_options)
 
 
 def output_columns(stream: CsvStream) -> list[str]:
@@ -45,12 +70,19 @@ def replay_stream(
     out: Path,
     *,
     progress: Callable[[int], None] | None = None,
+    store: SnapshotStore | None = None,
+    every: int | None = None,
 ) -> ReplayResult:
     """Feed every row of ``stream`` to ``agent`` in order and write one output row each.
 
     The forecast in row i is the agent's prediction of row i + 1, in the
     input's units. No look-ahead: row i is scored before row i + 1 is read.
+    With ``store`` the agent is snapshotted every ``every`` rows (at chunk
+    boundaries) and after the last row.
     """
+    start_step = agent.step
+    since = 0
+    snap: str | None = None
     out.parent.mkdir(parents=True, exist_ok=True)
     total_loss = 0.0
     n = stream.values.shape[0]
@@ -65,7 +97,13 @@ def replay_stream(
                 total_loss += m.loss
             if progress is not None:
                 progress(hi - lo)
-    return ReplayResult(stream.path, out, n, total_loss / max(n, 1))
+            since += hi - lo
+            if store is not None and every is not None and since >= every and hi < n:
+                since = 0
+                store.write(agent.get_state(), step=agent.step)
+    if store is not None:
+        snap = store.write(agent.get_state(), step=agent.step).name
+    return ReplayResult(stream.path, out, n, total_loss / max(n, 1), start_step, snap)
 
 
 def replay_paths(
@@ -76,8 +114,10 @@ def replay_paths(
     timestamp_column: str | None = "timestamp",
     value_columns: Sequence[str] | None = None,
     show_progress: bool = True,
+    state: ReplayState | None = None,
 ) -> list[ReplayResult]:
-    """Replay files and directory trees, a fresh agent per file.
+    """Replay files and directory trees, an agent per file (fresh, or resumed
+    from ``state``: a file's rows then continue the agent's stream).
 
     ``out`` is a file when a single file is given and ``out`` does not name
     an existing directory; otherwise a directory mirroring the inputs' tree.
@@ -95,10 +135,21 @@ def replay_paths(
     results = []
     try:
         for stream, rel in streams:
-            agent = Agent(stream.values.shape[1], config, name=rel.stem)
+            width = stream.values.shape[1]
+            store = None if state is None else state.store(None if single else rel)
+            agent = None
+            if store is not None:
+                store.clean_temporaries()
+                got = None if state is None or state.fresh else resume_agent(
+                    store, config, n_channels=width, name=rel.stem)
+                agent = None if got is None else got[0]
+            if agent is None:
+                agent = Agent(width, config, name=rel.stem)
             dest = out if single else out / rel
             results.append(replay_stream(agent, stream, dest,
-                                         progress=None if bar is None else bar.update))
+                                         progress=None if bar is None else bar.update,
+                                         store=store, every=None if state is None
+                                         else state.every))
     finally:
         if bar is not None:
             bar.close()

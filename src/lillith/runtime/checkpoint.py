@@ -1,0 +1,110 @@
+"""Checkpoint cadence of one agent: when to snapshot, and the write off the loop.
+
+The copy of the state is taken by the agent's own worker at a step boundary
+(the caller passes it in); the write (checksums, encoding, fsync, rename)
+runs in threads through zarr's async API, so the event loop stays responsive
+and the worker keeps processing frames while a snapshot is written. One
+write at a time per agent: a checkpoint that falls due while the previous one
+is still being written waits for the next occasion.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import structlog
+
+from lillith.errors import StateError
+from lillith.state.snapshot import SnapshotInfo, SnapshotStore
+
+log = structlog.get_logger(component="checkpoint")
+
+
+class Checkpointer:
+    """Snapshot cadence and writes of one agent.
+
+    Parameters
+    ----------
+    store : SnapshotStore
+    agent : str
+        Agent name (for the logs).
+    every_frames : int, optional
+        Snapshot once this many frames were processed since the last one.
+    every_seconds : float, optional
+        Snapshot once this much time passed since the last one.
+    """
+
+    def __init__(self, store: SnapshotStore, *, agent: str = "default",
+                 every_frames: int | None = None, every_seconds: float | None = None) -> None:
+        self.store = store
+        self.agent = agent
+        self.every_frames = every_frames
+        self.every_seconds = every_seconds
+        self.last_step: int | None = None
+        self.last_time = time.monotonic()
+        self.last: SnapshotInfo | None = None
+        self.failures = 0
+        self.written = 0
+        self._busy = asyncio.Lock()
+
+    def mark(self, step: int) -> None:
+        """Record that the state at ``step`` is already on storage (after a resume)."""
+        self.last_step = step
+        self.last_time = time.monotonic()
+
+    @property
+    def busy(self) -> bool:
+        """A write is in progress."""
+        return self._busy.locked()
+
+    def due(self, step: int) -> bool:
+        """Is a snapshot due at ``step`` (and none in progress)?"""
+        if self.busy or step == self.last_step:
+            return False
+        since = step - (self.last_step or 0)
+        if self.every_frames is not None and since >= self.every_frames:
+            return True
+        return (self.every_seconds is not None and step > (self.last_step or 0)
+                and time.monotonic() - self.last_time >= self.every_seconds)
+
+    async def write(self, state: dict[str, Any], step: int, *, reason: str) -> SnapshotInfo | None:
+        """Write ``state`` (a private copy) taken at ``step``; log, never raise on I/O.
+
+        Returns the snapshot's info, or None when it was skipped (the same
+        step is already saved) or failed (logged as ``snapshot_failed``; the
+        previous snapshot stays the one ``LATEST`` names).
+        """
+        async with self._busy:
+            if step == self.last_step:
+                return None
+            t0 = time.perf_counter()
+            try:
+                info = await self.store.awrite(state, step=step)
+            except StateError as e:
+                self.failures += 1
+                log.error("snapshot_failed", agent=self.agent, step=step, reason=reason,
+                          error=e.message, **e.fields)
+                self.last_time = time.monotonic()  # retry at the next occasion, not at once
+                return None
+            self.last_step = step
+            self.last_time = time.monotonic()
+            self.last = info
+            self.written += 1
+            log.info("snapshot_written", agent=self.agent, name=info.name, step=step,
+                     bytes=info.bytes, seconds=round(time.perf_counter() - t0, 4),
+                     reason=reason)
+            return info
+
+    async def wait(self) -> None:
+        """Wait until no write is in progress."""
+        async with self._busy:
+            pass
+
+
+def clean_and_log(store: SnapshotStore, agent: str) -> None:
+    """Remove snapshots a crash left half-written (at start)."""
+    removed = store.clean_temporaries()
+    if removed:
+        log.warning("partial_snapshots_removed", agent=agent, names=removed)

@@ -1,0 +1,158 @@
+"""``lillith run`` on a local source (synthetic signal or a CSV replay).
+
+The agent lives on one worker thread (a single-thread executor: the actor);
+the event loop feeds it chunks of frames, takes a copy of its state at a
+chunk boundary when a checkpoint is due, and writes the snapshot in the
+background while the worker goes on with the next chunk. Chunks are aligned
+to absolute frame numbers, so a run that is stopped (or killed) and resumed
+from a snapshot makes exactly the calls an uninterrupted run makes: it
+continues bit-identically. The source is indexed by frame number, so a
+resumed run continues with the frame after the snapshot's last one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import structlog
+
+from lillith.agents.agent import Agent, Metrics
+from lillith.errors import LillithError
+from lillith.runtime.checkpoint import Checkpointer, clean_and_log
+from lillith.runtime.config import Settings
+from lillith.state.agent_state import agent_store, resume_agent
+
+log = structlog.get_logger(component="run")
+
+CHUNK = 256
+"""Frames per worker call; chunk boundaries are multiples of this frame number."""
+
+Frames = Callable[[int, int], tuple[npt.NDArray[np.float64], npt.NDArray[np.bool_]]]
+
+
+@dataclass(frozen=True)
+class LocalSource:
+    """Frames by absolute frame number: ``frames(start, n)`` -> (values, labels)."""
+
+    name: str
+    width: int
+    frames: Frames
+
+
+def open_source(source: str, seed: int) -> LocalSource:
+    """``synthetic`` or ``replay:PATH`` (a CSV file)."""
+    from lillith.sensors.csvfile import read_csv_stream
+    from lillith.sensors.synthetic import SyntheticSignal
+
+    if source == "synthetic":
+        synth = SyntheticSignal(4, seed=seed)
+
+        def synth_frames(start: int, n: int) -> Any:
+            return synth.generate(start, n)
+
+        return LocalSource(source, synth.n_channels, synth_frames)
+    if source.startswith("replay:"):
+        stream = read_csv_stream(Path(source[len("replay:"):]))
+
+        def csv_frames(start: int, n: int) -> Any:
+            vals = stream.values[start:start + n]
+            return vals, np.zeros(vals.shape[0], dtype=bool)
+
+        return LocalSource(source, int(stream.values.shape[1]), csv_frames)
+    raise LillithError("unknown source (synthetic | replay:PATH | mqtt://HOST:PORT[/FILTER])",
+                       source=source)
+
+
+async def run_local(settings: Settings, src: LocalSource, stop: asyncio.Event, *,
+                    max_frames: int | None = None, until_step: int | None = None,
+                    duration: float | None = None, fresh: bool = False,
+                    checkpoint_every: int | None = None) -> int:
+    """Run until ``stop``, ``max_frames`` frames of this run, the agent's step
+    ``until_step``, ``duration`` seconds or the end of the source; snapshot on
+    the way (cadence from the settings, or every ``checkpoint_every`` frames)
+    and at the end.
+
+    Returns the number of frames processed by this run.
+    """
+    st = settings.state
+    store = agent_store(st.dir, "default", keep_last=st.keep_last, keep_every=st.keep_every,
+                        storage_options=st.storage_options or None)
+    loop = asyncio.get_running_loop()
+    worker = ThreadPoolExecutor(1, thread_name_prefix="agent-default")
+    cp = Checkpointer(store, agent="default",
+                      every_frames=checkpoint_every or st.checkpoint_every_frames,
+                      every_seconds=st.checkpoint_every_seconds)
+    try:
+        await loop.run_in_executor(worker, clean_and_log, store, "default")
+        agent: Agent | None = None
+        if not fresh:
+            got = await loop.run_in_executor(
+                worker, lambda: resume_agent(store, settings.agent, n_channels=src.width))
+            if got is not None:
+                agent, loaded = got
+                for s in loaded.skipped:
+                    log.warning("snapshot_skipped", name=s.name, problems=s.problems)
+                log.info("state_resumed", snapshot=loaded.info.name, step=agent.step,
+                         schema_version=loaded.info.schema_version)
+                cp.mark(agent.step)
+        if agent is None:
+            agent = await loop.run_in_executor(worker, lambda: Agent(src.width, settings.agent))
+            log.info("state_fresh", state_dir=st.dir, fresh_flag=fresh)
+        limit = until_step
+        if max_frames is not None:
+            limit = min(limit or 1 << 62, agent.step + max_frames)
+        return await _loop(agent, src, stop, worker, cp, limit, duration)
+    finally:
+        worker.shutdown(wait=True)
+
+
+async def _loop(agent: Agent, src: LocalSource, stop: asyncio.Event, worker: ThreadPoolExecutor,
+                cp: Checkpointer, limit: int | None, duration: float | None) -> int:
+    loop = asyncio.get_running_loop()
+    log.info("agent_started", source=src.name, channels=src.width, step=agent.step,
+             fabric=list(agent.config.fabric.shape))
+    start = time.monotonic()
+    first = agent.step
+    last_log = 0.0
+    async with asyncio.TaskGroup() as tg:
+        while not stop.is_set():
+            if duration is not None and time.monotonic() - start >= duration:
+                break
+            step = agent.step
+            n = CHUNK - step % CHUNK
+            if limit is not None:
+                n = min(n, limit - step)
+                if n <= 0:
+                    break
+            values, labels = src.frames(step, n)
+            if values.shape[0] == 0:
+                break
+            ms: list[Metrics] = await loop.run_in_executor(worker, agent.process_many, values)
+            if cp.due(agent.step):
+                state = await loop.run_in_executor(worker, agent.get_state)
+                tg.create_task(cp.write(state, agent.step, reason="cadence"), name="checkpoint")
+            now = time.monotonic()
+            if now - last_log >= 1.0:
+                last_log = now
+                top = max(ms, key=lambda m: m.anomaly_likelihood)
+                log.info("frames_processed", step=agent.step,
+                         mean_loss=float(np.mean([m.loss for m in ms])),
+                         max_likelihood=round(top.anomaly_likelihood, 6), at_step=top.step,
+                         labelled_anomalies=int(np.sum(labels)), energy=round(ms[-1].energy, 4),
+                         mode=ms[-1].mode,
+                         frames_per_s=round((agent.step - first) / max(now - start, 1e-9), 1))
+    # the task group waited for the last cadence write; then the shutdown snapshot
+    state = await loop.run_in_executor(worker, agent.get_state)
+    await cp.write(state, agent.step, reason="shutdown")
+    log.info("agent_stopped", step=agent.step, frames=agent.step - first,
+             seconds=round(time.monotonic() - start, 2), snapshots=cp.written,
+             snapshot_failures=cp.failures)
+    return agent.step - first
