@@ -1132,6 +1132,7 @@ def test_apoptosis_arguments_and_no_ops() -> None:
         {"prune_rate": 0.2, "step": 1.5},
         {"prune_rate": 0.2, "step": True},
         {"prune_rate": 0.2, "optimizer": "adam"},
+        {"prune_rate": 0.2, "min_observations": None},
     ):
         args: dict[str, Any] = {"step": 0, **kwargs}
         with pytest.raises(TileError):

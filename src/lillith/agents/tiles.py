@@ -1340,7 +1340,11 @@ class SparseLookupFFNv2(nn.Module):
                 "regrowth must be one of " + ", ".join(REGROWTH_STRATEGIES), regrowth=regrowth
             )
         strength = _check_weight("mutation_strength", mutation_strength)
-        for name, value in (("step", step), ("min_age", min_age)):
+        for name, value in (
+            ("step", step),
+            ("min_age", min_age),
+            ("min_observations", min_observations),
+        ):
             if isinstance(value, bool):
                 raise TileError(f"{name} must be an integer", **{name: value})
             try:
