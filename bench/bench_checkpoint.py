@@ -24,8 +24,10 @@ Targets: medium write <= 0.5 s and within 2x of numpy.save; loop lag p99
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import os
+import queue
 import shutil
 import statistics
 import sys
@@ -67,15 +69,19 @@ async def _lag_during(agent: Agent, store: SnapshotStore, writes: int,
     """Lag samples (s) with and without writes while a worker processes frames."""
     stop = threading.Event()
     frames = {"n": 0}
-    lock = threading.Lock()
+    requests: queue.SimpleQueue[concurrent.futures.Future[tuple[dict[str, Any], int]]] = (
+        queue.SimpleQueue())
 
     def worker() -> None:
+        # the agent's actor: frames, and at a step boundary the copy asked for
         i = 0
         while not stop.is_set():
-            with lock:
-                agent.process_many(stream[i % 1000:i % 1000 + 8])
+            agent.process_many(stream[i % 1000:i % 1000 + 8])
             frames["n"] += 8
             i += 8
+            while not requests.empty():
+                fut = requests.get()
+                fut.set_result((agent.get_state(), agent.step))
 
     th = threading.Thread(target=worker, daemon=True)
     th.start()
@@ -96,9 +102,9 @@ async def _lag_during(agent: Agent, store: SnapshotStore, writes: int,
     await asyncio.sleep(1.0)  # idle baseline: the worker alone
     during = 0
     for _ in range(writes):
-        with lock:  # the worker's copy at a step boundary
-            state = agent.get_state()
-            step = agent.step
+        fut: concurrent.futures.Future[tuple[dict[str, Any], int]] = concurrent.futures.Future()
+        requests.put(fut)  # the worker's copy at a step boundary, as in the daemon
+        state, step = await asyncio.wrap_future(fut)
         writing["on"] = True
         n0 = frames["n"]
         await store.awrite(state, step=step)

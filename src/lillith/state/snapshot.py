@@ -516,11 +516,13 @@ class SnapshotStore:
                              needed_bytes=total, free_bytes=free)
         seq = await run(self._next_seq)
         try:
-            index = await self._write_group(tmp, arrays, run)
+            # zarr's async API encodes chunks (copies) on the loop that awaits it:
+            # give the group its own loop in a thread, so the caller's stays free
+            index = await run(self._write_group_sync, tmp, arrays)
             attrs = {"schema_version": SCHEMA_VERSION, "step": int(step), "utc": iso,
                      "created": now, "seq": seq, "libraries": dict(library_versions()),
                      "json": json_attrs, "index": index}
-            await self._write_attrs(tmp, attrs)
+            await run(_run, self._write_attrs(tmp, attrs))
             await run(b.sync_tree, tmp)
             await run(b.rename, tmp, final)
         except OSError as e:
@@ -547,6 +549,9 @@ class SnapshotStore:
         if not names:
             return 1
         return max(max(self.info(n).seq for n in names), len(names)) + 1
+
+    def _write_group_sync(self, path: str, arrays: Arrays) -> dict[str, Any]:
+        return _run(self._write_group(path, arrays, asyncio.to_thread))
 
     async def _write_group(self, path: str, arrays: Arrays,
                            run: Callable[..., Awaitable[Any]]) -> dict[str, Any]:
