@@ -16,6 +16,7 @@ many at a time gives the same decisions, and the agent is reproducible.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from collections import deque
@@ -31,8 +32,10 @@ from torch import nn
 from lillith.agents.bio import BioConfig, BioSystem, ModeCycler
 from lillith.agents.config import AgentConfig
 from lillith.agents.signal import AnomalyLikelihood, RobustNormalizer
+from lillith.agents.surgery import TileSurgeryPolicy
 from lillith.agents.tiles import SparseLookupFFNv2
 from lillith.errors import LillithError, StateError
+from lillith.fabric.evolution import LayerStrategy
 from lillith.fabric.neural_fabric import NeuralFabric3D
 from lillith.fabric.params import FabricParams
 from lillith.fabric.som import SelfOrganizingMap
@@ -45,6 +48,10 @@ STATE_VERSION = 1
 DELTA_GAIN = 4.0
 # weight of log(mean |frame-to-frame change| of the recent normalised inputs) in it
 VAR_GAIN = 0.5
+# SOM regions of the specialization profile: the map cut into at most 4 x 4 blocks
+PROFILE_GRID = 4
+# kinds in the birth / death records
+FABRIC, TILE = 0, 1
 
 
 class AgentError(LillithError):
@@ -188,6 +195,8 @@ class Agent:
                 bidirectional_weight=fc.bidirectional_weight,
                 parallel=fc.parallel,
                 seed=cfg.seed,
+                fitness_decay=cfg.evolution.fitness_decay,
+                fitness_weights=cfg.evolution.fitness_weights,
             )
             sc = cfg.som
             # the SOM sees the pooled state and its change since the last frame,
@@ -238,6 +247,42 @@ class Agent:
         self._batch_scale = 1.0  # learning-rate scale frozen for the micro-batch
         self._batch_learns = True
         self._forced_mode: str | None = None
+        self._init_evolution()
+
+    def _init_evolution(self) -> None:
+        """Evolution records (used only when ``config.evolution.every > 0``)."""
+        ev = self.config.evolution
+        self.evolving = ev.enabled
+        w = ev.fitness_weights
+        # the tile FFN records hidden-unit fitness in backward only when it is used
+        self.predictor.ffn.configure_fitness(
+            track=self.evolving, decay=ev.fitness_decay,
+            **{k: float(w.get(k, 0.0)) for k in ("importance", "diversity", "stability",
+                                                   "energy")})
+        params: dict[str, Any] = {"seed": self.config.seed, **ev.surgery_params}
+        self.surgery = TileSurgeryPolicy(**params)
+        self._evo_next = ev.warmup
+        self._evo_rounds = 0
+        self._births = np.zeros((0, 6), dtype=np.int64)
+        self._deaths = np.zeros((0, 3), dtype=np.int64)
+        self._death_fitness = np.zeros(0, dtype=np.float32)
+        d = self.config.predictor.d_model
+        self._recent_h = np.zeros((ev.recent, d), dtype=np.float32)
+        self._recent_err = np.zeros(ev.recent, dtype=np.float32)
+        self._recent_pos = 0
+        self._recent_len = 0
+        self._region = np.zeros(0, dtype=np.int64)
+        self.n_regions = 0
+        if self.som is not None:
+            shape = self.som.map_shape
+            gx, gy = min(PROFILE_GRID, shape[0]), min(PROFILE_GRID, shape[1])
+            coords = np.unravel_index(np.arange(int(np.prod(shape))), shape)
+            self._region = ((coords[0] * gx // shape[0]) * gy
+                            + coords[1] * gy // shape[1]).astype(np.int64)
+            self.n_regions = gx * gy
+        n = self.fabric.n if self.fabric is not None and self.evolving else 0
+        self._profile = np.zeros((self.n_regions + self.n_channels, n), dtype=np.float32)
+        self._profile_tmp = np.zeros((self.n_channels, n), dtype=np.float32)
 
     # ---------------------------------------------------------------- API
     def set_learning_mode(self, enabled: bool) -> None:
@@ -376,6 +421,8 @@ class Agent:
                     qe = float(np.linalg.norm(som_in - self.som.weights[bmu]))
                 bmus[r] = bmu
                 qes[r] = qe
+                if self.evolving:
+                    self._observe_profile(int(bmu), z)
                 feats[r, k:k + nf] = pooled
                 coords = np.unravel_index(bmu, self.som.map_shape)
                 feats[r, k + nf:k + nf + len(coords)] = np.asarray(coords) / self._som_scale
@@ -447,6 +494,8 @@ class Agent:
         targets = torch.from_numpy(np.stack(p.targets))
         for g in self.optimizer.param_groups:
             g["lr"] = pc.lr * self._batch_scale
+        if self.evolving:
+            feats.requires_grad_(True)  # dLoss/d(pooled fabric): the fabric's fitness signal
         pred, aux = self.predictor(feats, lasts)
         task = torch.nn.functional.huber_loss(pred, targets, delta=1.0)
         loss = task + pc.aux_weight * aux["total_aux"]
@@ -455,7 +504,206 @@ class Agent:
         torch.nn.utils.clip_grad_norm_(self.predictor.parameters(), pc.grad_clip)
         self.optimizer.step()
         self.total_updates += 1
+        if self.evolving:
+            self._observe_batch(feats, pred.detach(), targets)
         self._pending = _Pending()
+
+    # ---------------------------------------------------------------- evolution
+    def _observe_profile(self, bmu: int, z: F64) -> None:
+        """Fold one frame into the specialization profile (EMA, rate ``profile_rate``):
+        row ``region(bmu)`` moves toward the activations, the channel rows toward
+        ``z_c * activation``."""
+        assert self.fabric is not None
+        rate = np.float32(self.config.evolution.profile_rate)
+        a = self.fabric.activation
+        row = self._profile[self._region[bmu]]
+        row += rate * (a - row)
+        tmp = self._profile_tmp
+        np.multiply(z.astype(np.float32)[:, None], a[None, :], out=tmp)
+        tmp -= self._profile[self.n_regions:]
+        tmp *= rate
+        self._profile[self.n_regions:] += tmp
+
+    def _observe_batch(self, feats: torch.Tensor, pred: torch.Tensor,
+                       targets: torch.Tensor) -> None:
+        """After a training step: fabric fitness from the gradient of the pooled
+        features, and the recent predictor inputs and errors the surgery policy reads."""
+        if self.fabric is not None and feats.grad is not None:
+            k = self.n_channels * self.history
+            g = feats.grad[:, k:k + self.fabric.n_features].abs().mean(0)
+            self.fabric.observe_importance(g.numpy())
+        if not self.config.evolution.surgery:
+            return
+        with torch.no_grad():
+            h = torch.tanh(self.predictor.proj(feats.detach())).numpy()
+            err = (pred - targets).square().mean(1).numpy()
+        R = self._recent_h.shape[0]
+        for i in range(h.shape[0]):
+            self._recent_h[self._recent_pos] = h[i]
+            self._recent_err[self._recent_pos] = err[i]
+            self._recent_pos = (self._recent_pos + 1) % R
+        self._recent_len = min(R, self._recent_len + h.shape[0])
+
+    def evolution_due(self) -> bool:
+        """An evolution round is due: evolution on, warm-up over and ``every`` steps
+        since the last round. The runtime asks this at step boundaries."""
+        return self.evolving and self.step >= self._evo_next
+
+    def _fabric_strategies(self) -> dict[int, LayerStrategy]:
+        ev = self.config.evolution
+        assert self.fabric is not None
+        out: dict[int, LayerStrategy] = {}
+        for z in range(self.fabric.shape[2]):
+            le = ev.layers.get(z, ev.fabric)
+            if le is not None:
+                out[z] = LayerStrategy(prune_rate=le.prune_rate,
+                                       mutation_strength=le.mutation_strength,
+                                       regrowth=le.regrowth)
+        return out
+
+    def _record(self, kind: int, died: npt.NDArray[np.int64], fit: npt.NDArray[Any],
+                born: npt.NDArray[np.int64], parents: npt.NDArray[np.int64],
+                gen: npt.NDArray[Any]) -> None:
+        s = self.step
+        if died.size:
+            rows = np.stack([np.full(died.size, kind), died, np.full(died.size, s)], axis=1)
+            self._deaths = np.concatenate([self._deaths, rows.astype(np.int64)])
+            self._death_fitness = np.concatenate([self._death_fitness,
+                                                  np.asarray(fit, dtype=np.float32)])
+        if born.size:
+            rows = np.column_stack([np.full(born.size, kind), born, parents[:, 0],
+                                    parents[:, 1], gen, np.full(born.size, s)])
+            self._births = np.concatenate([self._births, rows.astype(np.int64)])
+
+    def evolve(self) -> dict[str, Any]:
+        """One evolution round, now: fabric apoptosis per z-layer, tile hidden-unit
+        apoptosis, then the tile surgery policy.
+
+        Call it at a step boundary (the runtime does, when :meth:`evolution_due`);
+        the next round falls due ``evolution.every`` steps later. Fabric neurons
+        die by lowest fitness (EMA of ``|activation x dLoss/dpooled|``, or the
+        multi-objective mix of ``evolution.fitness_weights``) within each
+        z-layer's strategy, tile hidden units likewise within each tile; slots
+        are regrown by preservation (Net2Net split: outputs unchanged),
+        mutation or crossover. Regrown tile units get fresh optimiser moments;
+        mutation and crossover neurons start at rest with empty traces, a
+        preserving split copies its parent (state, goal entry, specialization
+        profile). Every birth and death is recorded (:meth:`lineage_history`).
+
+        Returns
+        -------
+        dict
+            ``step``, ``round``; ``fabric``: ``died``, ``born``, ``nnz_before``,
+            ``nnz_after``, ``layers`` (``layer``, ``strategy``, ``turnover``,
+            ``skipped`` of each layer that changed); ``tiles``: ``died``,
+            ``born``, ``fraction``, ``strategy``, ``frozen_skipped``,
+            ``unobserved_skipped``; ``surgery``: the policy's operations.
+            JSON-serialisable.
+
+        Raises
+        ------
+        AgentError
+            When evolution is off (``evolution.every = 0``).
+        """
+        if not self.evolving:
+            raise AgentError("evolution is off (set evolution.every > 0)")
+        ev = self.config.evolution
+        out: dict[str, Any] = {"step": self.step, "round": self._evo_rounds + 1}
+        if self.fabric is not None:
+            out["fabric"] = self._evolve_fabric()
+        out["tiles"] = self._evolve_tiles()
+        if ev.surgery:
+            n = self._recent_len
+            out["surgery"] = self.surgery.run(
+                self.predictor.ffn, recent_inputs=self._recent_h[:n],
+                recent_errors=self._recent_err[:n], step=self.step, optimizer=self.optimizer)
+        self._evo_rounds += 1
+        self._evo_next = self.step + ev.every
+        return out
+
+    def _evolve_fabric(self) -> dict[str, Any]:
+        fab = self.fabric
+        assert fab is not None
+        ev = self.config.evolution
+        fit = fab.fitness.copy()
+        rep = fab.apoptosis(strategies=self._fabric_strategies(), step=self.step,
+                            seed=self.config.seed, allow_sensory=ev.allow_sensory)
+        layers = rep["layers"]
+        slots = np.array([s for ly in layers for s in ly["slots"]], dtype=np.int64)
+        died = np.array([d for ly in layers for d in ly["died"]], dtype=np.int64)
+        if slots.size:
+            parents = fab.parent_ids[slots].copy()
+            self._record(FABRIC, died, fit[slots], fab.neuron_id[slots].copy(), parents,
+                         fab.generation[slots])
+            pres = np.array([ly["strategy"] == "preservation"
+                             for ly in layers for _ in ly["slots"]], dtype=bool)
+            # the first parent's slot from its id (parents are survivors)
+            order = np.argsort(fab.neuron_id)
+            pslot = order[np.searchsorted(fab.neuron_id[order], parents[:, 0])]
+            self._goal[slots] = np.where(pres, self._goal[pslot], np.float32(0.0))
+            if self._profile.shape[1]:
+                self._profile[:, slots] = np.where(pres[None, :], self._profile[:, pslot],
+                                                   np.float32(0.0))
+        return {"died": rep["died"], "born": rep["born"], "nnz_before": rep["nnz_before"],
+                "nnz_after": rep["nnz_after"],
+                "layers": [{"layer": ly["layer"], "strategy": ly["strategy"],
+                            "turnover": ly["turnover"], "skipped": ly["skipped"]}
+                           for ly in layers if ly["turnover"] or ly["skipped"]]}
+
+    def _evolve_tiles(self) -> dict[str, Any]:
+        ffn = self.predictor.ffn
+        ev = self.config.evolution
+        fit = ffn.unit_fitness().numpy()
+        rep = ffn.apoptosis(prune_rate=ev.tiles.prune_rate, regrowth=ev.tiles.regrowth,
+                            mutation_strength=ev.tiles.mutation_strength, step=self.step,
+                            optimizer=self.optimizer,
+                            min_observations=ev.tile_min_observations)
+        tiles = np.asarray(rep["tiles"], dtype=np.int64)
+        units = np.asarray(rep["units"], dtype=np.int64)
+        if tiles.size:
+            lin = ffn.unit_lineage()
+            self._record(TILE, np.asarray(rep["died"], dtype=np.int64), fit[tiles, units],
+                         np.asarray(rep["born"], dtype=np.int64),
+                         np.asarray(rep["parents"], dtype=np.int64).reshape(-1, 2),
+                         lin["generation"][tiles, units])
+        tv = rep["turnover"]
+        return {"died": tv["died"], "born": tv["born"], "fraction": tv["fraction"],
+                "strategy": ev.tiles.regrowth, "frozen_skipped": tv["frozen_skipped"],
+                "unobserved_skipped": tv["unobserved_skipped"]}
+
+    def lineage_history(self) -> dict[str, npt.NDArray[Any]]:
+        """Every birth and death since the agent was made (copies).
+
+        Returns
+        -------
+        dict
+            ``births`` int64 (B, 6): ``kind`` (0 fabric neuron, 1 tile hidden
+            unit), ``id``, ``parent0``, ``parent1`` (-1: none), ``generation``,
+            ``step``; ``deaths`` int64 (D, 3): ``kind``, ``id``, ``step``;
+            ``death_fitness`` float32 (D,): its fitness when it died.
+        """
+        return {"births": self._births.copy(), "deaths": self._deaths.copy(),
+                "death_fitness": self._death_fitness.copy()}
+
+    def specialization(self) -> dict[str, npt.NDArray[Any]]:
+        """Specialization profile of every fabric neuron (what drives it).
+
+        Returns
+        -------
+        dict
+            ``profile`` float32 (n, R + C): per neuron, the EMA of its
+            activation while the SOM's best-matching unit lies in each of the
+            R map regions (the map cut into at most 4 x 4 blocks), then the
+            EMA of ``activation x z_c`` for each input channel c (normalised
+            units); ``neuron_id`` int64 (n,); ``regions`` and ``channels``
+            (int64 scalars R and C). Empty (n = 0) when evolution is off or the
+            fabric is ablated.
+        """
+        ids = (self.fabric.neuron_id.copy() if self.fabric is not None and self.evolving
+               else np.zeros(0, dtype=np.int64))
+        return {"profile": np.ascontiguousarray(self._profile.T), "neuron_id": ids,
+                "regions": np.array(self.n_regions, dtype=np.int64),
+                "channels": np.array(self.n_channels, dtype=np.int64)}
 
     # ---------------------------------------------------------------- statistics
     def get_training_statistics(self) -> dict[str, Any]:
@@ -472,6 +720,10 @@ class Agent:
         }
         if self.som is not None:
             stats["som"] = self.som.get_training_status()
+        if self.evolving:
+            stats["evolution"] = {"rounds": self._evo_rounds, "next_due": self._evo_next,
+                                  "births": int(self._births.shape[0]),
+                                  "deaths": int(self._deaths.shape[0])}
         return stats
 
     # ---------------------------------------------------------------- state
@@ -530,11 +782,39 @@ class Agent:
                                       else np.zeros((0, self.n_channels), dtype=np.float32))
         d["agent/batch"] = np.array([self._batch_scale, float(self._batch_learns)],
                                     dtype=np.float64)
+        if self.evolving:
+            d["evo/counters"] = np.array([self._evo_next, self._evo_rounds, self._recent_pos,
+                                          self._recent_len], dtype=np.int64)
+            d["evo/births"] = self._births.copy()
+            d["evo/deaths"] = self._deaths.copy()
+            d["evo/death_fitness"] = self._death_fitness.copy()
+            d["evo/profile"] = self._profile.copy()
+            d["evo/recent_h"] = self._recent_h.copy()
+            d["evo/recent_err"] = self._recent_err.copy()
+            put("surgery", self.surgery.get_state())
         meta = {"n_channels": self.n_channels, "name": self.name,
                 "config": self.config.model_dump(mode="json"),
                 "forced_mode": self._forced_mode}
         d["agent/meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8).copy()
         return d
+
+    def _set_evolution_state(self, state: dict[str, npt.NDArray[Any]],
+                             surgery: dict[str, npt.NDArray[Any]]) -> None:
+        c = np.asarray(state["evo/counters"], dtype=np.int64)
+        self._evo_next, self._evo_rounds = int(c[0]), int(c[1])
+        self._recent_pos, self._recent_len = int(c[2]), int(c[3])
+        self._births = np.asarray(state["evo/births"], dtype=np.int64).reshape(-1, 6).copy()
+        self._deaths = np.asarray(state["evo/deaths"], dtype=np.int64).reshape(-1, 3).copy()
+        self._death_fitness = np.asarray(state["evo/death_fitness"], dtype=np.float32).copy()
+        for key, arr in (("profile", self._profile), ("recent_h", self._recent_h),
+                         ("recent_err", self._recent_err)):
+            v = np.asarray(state[f"evo/{key}"], dtype=np.float32)
+            if v.shape != arr.shape:
+                raise StateError("evolution array has the wrong shape", key=key,
+                                 shape=v.shape, expected=arr.shape)
+            arr[...] = v
+        if surgery:
+            self.surgery.set_state(surgery)
 
     @staticmethod
     def meta_of(state: dict[str, npt.NDArray[Any]]) -> dict[str, Any]:
@@ -562,8 +842,13 @@ class Agent:
         """
         meta = self.meta_of(state)
         mine = self.config.model_dump(mode="json")
-        if meta["n_channels"] != self.n_channels or meta["config"] != mine:
-            diffs = _config_diff(meta["config"], mine)
+        theirs = meta["config"]
+        # settings added since the snapshot was written take their defaults;
+        # an invalid stored config is reported as differences below
+        with contextlib.suppress(ValueError):
+            theirs = AgentConfig.model_validate(theirs).model_dump(mode="json")
+        if meta["n_channels"] != self.n_channels or theirs != mine:
+            diffs = _config_diff(theirs, mine)
             if meta["n_channels"] != self.n_channels:
                 diffs.append(f"n_channels: {meta['n_channels']} != {self.n_channels}")
             raise StateError("agent state belongs to another configuration", differences=diffs)
@@ -614,6 +899,8 @@ class Agent:
             self._pending = pend
             bs = np.asarray(state["agent/batch"], dtype=np.float64)
             self._batch_scale, self._batch_learns = float(bs[0]), bool(bs[1])
+            if self.evolving and "evo/counters" in state:
+                self._set_evolution_state(state, sub("surgery"))
         except KeyError as e:
             raise StateError("agent state lacks an array", missing=str(e)) from e
 

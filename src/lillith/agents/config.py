@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -104,6 +104,52 @@ class ScoreSettings(_Model):
     norm_alpha: float = Field(2e-3, gt=0, le=1)
 
 
+class LayerEvolution(_Model):
+    """Apoptosis strategy of a group of neurons (a fabric z-layer, or the tiles)."""
+
+    prune_rate: float = Field(0.04, ge=0, le=0.5)
+    mutation_strength: float = Field(0.1, ge=0)
+    regrowth: Literal["preservation", "mutation", "crossover"] = "preservation"
+
+
+class EvolutionConfig(_Model):
+    """Evolution while running (apoptosis and regrowth, tile surgery); see docs/evolution.md.
+
+    ``every = 0`` switches it off (no fitness is tracked then). Otherwise a
+    round is due every ``every`` steps once ``warmup`` steps have passed; the
+    runtime runs due rounds at step boundaries (:meth:`Agent.evolve`).
+    """
+
+    every: int = Field(0, ge=0)
+    warmup: int = Field(2000, ge=0)
+    fabric: LayerEvolution = Field(default_factory=LayerEvolution)
+    layers: dict[int, LayerEvolution | None] = Field(default_factory=dict)
+    allow_sensory: bool = False
+    fitness_decay: float = Field(0.99, ge=0, lt=1)
+    fitness_weights: dict[str, float] = Field(default_factory=lambda: {"importance": 1.0})
+    tiles: LayerEvolution = Field(default_factory=lambda: LayerEvolution(prune_rate=0.125))
+    tile_min_observations: int = Field(4, ge=1)
+    surgery: bool = True
+    surgery_params: dict[str, int | float] = Field(default_factory=dict)
+    recent: int = Field(256, ge=1, le=65536)
+    profile_rate: float = Field(0.01, gt=0, le=1)
+
+    @field_validator("fitness_weights")
+    @classmethod
+    def _weights(cls, v: dict[str, float]) -> dict[str, float]:
+        known = {"importance", "diversity", "stability", "energy"}
+        if set(v) - known:
+            raise ValueError(f"unknown fitness weights {sorted(set(v) - known)}")
+        if any(w < 0 for w in v.values()) or sum(v.values()) <= 0:
+            raise ValueError("fitness weights must be >= 0 and not all 0")
+        return v
+
+    @property
+    def enabled(self) -> bool:
+        """Evolution rounds happen (and fitness is tracked)."""
+        return self.every > 0
+
+
 class AgentConfig(_Model):
     """Everything that defines an agent; stored in its snapshots."""
 
@@ -113,5 +159,6 @@ class AgentConfig(_Model):
     bio: BioSettings = Field(default_factory=BioSettings)
     modes: ModeSettings = Field(default_factory=ModeSettings)
     score: ScoreSettings = Field(default_factory=ScoreSettings)
+    evolution: EvolutionConfig = Field(default_factory=EvolutionConfig)
     ablate_fabric: bool = False
     seed: int = 0
