@@ -544,6 +544,13 @@ class Agent:
             self._recent_pos = (self._recent_pos + 1) % R
         self._recent_len = min(R, self._recent_len + h.shape[0])
 
+    def steps_to_evolution(self) -> int | None:
+        """Frames until the next evolution round is due (0: due now); None when off.
+
+        Runners that feed frames in chunks cut a chunk there, so rounds happen at
+        the same steps however the stream is chunked (and across restarts)."""
+        return max(self._evo_next - self.step, 0) if self.evolving else None
+
     def evolution_due(self) -> bool:
         """An evolution round is due: evolution on, warm-up over and ``every`` steps
         since the last round. The runtime asks this at step boundaries."""

@@ -14,7 +14,7 @@ from typing import Any
 
 from lillith.errors import LillithError
 
-BENCHMARKS = ("fabric", "som", "conv4d", "agent", "nab", "ingest", "checkpoint")
+BENCHMARKS = ("fabric", "som", "conv4d", "agent", "nab", "ingest", "checkpoint", "evolution")
 
 
 def bench_dir() -> Path:
