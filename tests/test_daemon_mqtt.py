@@ -414,3 +414,78 @@ def test_daemon_checkpoints_resumes_and_snapshots_on_command(mosquitto: int,
                 p.kill()
         pub.loop_stop()
         col.close()
+
+
+def test_daemon_evolves_on_schedule_and_on_command_and_saves_it(mosquitto: int,
+                                                                tmp_path: Path) -> None:
+    """Scheduled evolution rounds, the ``evolve`` and ``surgery`` commands, and a
+    shutdown snapshot that holds their effects (taken although no frame followed)."""
+    from lillith.state import SnapshotStore
+
+    uid = uuid.uuid4().hex[:8]
+    name = f"e{uid}"
+    prefix = f"lillith/{name}"
+    state = tmp_path / "state"
+    env = {**os.environ, "LILLITH_MQTT__CLIENT_ID": f"daemon-{uid}",
+           "LILLITH_AGENTS": json.dumps([{"name": name, "topics": [f"test/{uid}/#"]}]),
+           "LILLITH_AGENT": json.dumps({
+               "fabric": {"shape": [4, 4, 4], "n_features": 16}, "som": {"map_shape": [6, 6]},
+               "predictor": {"batch_size": 8},
+               "evolution": {"every": 40, "warmup": 40, "fabric": {"prune_rate": 0.2}}}),
+           "LILLITH_LOG__FORMAT": "json", "LILLITH_STATE__DIR": str(state)}
+    col = Collector(mosquitto, f"{prefix}/#")
+    pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"pub-{uid}")
+    pub.connect("127.0.0.1", mosquitto)
+    pub.loop_start()
+    log = tmp_path / "d.log"
+    proc = start_daemon(log, "--source", f"mqtt://127.0.0.1:{mosquitto}", env=env)
+
+    def command(cmd: dict[str, object], n: int) -> dict[str, object]:
+        pub.publish(f"{prefix}/cmd", json.dumps(cmd), qos=1)
+        replies = col.wait(f"{prefix}/cmd/reply", n, 30)
+        assert len(replies) >= n, log.read_text()
+        out: dict[str, object] = json.loads(replies[n - 1])
+        return out
+
+    try:
+        assert col.wait(f"{prefix}/status", 1, 60), log.read_text()
+        for i in range(200):
+            pub.publish(f"test/{uid}/s", json.dumps({"t": i, "values": [np.sin(i / 4), 1.0]}),
+                        qos=1).wait_for_publish(5)
+        assert len(col.wait(f"{prefix}/out", 200, 120)) == 200
+        deadline = time.monotonic() + 30
+        ev: list[dict[str, object]] = []
+        while time.monotonic() < deadline:
+            ev = [json.loads(x) for x in log.read_text().splitlines() if x.startswith("{")]
+            if sum(e["event"] == "evolution_round" for e in ev) >= 4:
+                break
+            time.sleep(0.1)
+        rounds = [e for e in ev if e["event"] == "evolution_round"]
+        assert len(rounds) >= 4 and all(e["reason"] == "schedule" for e in rounds), ev
+        assert all(int(e["neurons_born"]) > 0 for e in rounds)  # type: ignore[call-overload]
+        reply = command({"cmd": "evolve", "id": 1}, 1)
+        assert reply["ok"] and reply["report"]["step"] == 200, reply  # type: ignore[index]
+        sig = [0.5] * 32
+        reply = command({"cmd": "surgery", "op": "insert", "tile": 3, "signature": sig,
+                         "tag": "test"}, 2)
+        assert reply["ok"] and reply["operation"]["op"] == "insert", reply  # type: ignore[index]
+        reply = command({"cmd": "surgery", "op": "freeze", "tile": 5}, 3)
+        assert reply["ok"], reply
+        reply = command({"cmd": "surgery", "op": "explode", "tile": 5}, 4)
+        assert not reply["ok"] and "op" in str(reply["error"]), reply
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+        snap = SnapshotStore(state / "agents" / name).load()
+        assert snap.info.step == 200
+        s = snap.state
+        frozen = np.asarray(s["tiles/frozen_mask"], dtype=bool)
+        assert frozen[3] and frozen[5]
+        births = np.asarray(s["evo/births"])
+        # the commanded round (at step 200) is in the shutdown snapshot
+        assert births.shape[0] > 0 and int(births[:, 5].max()) == 200
+        assert int(np.asarray(s["evo/counters"])[1]) == len(rounds) + 1
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        pub.loop_stop()
+        col.close()

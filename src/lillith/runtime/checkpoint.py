@@ -48,6 +48,12 @@ class Checkpointer:
         self.failures = 0
         self.written = 0
         self._busy = asyncio.Lock()
+        self._dirty = False
+
+    def touch(self) -> None:
+        """The state changed without a frame (a command, an evolution round): the
+        next snapshot is taken even at the step of the last one."""
+        self._dirty = True
 
     def mark(self, step: int) -> None:
         """Record that the state at ``step`` is already on storage (after a resume)."""
@@ -61,7 +67,7 @@ class Checkpointer:
 
     def due(self, step: int) -> bool:
         """Is a snapshot due at ``step`` (and none in progress)?"""
-        if self.busy or step == self.last_step:
+        if self.busy or (step == self.last_step and not self._dirty):
             return False
         since = step - (self.last_step or 0)
         if self.every_frames is not None and since >= self.every_frames:
@@ -77,8 +83,9 @@ class Checkpointer:
         previous snapshot stays the one ``LATEST`` names).
         """
         async with self._busy:
-            if step == self.last_step:
+            if step == self.last_step and not self._dirty:
                 return None
+            dirty, self._dirty = self._dirty, False
             t0 = time.perf_counter()
             try:
                 info = await self.store.awrite(state, step=step)
@@ -87,6 +94,7 @@ class Checkpointer:
                 log.error("snapshot_failed", agent=self.agent, step=step, reason=reason,
                           error=e.message, **e.fields)
                 self.last_time = time.monotonic()  # retry at the next occasion, not at once
+                self._dirty = self._dirty or dirty
                 return None
             self.last_step = step
             self.last_time = time.monotonic()

@@ -25,8 +25,10 @@ from typing import TYPE_CHECKING, Any, Literal
 import structlog
 from pydantic import BaseModel, ConfigDict, Field
 
+from lillith.agents.agent import Agent
 from lillith.agents.config import AgentConfig
 from lillith.runtime.checkpoint import Checkpointer, clean_and_log
+from lillith.runtime.evolution import log_evolution, surgery_command
 from lillith.runtime.metrics import DaemonMetrics
 from lillith.runtime.worker import AgentWorker, Result
 from lillith.sensors.codec import RejectError, Schema, decode, excerpt
@@ -46,6 +48,7 @@ from lillith.sensors.mqtt import (
 )
 
 log = structlog.get_logger(component="daemon")
+
 Link = MqttLink | PahoLink
 
 
@@ -68,16 +71,21 @@ class AgentBinding(BaseModel):
 
 class _AgentRuntime:
     def __init__(self, b: AgentBinding, config: AgentConfig, results: asyncio.Queue[Result],
-                 loop: asyncio.AbstractEventLoop) -> None:
+                 loop: asyncio.AbstractEventLoop,
+                 evolutions: asyncio.Queue[tuple[_AgentRuntime, dict[str, Any]]]) -> None:
         self.binding = b
         self.schema = Schema(channels=b.channels, width=b.width, low=b.low, high=b.high,
                              max_bytes=b.max_bytes)
         def deliver(r: Result) -> None:  # runs on the worker thread
             loop.call_soon_threadsafe(results.put_nowait, r)
 
+        def evolved(report: dict[str, Any]) -> None:  # runs on the worker thread
+            loop.call_soon_threadsafe(evolutions.put_nowait, (self, report))
+
         self.worker = AgentWorker(
             b.name, config, queue_size=b.queue_size, policy=b.policy,
-            width=len(b.channels) if b.channels else b.width, on_result=deliver)
+            width=len(b.channels) if b.channels else b.width, on_result=deliver,
+            on_evolution=evolved)
         self.seq = 0
         self.frames_in = 0
         self.frames_out = 0
@@ -108,6 +116,7 @@ class Daemon:
         self.reject_log_window_s = reject_log_window_s
         self.agents: list[_AgentRuntime] = []
         self._results: asyncio.Queue[Result] = asyncio.Queue()
+        self._evolutions: asyncio.Queue[tuple[_AgentRuntime, dict[str, Any]]] = asyncio.Queue()
         self.metrics = DaemonMetrics()
         self.metrics_port = metrics_port
         self.lag_probe_s = lag_probe_s
@@ -120,7 +129,8 @@ class Daemon:
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until ``stop`` is set, reconnecting forever; then shut down in order."""
         loop = asyncio.get_running_loop()
-        self.agents = [_AgentRuntime(b, self.config, self._results, loop) for b in self.bindings]
+        self.agents = [_AgentRuntime(b, self.config, self._results, loop, self._evolutions)
+                       for b in self.bindings]
         for a in self.agents:
             await self._resume(a)
             a.worker.start()
@@ -207,6 +217,32 @@ class Daemon:
                 if cp is not None and ag is not None and cp.due(ag.step):
                     await self._checkpoint(a, "cadence")
 
+    async def _evolution_loop(self) -> None:
+        """Log the evolution rounds the workers ran (at the steps they fell due) and
+        mark the agents' state changed for the next snapshot."""
+        while True:
+            a, report = await self._evolutions.get()
+            self._after_evolution(a, report, "schedule")
+
+    def _after_evolution(self, a: _AgentRuntime, report: dict[str, Any], reason: str) -> None:
+        if a.checkpointer is not None:
+            a.checkpointer.touch()
+        if "error" in report:
+            log.error("evolution_failed", agent=a.binding.name, reason=reason, **report)
+            return
+        log_evolution(a.binding.name, report, reason)
+
+    async def _evolve_now(self, a: _AgentRuntime) -> dict[str, Any]:
+        """The ``evolve`` command: one round at once, on the worker between frames."""
+        def act(ag: Agent | None) -> dict[str, Any]:
+            if ag is None:
+                raise ValueError("the agent has seen no frame yet")
+            return ag.evolve()
+
+        report: dict[str, Any] = await asyncio.wrap_future(a.worker.call(act))
+        self._after_evolution(a, report, "command")
+        return report
+
     async def _final_checkpoints(self) -> None:
         """After the drain: the workers have exited, the state is still."""
         if self._finalized:
@@ -236,6 +272,7 @@ class Daemon:
             status = tg.create_task(self._status_loop(link, stop), name="status")
             lag = tg.create_task(self._lag_probe(), name="loop-lag")
             ckpt = tg.create_task(self._checkpoint_loop(), name="checkpoint")
+            evo = tg.create_task(self._evolution_loop(), name="evolution")
             await stop.wait()
             log.info("intake_stopping", pending=link.pending())
             if link.acks_on_receipt:
@@ -250,7 +287,11 @@ class Daemon:
             status.cancel()
             lag.cancel()
             ckpt.cancel()
+            evo.cancel()
             await self._drain()
+            while not self._evolutions.empty():  # rounds run during the drain
+                a, report = self._evolutions.get_nowait()
+                self._after_evolution(a, report, "schedule")
             publisher.cancel()
         await self._final_checkpoints()
         for a in self.agents:
@@ -425,6 +466,7 @@ class Daemon:
             on = name == "resume"
             await asyncio.wrap_future(a.worker.call(
                 lambda ag: ag.set_learning_mode(on) if ag is not None else None))
+            self._touch(a)
             return {"learning": on}
         if name == "checkpoint":
             if a.checkpointer is None:
@@ -437,5 +479,18 @@ class Daemon:
             mode = cmd.get("mode")
             await asyncio.wrap_future(a.worker.call(
                 lambda ag: ag.force_mode(mode) if ag is not None else None))
+            self._touch(a)
             return {"mode": mode}
+        if name == "evolve":
+            return {"report": await self._evolve_now(a)}
+        if name == "surgery":
+            op = await asyncio.wrap_future(a.worker.call(lambda ag: surgery_command(ag, cmd)))
+            self._touch(a)
+            log.info("tile_surgery", agent=a.binding.name, **op)
+            return {"operation": op}
         raise ValueError(f"unknown command {name!r}")
+
+    @staticmethod
+    def _touch(a: _AgentRuntime) -> None:
+        if a.checkpointer is not None:
+            a.checkpointer.touch()

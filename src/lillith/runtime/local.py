@@ -7,7 +7,9 @@ background while the worker goes on with the next chunk. Chunks are aligned
 to absolute frame numbers, so a run that is stopped (or killed) and resumed
 from a snapshot makes exactly the calls an uninterrupted run makes: it
 continues bit-identically. The source is indexed by frame number, so a
-resumed run continues with the frame after the snapshot's last one.
+resumed run continues with the frame after the snapshot's last one. Evolution
+rounds (``agent.evolution``) run on the worker at the exact steps they fall
+due (a chunk is cut there), so they too are the same in a resumed run.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from lillith.agents.agent import Agent, Metrics
 from lillith.errors import LillithError
 from lillith.runtime.checkpoint import Checkpointer, clean_and_log
 from lillith.runtime.config import Settings
+from lillith.runtime.evolution import log_evolution
 from lillith.state.agent_state import agent_store, resume_agent
 
 log = structlog.get_logger(component="run")
@@ -127,7 +130,13 @@ async def _loop(agent: Agent, src: LocalSource, stop: asyncio.Event, worker: Thr
             if duration is not None and time.monotonic() - start >= duration:
                 break
             step = agent.step
+            if agent.evolution_due():  # at its exact step: a resumed run does the same
+                report = await loop.run_in_executor(worker, agent.evolve)
+                log_evolution("default", report, "schedule")
             n = CHUNK - step % CHUNK
+            to_evo = agent.steps_to_evolution()
+            if to_evo:
+                n = min(n, to_evo)
             if limit is not None:
                 n = min(n, limit - step)
                 if n <= 0:

@@ -27,6 +27,7 @@ class ReplayResult:
     mean_loss: float
     start_step: int = 0
     snapshot: str | None = None
+    evolution_rounds: int = 0
 
 
 @dataclass(frozen=True)
@@ -78,10 +79,12 @@ def replay_stream(
     The forecast in row i is the agent's prediction of row i + 1, in the
     input's units. No look-ahead: row i is scored before row i + 1 is read.
     With ``store`` the agent is snapshotted every ``every`` rows (at chunk
-    boundaries) and after the last row.
+    boundaries) and after the last row. Evolution rounds run at the steps they
+    fall due (a chunk is cut there).
     """
     start_step = agent.step
     since = 0
+    rounds = 0
     snap: str | None = None
     out.parent.mkdir(parents=True, exist_ok=True)
     total_loss = 0.0
@@ -89,8 +92,13 @@ def replay_stream(
     with out.open("w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(output_columns(stream))
-        for lo in range(0, n, CHUNK):
-            hi = min(n, lo + CHUNK)
+        lo = 0
+        while lo < n:
+            if agent.evolution_due():  # at its exact step, however the file is cut
+                agent.evolve()
+                rounds += 1
+            to_evo = agent.steps_to_evolution()
+            hi = min(n, lo + CHUNK, lo + to_evo if to_evo else n)
             metrics = agent.process_many(stream.values[lo:hi], list(stream.t[lo:hi]))
             for k, m in enumerate(metrics):
                 w.writerow(_row(stream, lo + k, m))
@@ -101,9 +109,10 @@ def replay_stream(
             if store is not None and every is not None and since >= every and hi < n:
                 since = 0
                 store.write(agent.get_state(), step=agent.step)
+            lo = hi
     if store is not None:
         snap = store.write(agent.get_state(), step=agent.step).name
-    return ReplayResult(stream.path, out, n, total_loss / max(n, 1), start_step, snap)
+    return ReplayResult(stream.path, out, n, total_loss / max(n, 1), start_step, snap, rounds)
 
 
 def replay_paths(

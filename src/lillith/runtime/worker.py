@@ -3,7 +3,8 @@
 The event loop hands frames over through a bounded queue and gets results
 back with ``call_soon_threadsafe``; numba kernels release the GIL, so the loop
 stays responsive while the worker computes. Commands run on the worker
-between frames (a step boundary) and answer through a future.
+between frames (a step boundary) and answer through a future. An evolution
+round that falls due runs on the worker before the frame of its step.
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ class AgentWorker:
     when the width is not configured)."""
 
     def __init__(self, name: str, config: AgentConfig, *, queue_size: int, policy: Policy,
-                 width: int | None, on_result: Callable[[Result], None]) -> None:
+                 width: int | None, on_result: Callable[[Result], None],
+                 on_evolution: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.name = name
         self.config = config
         self.policy = policy
@@ -53,6 +55,7 @@ class AgentWorker:
         self.agent: Agent | None = Agent(width, config, name=name) if width else None
         self._q: queue.Queue[tuple[int, Frame] | _Command | None] = queue.Queue(queue_size)
         self._on_result = on_result
+        self._on_evolution = on_evolution
         self._thread = threading.Thread(target=self._run, name=f"agent-{name}", daemon=True)
         self.dropped = 0
         self.processed = 0
@@ -139,6 +142,8 @@ class AgentWorker:
                 if self.agent is None:
                     self.width = int(frame.values.size)
                     self.agent = Agent(self.width, self.config, name=self.name)
+                if self.agent.evolution_due():
+                    self._evolve()
                 m = self.agent.process(frame.values, frame.t)
             except Exception:
                 self.errors += 1
@@ -146,3 +151,14 @@ class AgentWorker:
                 continue
             self.processed += 1
             self._on_result(Result(self.name, seq, m, time.perf_counter() - t0))
+
+    def _evolve(self) -> None:
+        """The evolution round due at this step, before its frame (so rounds fall
+        on the same steps however the frames arrive); reported to the loop."""
+        assert self.agent is not None
+        try:
+            report: dict[str, Any] = self.agent.evolve()
+        except Exception as e:  # reported; the frame is still processed
+            report = {"step": self.agent.step, "error": repr(e)}
+        if self._on_evolution is not None:
+            self._on_evolution(report)
