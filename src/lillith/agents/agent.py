@@ -581,6 +581,12 @@ class Agent:
             rows = np.column_stack([np.full(born.size, kind), born, parents[:, 0],
                                     parents[:, 1], gen, np.full(born.size, s)])
             self._births = np.concatenate([self._births, rows.astype(np.int64)])
+        cap = self.config.evolution.history
+        if self._births.shape[0] > cap:  # the oldest records go first
+            self._births = self._births[-cap:].copy()
+        if self._deaths.shape[0] > cap:
+            self._deaths = self._deaths[-cap:].copy()
+            self._death_fitness = self._death_fitness[-cap:].copy()
 
     def evolve(self) -> dict[str, Any]:
         """One evolution round, now: fabric apoptosis per z-layer, tile hidden-unit

@@ -133,6 +133,7 @@ class EvolutionConfig(_Model):
     surgery_params: dict[str, int | float] = Field(default_factory=dict)
     recent: int = Field(256, ge=1, le=65536)
     profile_rate: float = Field(0.01, gt=0, le=1)
+    history: int = Field(200_000, ge=1)
 
     @field_validator("fitness_weights")
     @classmethod
