@@ -458,6 +458,9 @@ class SparseLookupFFNv2(nn.Module):
     unit_act_cross: Tensor
     _offdiag: Tensor
 
+    HISTORY_LIMIT = 10_000
+    """Surgery-history entries kept (oldest dropped first)."""
+
     def __init__(
         self,
         d_model: int = 128,
@@ -672,6 +675,8 @@ class SparseLookupFFNv2(nn.Module):
         entry.update(extra)
         self._history.append(entry)
         self._history_seq += 1
+        if len(self._history) > self.HISTORY_LIMIT:  # the log has every entry; keep the newest
+            del self._history[: len(self._history) - self.HISTORY_LIMIT]
 
     def _refresh_frozen_flag(self) -> None:
         self._any_frozen = bool(self.frozen_mask.any())
@@ -1518,7 +1523,9 @@ class SparseLookupFFNv2(nn.Module):
         }
 
     def get_surgery_history(self) -> list[dict[str, Any]]:
-        """Surgery operations so far, oldest first (copies).
+        """Surgery operations, oldest first (copies): the newest
+        :attr:`HISTORY_LIMIT` of them (``seq`` keeps counting, so a gap at the
+        start shows what was dropped).
 
         Each entry: ``op`` ("insert", "freeze", "unfreeze", "reseed",
         "apoptosis"), ``tile_idx``, ``tag``, ``step`` (tracked forward calls
