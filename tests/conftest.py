@@ -1,4 +1,10 @@
-"""Shared fixtures: a real mosquitto broker on a free port."""
+"""Shared fixtures: a real mosquitto broker on a free port.
+
+torch runs single-threaded in the tests, as the daemon runs it
+(``torch_threads = 1``): the tile predictor's small matrices gain nothing from
+two threads, and on this 2-core machine they lose a lot when a neighbour
+(numba, a subprocess) wants the other core.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +16,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
+
+torch.set_num_threads(1)
 
 MOSQUITTO = shutil.which("mosquitto") or ("/usr/sbin/mosquitto"
                                           if Path("/usr/sbin/mosquitto").exists() else None)
