@@ -200,12 +200,13 @@ def _run_daemon(settings: Any, source: str, config_path: Path | None = None, *,
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    """List snapshots with integrity status and the newest agent's statistics.
+    """List snapshots with integrity status and the newest agent's statistics
+    (with ``--lineage``: also its lineage and specialization reports).
 
     Exit status 1 with ``--verify`` when any snapshot is broken, 2 when there
     is no snapshot at all.
     """
-    from lillith.state.inspect import inspect_store, render
+    from lillith.state.inspect import inspect_store, render, render_lineage
     from lillith.state.snapshot import SnapshotStore
 
     root = str(args.state)
@@ -213,7 +214,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if "://" not in root and (Path(root) / "agents").is_dir():
         for d in sorted((Path(root) / "agents").iterdir()):
             stores[d.name] = SnapshotStore(str(d))
-    reports = {name: inspect_store(st) for name, st in stores.items()}
+    lineage = bool(args.lineage or args.per_neuron)
+    reports = {name: inspect_store(st, lineage=lineage, per_neuron=bool(args.per_neuron))
+               for name, st in stores.items()}
     if "default" in reports and not reports["default"]["snapshots"] and len(reports) > 1:
         del reports["default"]
     if not any(r["snapshots"] for r in reports.values()):
@@ -226,7 +229,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             doc["agents"] = reports
         print(json.dumps(doc, indent=2))
     else:
-        print("\n\n".join(f"[{n}]\n{render(r)}" if len(reports) > 1 else render(r)
+        def text(r: dict[str, Any]) -> str:
+            if not lineage:
+                return render(r)
+            return render(r) + "\n" + render_lineage(r["lineage"], r["specialization"])
+
+        print("\n\n".join(f"[{n}]\n{text(r)}" if len(reports) > 1 else text(r)
                           for n, r in reports.items()))
     bad = any(not s["ok"] for r in reports.values() for s in r["snapshots"])
     return 1 if args.verify and bad else 0
@@ -277,6 +285,11 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--json", action="store_true", help="print one JSON object")
     i.add_argument("--verify", action="store_true",
                    help="exit non-zero when any snapshot is broken")
+    i.add_argument("--lineage", action="store_true",
+                   help="lineage (generations, turnover, dynasties, fitness correlation, "
+                        "consistency) and specialization / redundancy of the newest snapshot")
+    i.add_argument("--per-neuron", action="store_true",
+                   help="with --lineage: list every neuron (implies --lineage)")
     i.set_defaults(func=cmd_inspect)
     return parser
 
