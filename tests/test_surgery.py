@@ -335,7 +335,8 @@ def test_agent_resumes_exactly_after_apoptosis_and_surgery() -> None:
     rng = np.random.default_rng(0)
     t = np.arange(400)
     frames = (np.sin(2 * np.pi * t / 40) + 0.1 * rng.standard_normal(400))[:, None]
-    agent = Agent(1, AgentConfig(seed=2))
+    # evolution on (fitness tracked) but no round due in these 400 frames
+    agent = Agent(1, AgentConfig.model_validate({"seed": 2, "evolution": {"every": 10**6}}))
     agent.process_many(frames[:200])
     ffn = agent.predictor.ffn
     assert int(ffn.unit_fitness_obs.sum()) > 0  # the agent's training fed the fitness

@@ -601,7 +601,9 @@ class Agent:
         mutation or crossover. Regrown tile units get fresh optimiser moments;
         mutation and crossover neurons start at rest with empty traces, a
         preserving split copies its parent (state, goal entry, specialization
-        profile). Every birth and death is recorded (:meth:`lineage_history`).
+        profile). Every birth and death is recorded (:meth:`lineage_history`),
+        a policy reseed's too (the tile's units die; the new ones have no parents,
+        generation 0).
 
         Returns
         -------
@@ -627,9 +629,20 @@ class Agent:
         out["tiles"] = self._evolve_tiles()
         if ev.surgery:
             n = self._recent_len
+            ffn = self.predictor.ffn
+            ids = ffn.unit_lineage()["ids"]
+            fit = ffn.unit_fitness().numpy()
             out["surgery"] = self.surgery.run(
-                self.predictor.ffn, recent_inputs=self._recent_h[:n],
+                ffn, recent_inputs=self._recent_h[:n],
                 recent_errors=self._recent_err[:n], step=self.step, optimizer=self.optimizer)
+            # a reseeded tile's units die and are born anew (no parents, generation 0)
+            lin = ffn.unit_lineage()
+            t, u = np.nonzero(lin["ids"] != ids)
+            if t.size:
+                o = np.argsort(lin["ids"][t, u], kind="stable")
+                t, u = t[o], u[o]
+                self._record(TILE, ids[t, u], fit[t, u], lin["ids"][t, u],
+                             lin["parents"][t, u], lin["generation"][t, u])
         self._evo_rounds += 1
         self._evo_next = self.step + ev.every
         return out
@@ -854,16 +867,8 @@ class Agent:
             When the state belongs to another configuration or is incomplete.
         """
         meta = self.meta_of(state)
-        mine = self.config.model_dump(mode="json")
-        theirs = meta["config"]
-        # settings added since the snapshot was written take their defaults;
-        # an invalid stored config is reported as differences below
-        with contextlib.suppress(ValueError):
-            theirs = AgentConfig.model_validate(theirs).model_dump(mode="json")
-        if meta["n_channels"] != self.n_channels or theirs != mine:
-            diffs = _config_diff(theirs, mine)
-            if meta["n_channels"] != self.n_channels:
-                diffs.append(f"n_channels: {meta['n_channels']} != {self.n_channels}")
+        diffs = config_differences(state, self.config, self.n_channels)
+        if diffs:
             raise StateError("agent state belongs to another configuration", differences=diffs)
 
         def sub(prefix: str) -> dict[str, npt.NDArray[Any]]:
@@ -916,6 +921,22 @@ class Agent:
                 self._set_evolution_state(state, sub("surgery"))
         except KeyError as e:
             raise StateError("agent state lacks an array", missing=str(e)) from e
+
+
+def config_differences(state: dict[str, npt.NDArray[Any]], config: AgentConfig,
+                       n_channels: int | None) -> list[str]:
+    """Differences between the agent configuration stored in ``state`` and
+    ``config`` (and the channel count, when given), human-readable; empty when
+    they match. Settings added since the state was written take their defaults;
+    a stored configuration that no longer validates is compared as stored."""
+    meta = Agent.meta_of(state)
+    theirs = meta["config"]
+    with contextlib.suppress(ValueError):
+        theirs = AgentConfig.model_validate(theirs).model_dump(mode="json")
+    diffs = _config_diff(theirs, config.model_dump(mode="json"))
+    if n_channels is not None and int(meta["n_channels"]) != n_channels:
+        diffs.append(f"n_channels: {meta['n_channels']} != {n_channels}")
+    return diffs
 
 
 def _config_diff(a: Any, b: Any, path: str = "") -> list[str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lillith.agents.agent import Agent, _config_diff
+from lillith.agents.agent import Agent, config_differences
 from lillith.agents.config import AgentConfig
 from lillith.errors import StateError
 from lillith.state.snapshot import Loaded, SnapshotStore
@@ -25,10 +25,7 @@ def check_compatible(state: dict[str, Any], config: AgentConfig,
                      n_channels: int | None) -> None:
     """Raise :class:`StateError` naming every difference between the snapshot's
     agent and the configured one (fabric shape, channels, ...)."""
-    meta = Agent.meta_of(state)
-    diffs = _config_diff(meta["config"], config.model_dump(mode="json"))
-    if n_channels is not None and int(meta["n_channels"]) != n_channels:
-        diffs.append(f"n_channels: {meta['n_channels']} != {n_channels}")
+    diffs = config_differences(state, config, n_channels)
     if diffs:
         raise StateError("snapshot belongs to another agent configuration "
                          "(start with --fresh to begin a new agent)", differences=diffs)
