@@ -231,6 +231,7 @@ def _silence_like(agent: Agent, evolved: Agent) -> tuple[np.ndarray, np.ndarray]
     t, c = np.nonzero(ffn.unit_lineage()["ids"] != evolved.predictor.ffn.unit_lineage()["ids"])
     with torch.no_grad():
         ffn.w2[torch.from_numpy(t), torch.from_numpy(c)] = 0.0
+    agent.rebase_pooled()  # as evolve() does after an edit of the fabric
     return slots, t
 
 

@@ -655,6 +655,8 @@ class Agent:
         rep = fab.apoptosis(strategies=self._fabric_strategies(), step=self.step,
                             seed=self.config.seed, allow_sensory=ev.allow_sensory)
         layers = rep["layers"]
+        if rep["died"]:
+            self.rebase_pooled()
         slots = np.array([s for ly in layers for s in ly["slots"]], dtype=np.int64)
         died = np.array([d for ly in layers for d in ly["died"]], dtype=np.int64)
         if slots.size:
@@ -675,6 +677,17 @@ class Agent:
                 "layers": [{"layer": ly["layer"], "strategy": ly["strategy"],
                             "turnover": ly["turnover"], "skipped": ly["skipped"]}
                            for ly in layers if ly["turnover"] or ly["skipped"]]}
+
+    def rebase_pooled(self) -> None:
+        """Take the fabric's current pooled features as the SOM's "previous" ones.
+
+        The SOM sees the change of the pooled features since the last frame;
+        after an edit of the fabric (an apoptosis round, or any surgery on its
+        arrays) that change would include the edit itself and show up as a
+        jump in the quantisation error at the next frame: a false alarm made
+        by the agent, not by the sensors."""
+        if self.fabric is not None:
+            self._som_in[:self.fabric.n_features] = self.fabric.pooled()
 
     def _evolve_tiles(self) -> dict[str, Any]:
         ffn = self.predictor.ffn
