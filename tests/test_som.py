@@ -527,3 +527,95 @@ def test_pure_python_kernels_match_jitted() -> None:
     assert nojit["status"]["recent_quant_error"] == pytest.approx(
         status["recent_quant_error"], rel=1e-6
     )
+
+
+# --------------------------------------------------------------------------
+# the BMU search by partial distance elimination equals the full pass
+# --------------------------------------------------------------------------
+
+
+def _clustered(rng: np.random.Generator, centres: npt.NDArray[np.float64],
+               n: int) -> npt.NDArray[np.float32]:
+    k, dim = centres.shape
+    return (centres[rng.integers(0, k, n)] + rng.normal(0.0, 0.3, (n, dim))).astype(np.float32)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    dim=st.sampled_from([127, 128, 130, 131, 192, 257, 515]),
+    n_units=st.integers(2, 60),
+    clustered=st.booleans(),
+    duplicates=st.booleans(),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_pruned_bmu_search_equals_the_full_pass(
+    dim: int, n_units: int, clustered: bool, duplicates: bool, seed: int
+) -> None:
+    """Index and squared distance bit for bit, ties (duplicate units) included,
+    whether most units are pruned (clustered data, prototypes on the clusters) or
+    none (isotropic noise)."""
+    rng = np.random.default_rng(seed)
+    if clustered:  # units and samples on the same clusters: most units are pruned
+        centres = rng.normal(0.0, 1.0, size=(4, dim))
+        W = _clustered(rng, centres, n_units)
+        X = _clustered(rng, centres, 30)
+    else:
+        W = rng.normal(0.0, 1.0, (n_units, dim)).astype(np.float32)
+        X = rng.normal(0.0, 1.0, (30, dim)).astype(np.float32)
+    if duplicates:
+        W[n_units // 2:] = W[: n_units - n_units // 2]
+        X[:10] = W[rng.integers(0, n_units, 10)]  # exact hits: distance 0, tied
+    WT = np.ascontiguousarray(W.T)
+    dist = np.zeros(n_units, np.float32)
+    full = np.zeros(n_units, np.float32)
+    alive = np.zeros(n_units, np.int64)
+    for x in X:
+        som_mod._dist_all(x, WT, full)
+        want = som_mod._argmin(full)
+        got = som_mod._bmu_pruned(x, WT, dist, alive)
+        assert (int(got[0]), float(got[1])) == (int(want[0]), float(want[1]))
+
+
+def test_pruned_bmu_search_prunes_on_clustered_data() -> None:
+    """The point of it: on a map whose units sit on clusters, few units survive the
+    first block (the rest of their distance is never summed)."""
+    rng = np.random.default_rng(1)
+    dim = 512
+    W = _clustered(rng, rng.normal(0.0, 1.0, size=(10, dim)), 100)
+    WT = np.ascontiguousarray(W.T)
+    dist = np.zeros(100, np.float32)
+    alive = np.zeros(100, np.int64)
+    x = W[7] + rng.normal(0.0, 0.3, dim).astype(np.float32)
+    b, _ = som_mod._bmu_pruned(x, WT, dist, alive)
+    assert b == 7
+    # survivors keep exact sums, the pruned keep a partial sum of the first block
+    full = np.zeros(100, np.float32)
+    som_mod._dist_all(x, WT, full)
+    partial_only = dist < full
+    assert partial_only.sum() >= 50
+
+
+_NOJIT_PRUNED = textwrap.dedent(
+    """
+    import json, sys
+    import numpy as np
+    from lillith.fabric import som as S
+
+    rng = np.random.default_rng(5)
+    c = rng.normal(0.0, 1.0, size=(3, 131))
+    W = (c[rng.integers(0, 3, 12)] + rng.normal(0.0, 0.3, (12, 131))).astype(np.float32)
+    X = (c[rng.integers(0, 3, 20)] + rng.normal(0.0, 0.3, (20, 131))).astype(np.float32)
+    WT = np.ascontiguousarray(W.T)
+    dist = np.zeros(12, np.float32)
+    alive = np.zeros(12, np.int64)
+    out = [[int(b), float(d)] for b, d in (S._bmu_pruned(x, WT, dist, alive) for x in X)]
+    json.dump(out, sys.stdout)
+    """
+)
+
+
+@pytest.mark.nojit
+def test_pruned_bmu_search_pure_python_matches_jitted() -> None:
+    nojit = json.loads(run_python(_NOJIT_PRUNED))
+    jit = json.loads(run_python(_NOJIT_PRUNED, jit=True))
+    assert nojit == jit

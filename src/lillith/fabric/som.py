@@ -163,6 +163,167 @@ def _dist_range(x: F32, WT: F32, dist: F32, ua: int, ub: int) -> None:
         k += 1
 
 
+#: Features summed before the first pruning check of :func:`_bmu_pruned`, and
+#: between checks (a multiple of 4, the blocking of :func:`_dist_range`).
+PRUNE_BLOCK = 64
+
+
+@_kernel
+def _acc_alive(x: F32, WT: F32, dist: F32, alive: I64, na: int, k0: int, k1: int) -> None:
+    """Add features ``k0 <= k < k1`` to ``dist[u]`` for the units ``alive[:na]``.
+
+    Same grouping as :func:`_dist_range` (blocks of 4 aligned at feature 0,
+    the remainder one by one at the end), so a unit's sum is bit-identical
+    to the full pass. ``k0`` is a multiple of 4; ``k1`` is too, or ``dim``.
+    """
+    k = k0
+    while k + 4 <= k1:
+        x0 = x[k]
+        x1 = x[k + 1]
+        x2 = x[k + 2]
+        x3 = x[k + 3]
+        w0 = WT[k]
+        w1 = WT[k + 1]
+        w2 = WT[k + 2]
+        w3 = WT[k + 3]
+        for a in range(na):
+            u = alive[a]
+            d0 = x0 - w0[u]
+            d1 = x1 - w1[u]
+            d2 = x2 - w2[u]
+            d3 = x3 - w3[u]
+            dist[u] = (((dist[u] + d0 * d0) + d1 * d1) + d2 * d2) + d3 * d3
+        k += 4
+    while k < k1:
+        xk = x[k]
+        wk = WT[k]
+        for a in range(na):
+            u = alive[a]
+            d = xk - wk[u]
+            dist[u] += d * d
+        k += 1
+
+
+@_kernel
+def _bmu_pruned(x: F32, WT: F32, dist: F32, alive: I64) -> tuple[int, np.float32]:
+    """Best-matching unit by partial distance elimination; the same result as
+    ``_argmin`` after ``_dist_all`` (index and squared distance, bit for bit).
+
+    The first ``PRUNE_BLOCK`` features are summed for every unit (vectorised);
+    the unit with the smallest partial sum is completed, and its squared
+    distance bounds the minimum. Partial sums only grow as features are added
+    (non-negative terms, monotone rounding), so a unit whose partial sum
+    already exceeds the bound can be neither the BMU nor tie with it, and is
+    dropped; the survivors are summed on, re-checked every ``PRUNE_BLOCK``
+    features. Every sum keeps the grouping of :func:`_dist_range`, so the
+    survivors' distances are those of the full pass. On clustered data most
+    units drop out after the first block, which saves most of the pass over
+    the weights (the memory-bound half of an update); when few drop out the
+    vectorised pass simply goes on.
+
+    Parameters
+    ----------
+    x : float32 (dim,)
+    WT : float32 (dim, n_units)
+    dist : float32 (n_units,)
+        Scratch; on return exact for the surviving units only.
+    alive : int64 (n_units,)
+        Scratch for the surviving unit indices.
+    """
+    D = WT.shape[0]
+    U = WT.shape[1]
+    if D < 2 * PRUNE_BLOCK:
+        _dist_range(x, WT, dist, 0, U)
+        return _argmin(dist)
+    _dist_range_dims(x, WT, dist, 0, PRUNE_BLOCK)
+    cand, partial = _argmin(dist)
+    # complete the candidate (same grouping), then put its partial sum back
+    alive[0] = cand
+    _acc_alive(x, WT, dist, alive, 1, PRUNE_BLOCK, D)
+    bound = dist[cand]
+    dist[cand] = partial
+    na = 0
+    for u in range(U):
+        if dist[u] <= bound:
+            alive[na] = u
+            na += 1
+    k = PRUNE_BLOCK
+    if 2 * na > U:  # little pruned: go on with the vectorised pass
+        _dist_range_dims(x, WT, dist, PRUNE_BLOCK, D)
+        return _argmin(dist)
+    while k < D:
+        k1 = min(D, k + PRUNE_BLOCK)
+        if D - k1 < 4:
+            k1 = D
+        _acc_alive(x, WT, dist, alive, na, k, k1)
+        k = k1
+        m = 0
+        for a in range(na):
+            u = alive[a]
+            if dist[u] <= bound:
+                alive[m] = u
+                m += 1
+        na = m
+    best = dist[alive[0]]
+    bi = alive[0]
+    for a in range(1, na):
+        u = alive[a]
+        if dist[u] < best:  # ascending indices: the first of equals wins, as _argmin
+            best = dist[u]
+            bi = u
+    return bi, best
+
+
+@_kernel
+def _dist_range_dims(x: F32, WT: F32, dist: F32, k0: int, k1: int) -> None:
+    """Features ``k0 <= k < k1`` of every unit's squared distance, vectorised over
+    units, grouped as :func:`_dist_range` (``k0 = 0`` initialises ``dist``).
+
+    ``k0`` is a multiple of 4; ``k1`` is too (``>= 4`` when ``k0 = 0``), or ``dim``.
+    """
+    U = WT.shape[1]
+    k = k0
+    if k0 == 0:
+        x0 = x[0]
+        x1 = x[1]
+        x2 = x[2]
+        x3 = x[3]
+        w0 = WT[0]
+        w1 = WT[1]
+        w2 = WT[2]
+        w3 = WT[3]
+        for t in range(U):
+            d0 = x0 - w0[t]
+            d1 = x1 - w1[t]
+            d2 = x2 - w2[t]
+            d3 = x3 - w3[t]
+            dist[t] = ((d0 * d0 + d1 * d1) + d2 * d2) + d3 * d3
+        k = 4
+    while k + 4 <= k1:
+        x0 = x[k]
+        x1 = x[k + 1]
+        x2 = x[k + 2]
+        x3 = x[k + 3]
+        w0 = WT[k]
+        w1 = WT[k + 1]
+        w2 = WT[k + 2]
+        w3 = WT[k + 3]
+        for t in range(U):
+            d0 = x0 - w0[t]
+            d1 = x1 - w1[t]
+            d2 = x2 - w2[t]
+            d3 = x3 - w3[t]
+            dist[t] = (((dist[t] + d0 * d0) + d1 * d1) + d2 * d2) + d3 * d3
+        k += 4
+    while k < k1:
+        xk = x[k]
+        wk = WT[k]
+        for t in range(U):
+            d = xk - wk[t]
+            dist[t] += d * d
+        k += 1
+
+
 @_kernel
 def _dist_all(x: F32, WT: F32, dist: F32) -> None:
     """Squared Euclidean distance from ``x`` to every unit (see ``_dist_range``)."""
@@ -230,6 +391,7 @@ def _train(
     counters: I64,
     gtab: F64,
     scratch: F32,
+    alive: I64,
     hits: I64,
     ring_bmu: I64,
     ring_qe: F64,
@@ -258,6 +420,8 @@ def _train(
         along each axis around the BMU, row 4 the product of the last two.
     scratch : float32 (2, n_units)
         Scratch: distances and learning coefficients.
+    alive : int64 (n_units,)
+        Scratch of the BMU search (:func:`_bmu_pruned`).
     hits : int64 (2, n_units)
         Lifetime BMU counts (row 0) and BMU counts over the recent ring
         (row 1); in place.
@@ -300,8 +464,7 @@ def _train(
     length = counters[2]
     for n in range(X.shape[0]):
         x = X[n]
-        _dist_all(x, WT, dist)
-        b, d2 = _argmin(dist)
+        b, d2 = _bmu_pruned(x, WT, dist, alive)
         out_bmu[n] = b
         # bookkeeping: lifetime hits, recent ring (BMU + distance)
         hits[0, b] += 1
@@ -537,6 +700,7 @@ class SelfOrganizingMap:
         s12 = int(self._shape3[1] * self._shape3[2])
         self._gtab = np.zeros((5, max(int(self._shape3.max()), s12)), dtype=np.float64)
         self._scratch = np.zeros((2, self.n_units), dtype=np.float32)
+        self._alive = np.zeros(self.n_units, dtype=np.int64)
         self._one_bmu = np.zeros(1, dtype=np.int64)
 
     # ------------------------------------------------------------------ input
@@ -623,6 +787,7 @@ class SelfOrganizingMap:
             self._counters,
             self._gtab,
             self._scratch,
+            self._alive,
             self._hits,
             self._ring_bmu,
             self._ring_qe,
