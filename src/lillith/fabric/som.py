@@ -95,12 +95,15 @@ def _kernel(fn: _F) -> _F:
 
 
 @_kernel
-def _dist_range(x: F32, WT: F32, dist: F32, ua: int, ub: int) -> None:
-    """Squared Euclidean distance from ``x`` to units ``ua <= u < ub``, in place.
+def _dist_block(x: F32, WT: F32, dist: F32, ua: int, ub: int, k0: int, k1: int) -> None:
+    """Features ``k0 <= k < k1`` of the squared Euclidean distance from ``x`` to
+    units ``ua <= u < ub``, in place (``k0 = 0`` initialises, later blocks add).
 
     ``dist[u] = sum_k (x[k] - WT[k, u])^2`` in float32, accumulated
-    sequentially in ``k`` (exactly the order of a plain loop). The inner
-    loops run over units through views starting at ``ua``, so they are
+    sequentially in ``k`` in blocks of four aligned at feature 0
+    (``(((d + a0) + a1) + a2) + a3``), the remainder one by one: every split
+    of the features into such ranges gives the same bits as one pass. The
+    inner loops run over units through views starting at ``ua``, so they are
     element-wise with non-negative indices and LLVM vectorises them without
     ``fastmath``.
 
@@ -110,34 +113,37 @@ def _dist_range(x: F32, WT: F32, dist: F32, ua: int, ub: int) -> None:
     WT : float32 (dim, n_units)
         Feature-major weights.
     dist : float32 (n_units,)
-        Output (entries outside the range are untouched).
+        Output (entries outside the unit range are untouched).
     ua, ub : int
         Unit range, ``0 <= ua <= ub <= n_units``.
+    k0, k1 : int
+        Feature range: ``k0`` a multiple of 4, ``k1`` a multiple of 4 or ``dim``.
     """
     n = ub - ua
-    D = WT.shape[0]
+    D = k1
     dv = dist[ua:ub]
-    k = 0
-    if D >= 4:
-        # the first block initialises dist (0 + a == a exactly)
-        x0 = x[0]
-        x1 = x[1]
-        x2 = x[2]
-        x3 = x[3]
-        w0 = WT[0, ua:ub]
-        w1 = WT[1, ua:ub]
-        w2 = WT[2, ua:ub]
-        w3 = WT[3, ua:ub]
-        for t in range(n):
-            d0 = x0 - w0[t]
-            d1 = x1 - w1[t]
-            d2 = x2 - w2[t]
-            d3 = x3 - w3[t]
-            dv[t] = ((d0 * d0 + d1 * d1) + d2 * d2) + d3 * d3
-        k = 4
-    else:
-        for t in range(n):
-            dv[t] = np.float32(0.0)
+    k = k0
+    if k0 == 0:
+        if D >= 4:
+            # the first block initialises dist (0 + a == a exactly)
+            x0 = x[0]
+            x1 = x[1]
+            x2 = x[2]
+            x3 = x[3]
+            w0 = WT[0, ua:ub]
+            w1 = WT[1, ua:ub]
+            w2 = WT[2, ua:ub]
+            w3 = WT[3, ua:ub]
+            for t in range(n):
+                d0 = x0 - w0[t]
+                d1 = x1 - w1[t]
+                d2 = x2 - w2[t]
+                d3 = x3 - w3[t]
+                dv[t] = ((d0 * d0 + d1 * d1) + d2 * d2) + d3 * d3
+            k = 4
+        else:
+            for t in range(n):
+                dv[t] = np.float32(0.0)
     while k + 4 <= D:
         x0 = x[k]
         x1 = x[k + 1]
@@ -163,6 +169,13 @@ def _dist_range(x: F32, WT: F32, dist: F32, ua: int, ub: int) -> None:
         k += 1
 
 
+@_kernel
+def _dist_range(x: F32, WT: F32, dist: F32, ua: int, ub: int) -> None:
+    """Squared Euclidean distance from ``x`` to units ``ua <= u < ub`` (all
+    features; see :func:`_dist_block`)."""
+    _dist_block(x, WT, dist, ua, ub, 0, WT.shape[0])
+
+
 #: Features summed before the first pruning check of :func:`_bmu_pruned`, and
 #: between checks (a multiple of 4, the blocking of :func:`_dist_range`).
 PRUNE_BLOCK = 64
@@ -172,7 +185,7 @@ PRUNE_BLOCK = 64
 def _acc_alive(x: F32, WT: F32, dist: F32, alive: I64, na: int, k0: int, k1: int) -> None:
     """Add features ``k0 <= k < k1`` to ``dist[u]`` for the units ``alive[:na]``.
 
-    Same grouping as :func:`_dist_range` (blocks of 4 aligned at feature 0,
+    Same grouping as :func:`_dist_block` (blocks of 4 aligned at feature 0,
     the remainder one by one at the end), so a unit's sum is bit-identical
     to the full pass. ``k0`` is a multiple of 4; ``k1`` is too, or ``dim``.
     """
@@ -215,7 +228,7 @@ def _bmu_pruned(x: F32, WT: F32, dist: F32, alive: I64) -> tuple[int, np.float32
     (non-negative terms, monotone rounding), so a unit whose partial sum
     already exceeds the bound can be neither the BMU nor tie with it, and is
     dropped; the survivors are summed on, re-checked every ``PRUNE_BLOCK``
-    features. Every sum keeps the grouping of :func:`_dist_range`, so the
+    features. Every sum keeps the grouping of :func:`_dist_block`, so the
     survivors' distances are those of the full pass. On clustered data most
     units drop out after the first block, which saves most of the pass over
     the weights (the memory-bound half of an update); when few drop out the
@@ -235,7 +248,7 @@ def _bmu_pruned(x: F32, WT: F32, dist: F32, alive: I64) -> tuple[int, np.float32
     if D < 2 * PRUNE_BLOCK:
         _dist_range(x, WT, dist, 0, U)
         return _argmin(dist)
-    _dist_range_dims(x, WT, dist, 0, PRUNE_BLOCK)
+    _dist_block(x, WT, dist, 0, U, 0, PRUNE_BLOCK)
     cand, partial = _argmin(dist)
     # complete the candidate (same grouping), then put its partial sum back
     alive[0] = cand
@@ -249,7 +262,7 @@ def _bmu_pruned(x: F32, WT: F32, dist: F32, alive: I64) -> tuple[int, np.float32
             na += 1
     k = PRUNE_BLOCK
     if 2 * na > U:  # little pruned: go on with the vectorised pass
-        _dist_range_dims(x, WT, dist, PRUNE_BLOCK, D)
+        _dist_block(x, WT, dist, 0, U, PRUNE_BLOCK, D)
         return _argmin(dist)
     while k < D:
         k1 = min(D, k + PRUNE_BLOCK)
@@ -272,56 +285,6 @@ def _bmu_pruned(x: F32, WT: F32, dist: F32, alive: I64) -> tuple[int, np.float32
             best = dist[u]
             bi = u
     return bi, best
-
-
-@_kernel
-def _dist_range_dims(x: F32, WT: F32, dist: F32, k0: int, k1: int) -> None:
-    """Features ``k0 <= k < k1`` of every unit's squared distance, vectorised over
-    units, grouped as :func:`_dist_range` (``k0 = 0`` initialises ``dist``).
-
-    ``k0`` is a multiple of 4; ``k1`` is too (``>= 4`` when ``k0 = 0``), or ``dim``.
-    """
-    U = WT.shape[1]
-    k = k0
-    if k0 == 0:
-        x0 = x[0]
-        x1 = x[1]
-        x2 = x[2]
-        x3 = x[3]
-        w0 = WT[0]
-        w1 = WT[1]
-        w2 = WT[2]
-        w3 = WT[3]
-        for t in range(U):
-            d0 = x0 - w0[t]
-            d1 = x1 - w1[t]
-            d2 = x2 - w2[t]
-            d3 = x3 - w3[t]
-            dist[t] = ((d0 * d0 + d1 * d1) + d2 * d2) + d3 * d3
-        k = 4
-    while k + 4 <= k1:
-        x0 = x[k]
-        x1 = x[k + 1]
-        x2 = x[k + 2]
-        x3 = x[k + 3]
-        w0 = WT[k]
-        w1 = WT[k + 1]
-        w2 = WT[k + 2]
-        w3 = WT[k + 3]
-        for t in range(U):
-            d0 = x0 - w0[t]
-            d1 = x1 - w1[t]
-            d2 = x2 - w2[t]
-            d3 = x3 - w3[t]
-            dist[t] = (((dist[t] + d0 * d0) + d1 * d1) + d2 * d2) + d3 * d3
-        k += 4
-    while k < k1:
-        xk = x[k]
-        wk = WT[k]
-        for t in range(U):
-            d = xk - wk[t]
-            dist[t] += d * d
-        k += 1
 
 
 @_kernel
