@@ -130,13 +130,7 @@ async def _loop(agent: Agent, src: LocalSource, stop: asyncio.Event, worker: Thr
             if duration is not None and time.monotonic() - start >= duration:
                 break
             step = agent.step
-            if agent.evolution_due():  # at its exact step: a resumed run does the same
-                report = await loop.run_in_executor(worker, agent.evolve)
-                log_evolution("default", report, "schedule")
             n = CHUNK - step % CHUNK
-            to_evo = agent.steps_to_evolution()
-            if to_evo:
-                n = min(n, to_evo)
             if limit is not None:
                 n = min(n, limit - step)
                 if n <= 0:
@@ -144,6 +138,14 @@ async def _loop(agent: Agent, src: LocalSource, stop: asyncio.Event, worker: Thr
             values, labels = src.frames(step, n)
             if values.shape[0] == 0:
                 break
+            # a round due at this step runs before its frame (so never after the
+            # last one), at the same step in a resumed run; the chunk is cut at the next
+            if agent.evolution_due():
+                report = await loop.run_in_executor(worker, agent.evolve)
+                log_evolution("default", report, "schedule")
+            to_evo = agent.steps_to_evolution()
+            if to_evo and to_evo < values.shape[0]:
+                values, labels = values[:to_evo], labels[:to_evo]
             ms: list[Metrics] = await loop.run_in_executor(worker, agent.process_many, values)
             if cp.due(agent.step):
                 state = await loop.run_in_executor(worker, agent.get_state)
