@@ -448,10 +448,9 @@ def _final_state(st: str) -> dict[str, np.ndarray]:
 
 
 def test_run_with_evolution_resumed_equals_a_straight_run(tmp_path: Path) -> None:
-    """``lillith run`` (synthetic source) with evolution on: stopped at step 704 (not a
-    round, not a chunk boundary; a micro-batch boundary, as every snapshot of a run is)
-    and resumed to 1500, it ends bit-identical to a run straight to 1500, evolution
-    rounds at the same steps in both."""
+    """``lillith run`` (synthetic source) with evolution on: stopped at step 701 (not a
+    round, not a chunk boundary, mid micro-batch) and resumed to 1500, it ends
+    bit-identical to a run straight to 1500, evolution rounds at the same steps in both."""
     env = {**os.environ, "LILLITH_LOG__FORMAT": "json", "LILLITH_AGENT": EVOLVING}
 
     def run(st: str, until: int) -> list[dict[str, Any]]:
@@ -462,12 +461,12 @@ def test_run_with_evolution_resumed_equals_a_straight_run(tmp_path: Path) -> Non
         return events(r.stdout + r.stderr)
 
     a, b = str(tmp_path / "a"), str(tmp_path / "b")
-    ev_a = run(a, 704) + run(a, 1500)
+    ev_a = run(a, 701) + run(a, 1500)
     ev_b = run(b, 1500)
     rounds_a = [e["step"] for e in ev_a if e["event"] == "evolution_round"]
     rounds_b = [e["step"] for e in ev_b if e["event"] == "evolution_round"]
     assert rounds_a == rounds_b == list(range(150, 1500, 150))
-    assert [e["step"] for e in ev_a if e["event"] == "state_resumed"] == [704]
+    assert [e["step"] for e in ev_a if e["event"] == "state_resumed"] == [701]
     sa, sb = _final_state(a), _final_state(b)
     assert int(sa["agent/counters"][0]) == int(sb["agent/counters"][0]) == 1500
     assert sa.keys() == sb.keys()
@@ -478,9 +477,9 @@ def test_run_with_evolution_resumed_equals_a_straight_run(tmp_path: Path) -> Non
 
 def test_replay_with_evolution_resumed_equals_the_whole_file(tmp_path: Path) -> None:
     """``lillith replay --state`` with evolution on, a file in two parts (cut between
-    rounds, at a micro-batch boundary): the same per-row output as the whole file."""
+    rounds, mid micro-batch): the same per-row output as the whole file."""
     X = periodic(900, seed=5, width=1)
-    cuts = {"p0": (0, 440), "p1": (440, 900), "all": (0, 900)}
+    cuts = {"p0": (0, 437), "p1": (437, 900), "all": (0, 900)}
     for name, (lo, hi) in cuts.items():
         with (tmp_path / f"{name}.csv").open("w") as f:
             f.write("timestamp,value\n")

@@ -50,6 +50,10 @@ DELTA_GAIN = 4.0
 VAR_GAIN = 0.5
 # SOM regions of the specialization profile: the map cut into at most 4 x 4 blocks
 PROFILE_GRID = 4
+# frames per internal segment (a micro-batch may be cut further; results do not change)
+SEGMENT_MAX = 64
+# largest micro-batch whose forecasts are padded to a fixed shape (see Agent._forecast)
+MAX_PAD = 256
 # kinds in the birth / death records
 FABRIC, TILE = 0, 1
 
@@ -135,11 +139,14 @@ class TilePredictor(nn.Module):
             self.head.bias.zero_()
 
     def forward(
-        self, feats: torch.Tensor, last: torch.Tensor
+        self, feats: torch.Tensor, last: torch.Tensor, *, track: bool = True
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Forecast, shape (N, C), and the tile predictor's auxiliary losses."""
+        """Forecast, shape (N, C), and the tile predictor's auxiliary losses.
+
+        ``track`` updates the tile FFN's usage statistics (see
+        :meth:`SparseLookupFFNv2.forward`)."""
         h = torch.tanh(self.proj(feats))
-        h, _, aux = self.ffn(h)
+        h, _, aux = self.ffn(h, track=track)
         return last + self.head(h), aux
 
 
@@ -210,6 +217,10 @@ class Agent:
             )
             som_dims = len(sc.map_shape) + 1
             self._goal = np.zeros(self.fabric.n, dtype=np.float32)
+            self._batch_goal = np.zeros(self.fabric.n, dtype=np.float32)
+            # activations of the segment's frames (the goal update reads its own frame's)
+            self._acts = np.zeros((min(cfg.predictor.batch_size, SEGMENT_MAX), self.fabric.n),
+                                  dtype=np.float32)
             self._som_scale = np.array([max(s - 1, 1) for s in sc.map_shape], dtype=np.float32)
         self.history = cfg.predictor.history
         n_fab = self.fabric.n_features if self.fabric is not None else 0
@@ -246,6 +257,7 @@ class Agent:
         self._pending = _Pending()
         self._batch_scale = 1.0  # learning-rate scale frozen for the micro-batch
         self._batch_learns = True
+        self._batch_qe = 0.0  # running SOM error as of the micro-batch's first step
         self._forced_mode: str | None = None
         self._init_evolution()
 
@@ -364,7 +376,7 @@ class Agent:
         while i < X.shape[0]:
             if self.at_boundary:
                 self._begin_batch()
-            j = min(X.shape[0], i + B - self.step % B)
+            j = min(X.shape[0], i + B - self.step % B, i + SEGMENT_MAX)
             out.extend(self._segment(X[i:j], None if ts is None else ts[i:j], mode))
             i = j
             if self.at_boundary:
@@ -373,6 +385,13 @@ class Agent:
 
     # ---------------------------------------------------------------- internals
     def _begin_batch(self) -> None:
+        # what the per-frame pass reads of the scoring pass's state is frozen for
+        # the micro-batch (goal pattern, running SOM error), so a micro-batch cut
+        # into calls anywhere (one by one, chunks, a snapshot and restart) computes
+        # the same bits
+        self._batch_qe = self._qe_avg
+        if self.fabric is not None:
+            self._batch_goal[:] = self._goal
         mods = self.bio.modulators()
         self._batch_learns = self.learning_enabled and self.bio.can_learn()
         self._batch_scale = mods["learning_drive"] if self._batch_learns else 0.0
@@ -404,8 +423,9 @@ class Agent:
             k = self.n_channels * self.history
             feats[r, :k] = self._hist.reshape(-1)
             if self.fabric is not None and self.som is not None:
-                self.fabric.step(z, mode=m, goal=self._goal,  # type: ignore[arg-type]
+                self.fabric.step(z, mode=m, goal=self._batch_goal,  # type: ignore[arg-type]
                                  plasticity=plast, substeps=self.config.fabric.substeps)
+                self._acts[r] = self.fabric.activation  # for the goal update below
                 pooled = self.fabric.pooled()
                 nf = self.fabric.n_features
                 som_in = self._som_in
@@ -426,11 +446,9 @@ class Agent:
                 feats[r, k:k + nf] = pooled
                 coords = np.unravel_index(bmu, self.som.map_shape)
                 feats[r, k + nf:k + nf + len(coords)] = np.asarray(coords) / self._som_scale
-                feats[r, -1] = qe / (self._qe_avg + 1e-6) if self._qe_avg > 0 else 1.0
+                feats[r, -1] = qe / (self._batch_qe + 1e-6) if self._batch_qe > 0 else 1.0
             lasts[r] = z
-        with torch.no_grad():
-            pred, _ = self.predictor(torch.from_numpy(feats), torch.from_numpy(lasts))
-        preds = pred.numpy().astype(np.float64)
+        preds = self._forecast(feats, lasts)
         out: list[Metrics] = []
         for r in range(n):
             z = zs[r]
@@ -451,7 +469,7 @@ class Agent:
                 self.recent_losses.append(loss)
             if self.fabric is not None and learns and loss <= self.bio.loss_slow:
                 # intentional mode's goal: the fabric's familiar (well-predicted) states
-                self._goal += 0.01 * (self.fabric.activation - self._goal)
+                self._goal += 0.01 * (self._acts[r] - self._goal)
             self.bio.step(plast if learns else 0.0)
             if not learns:
                 self.skipped_steps += 1
@@ -467,6 +485,35 @@ class Agent:
                 learning_drive=mods["learning_drive"], mood=mods["mood"], skipped=not learns,
             ))
             self.step += 1
+        return out
+
+    def _forecast(self, feats: F32, lasts: F32) -> F64:
+        """Forecasts of a segment's rows, computed batch-invariantly.
+
+        torch's CPU kernels may round a row differently depending on the
+        shape of the call (a single row goes through a matrix-vector kernel),
+        so the rows go into a micro-batch-shaped buffer at their own offset
+        in the micro-batch (zeros elsewhere; rows do not interact): each
+        frame's forecast is then the same bits however the stream is cut
+        into calls (one by one, chunks, a snapshot and a restart mid-batch).
+        Micro-batches above ``MAX_PAD`` rows are not padded (the invariance
+        then holds only for the same cuts)."""
+        n = feats.shape[0]
+        B = self.config.predictor.batch_size
+        if B > MAX_PAD or (n == B and self.step % B == 0):
+            f, last = torch.from_numpy(feats), torch.from_numpy(lasts)
+            lo = 0
+        else:
+            lo = self.step % B
+            f = torch.zeros((B, self.feat_dim), dtype=torch.float32)
+            last = torch.zeros((B, self.n_channels), dtype=torch.float32)
+            f[lo:lo + n] = torch.from_numpy(feats)
+            last[lo:lo + n] = torch.from_numpy(lasts)
+        with torch.no_grad():
+            # tile usage is counted by the training step, once per micro-batch
+            # whatever the calls, not here (the count of calls would depend on them)
+            pred, _ = self.predictor(f, last, track=False)
+        out: F64 = pred[lo:lo + n].numpy().astype(np.float64)
         return out
 
     def _raw_score(self, err: float, qe: float, level: float) -> float:
@@ -669,6 +716,7 @@ class Agent:
             order = np.argsort(fab.neuron_id)
             pslot = order[np.searchsorted(fab.neuron_id[order], parents[:, 0])]
             self._goal[slots] = np.where(pres, self._goal[pslot], np.float32(0.0))
+            self._batch_goal[slots] = np.where(pres, self._batch_goal[pslot], np.float32(0.0))
             if self._profile.shape[1]:
                 self._profile[:, slots] = np.where(pres[None, :], self._profile[:, pslot],
                                                    np.float32(0.0))
@@ -783,6 +831,7 @@ class Agent:
             put("fabric", self.fabric.get_state())
             put("som", dict(self.som.get_state()))
             d["agent/goal"] = self._goal.copy()
+            d["agent/batch_goal"] = self._batch_goal.copy()
             d["agent/som_in"] = self._som_in.copy()
         for k, v in self.predictor.state_dict().items():
             d[f"predictor/{k}"] = v.detach().cpu().numpy().copy()
@@ -819,8 +868,8 @@ class Agent:
                                     else np.zeros((0, self.n_channels), dtype=np.float32))
         d["agent/pending_targets"] = (np.stack(p.targets) if p.targets
                                       else np.zeros((0, self.n_channels), dtype=np.float32))
-        d["agent/batch"] = np.array([self._batch_scale, float(self._batch_learns)],
-                                    dtype=np.float64)
+        d["agent/batch"] = np.array([self._batch_scale, float(self._batch_learns),
+                                     self._batch_qe], dtype=np.float64)
         if self.evolving:
             d["evo/counters"] = np.array([self._evo_next, self._evo_rounds, self._recent_pos,
                                           self._recent_len], dtype=np.int64)
@@ -893,6 +942,9 @@ class Agent:
                 self.fabric.set_state(sub("fabric"))
                 self.som.set_state(sub("som"))
                 self._goal = np.asarray(state["agent/goal"], dtype=np.float32).copy()
+                # (older snapshots: taken at micro-batch starts, where the two agree)
+                self._batch_goal = np.asarray(state.get("agent/batch_goal", self._goal),
+                                              dtype=np.float32).copy()
                 self._som_in = np.asarray(state["agent/som_in"], dtype=np.float32).copy()
             sd = {k: torch.from_numpy(np.array(v)) for k, v in sub("predictor").items()}
             self.predictor.load_state_dict(sd)
@@ -930,6 +982,7 @@ class Agent:
             self._pending = pend
             bs = np.asarray(state["agent/batch"], dtype=np.float64)
             self._batch_scale, self._batch_learns = float(bs[0]), bool(bs[1])
+            self._batch_qe = float(bs[2]) if bs.size > 2 else self._qe_avg
             if self.evolving and "evo/counters" in state:
                 self._set_evolution_state(state, sub("surgery"))
         except KeyError as e:
