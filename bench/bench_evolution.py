@@ -64,12 +64,15 @@ condition and seed.
 Streams: ``--quick`` the 5 shortest NAB streams; full: every stream of at most
 12,000 rows (26 of the 31, 100k of the 179k rows; the five ~15.9k-row Twitter
 streams are left out to fit 3 seeds x 4 conditions in the time budget).
-Run: ``lillith bench evolution [--data DIR] [--quick] --json``.
+Run: ``lillith bench evolution [--data DIR] [--quick] --json``; seeds 0, 1, 2
+unless ``LILLITH_BENCH_SEEDS=N`` asks for seeds 0 .. N-1 (about 4 minutes per
+seed for the full run).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import sys
 import time
@@ -85,7 +88,8 @@ from lillith.agents.config import AgentConfig
 from lillith.agents.nab import NabStream, load_corpus, score_all_profiles
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "nab"
-SEEDS = (0, 1, 2)
+# seeds 0 .. N-1; N = 3 unless LILLITH_BENCH_SEEDS says otherwise
+SEEDS = tuple(range(int(os.environ.get("LILLITH_BENCH_SEEDS", "3"))))
 STRATEGIES = ("preservation", "mutation", "crossover")
 CONDITIONS = ("off", *STRATEGIES)
 WARMUP, EVERY = 320, 240
