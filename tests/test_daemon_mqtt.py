@@ -31,6 +31,14 @@ def start_daemon(log_path: Path, *args: str, env: dict[str, str] | None = None
                             env=env, stdout=log_path.open("w"), stderr=subprocess.STDOUT)
 
 
+def agent_env(uid: str, name: str, state: Path, **extra: str) -> dict[str, str]:
+    """Environment of a daemon with one agent ``name`` on ``test/<uid>/#``, its own
+    client id, JSON logs and snapshots under ``state`` (plus ``extra`` variables)."""
+    return {**os.environ, "LILLITH_MQTT__CLIENT_ID": f"daemon-{uid}",
+            "LILLITH_AGENTS": json.dumps([{"name": name, "topics": [f"test/{uid}/#"]}]),
+            "LILLITH_LOG__FORMAT": "json", "LILLITH_STATE__DIR": str(state), **extra}
+
+
 class Collector:
     """A paho subscriber that stores every message by topic."""
 
@@ -356,9 +364,7 @@ def test_daemon_checkpoints_resumes_and_snapshots_on_command(mosquitto: int,
     name = f"c{uid}"
     prefix = f"lillith/{name}"
     state = tmp_path / "state"
-    env = {**os.environ, "LILLITH_MQTT__CLIENT_ID": f"daemon-{uid}",
-           "LILLITH_AGENTS": json.dumps([{"name": name, "topics": [f"test/{uid}/#"]}]),
-           "LILLITH_LOG__FORMAT": "json", "LILLITH_STATE__DIR": str(state)}
+    env = agent_env(uid, name, state)
     col = Collector(mosquitto, f"{prefix}/#")
     pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"pub-{uid}")
     pub.connect("127.0.0.1", mosquitto)
@@ -426,13 +432,10 @@ def test_daemon_evolves_on_schedule_and_on_command_and_saves_it(mosquitto: int,
     name = f"e{uid}"
     prefix = f"lillith/{name}"
     state = tmp_path / "state"
-    env = {**os.environ, "LILLITH_MQTT__CLIENT_ID": f"daemon-{uid}",
-           "LILLITH_AGENTS": json.dumps([{"name": name, "topics": [f"test/{uid}/#"]}]),
-           "LILLITH_AGENT": json.dumps({
-               "fabric": {"shape": [4, 4, 4], "n_features": 16}, "som": {"map_shape": [6, 6]},
-               "predictor": {"batch_size": 8},
-               "evolution": {"every": 40, "warmup": 40, "fabric": {"prune_rate": 0.2}}}),
-           "LILLITH_LOG__FORMAT": "json", "LILLITH_STATE__DIR": str(state)}
+    env = agent_env(uid, name, state, LILLITH_AGENT=json.dumps({
+        "fabric": {"shape": [4, 4, 4], "n_features": 16}, "som": {"map_shape": [6, 6]},
+        "predictor": {"batch_size": 8},
+        "evolution": {"every": 40, "warmup": 40, "fabric": {"prune_rate": 0.2}}}))
     col = Collector(mosquitto, f"{prefix}/#")
     pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"pub-{uid}")
     pub.connect("127.0.0.1", mosquitto)

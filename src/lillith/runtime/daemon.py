@@ -225,8 +225,7 @@ class Daemon:
             self._after_evolution(a, report, "schedule")
 
     def _after_evolution(self, a: _AgentRuntime, report: dict[str, Any], reason: str) -> None:
-        if a.checkpointer is not None:
-            a.checkpointer.touch()
+        self._touch(a)
         if "error" in report:
             log.error("evolution_failed", agent=a.binding.name, reason=reason, **report)
             return
