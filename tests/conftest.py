@@ -8,6 +8,7 @@ two threads, and on this 2-core machine they lose a lot when a neighbour
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -30,19 +31,24 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_mosquitto(port: int, directory: Path, *, persistent: bool = False
-                    ) -> subprocess.Popen[bytes]:
+def start_mosquitto(port: int, directory: Path, *, persistent: bool = False,
+                    anonymous: bool = True, extra: str = "") -> subprocess.Popen[bytes]:
     """Start mosquitto on ``127.0.0.1:port`` and wait until it accepts connections.
 
     ``max_queued_messages 0`` lifts the broker's default cap of 1000 queued
     QoS-1 messages per client, which would otherwise drop messages to a slow
-    subscriber (see DESIGN.md).
+    subscriber (see DESIGN.md). ``extra`` lines apply to the listener (TLS files,
+    a password file).
     """
     assert MOSQUITTO is not None
     conf = directory / f"mosquitto-{port}.conf"
     persistence = (f"persistence true\npersistence_location {directory}/\n" if persistent
                    else "persistence false\n")
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n"
+    # started as root, mosquitto drops to its own user, who cannot write a
+    # persistence file into (or read TLS keys from) pytest's private tmp dirs
+    user = "user root\n" if os.geteuid() == 0 else ""
+    conf.write_text(f"{user}listener {port} 127.0.0.1\n{extra}"
+                    f"allow_anonymous {'true' if anonymous else 'false'}\n"
                     f"max_queued_messages 0\n{persistence}")
     proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)

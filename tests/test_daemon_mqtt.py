@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -151,9 +152,10 @@ def test_broker_unreachable_at_start_then_serves(tmp_path: Path) -> None:
     name = f"u{uid}"
     env = {**os.environ, "LILLITH_MQTT__CLIENT_ID": f"daemon-{uid}",
            "LILLITH_MQTT__RECONNECT_MAX_S": "1.0",
-           "LILLITH_AGENTS": json.dumps([{"name": name, "topics": [f"test/{uid}/#"]}])}
-    proc = start_daemon(tmp_path / "daemon.log", "--source", f"mqtt://127.0.0.1:{port}",
-                        env=env)
+           "LILLITH_AGENTS": json.dumps([{"name": name, "topics": ["elsewhere/#"]}])}
+    # the topic filter from the URL, '#' and all (not a URL fragment)
+    proc = start_daemon(tmp_path / "daemon.log", "--source",
+                        f"mqtt://127.0.0.1:{port}/test/{uid}/#", env=env)
     broker = None
     col = pub = None
     try:
@@ -487,6 +489,66 @@ def test_daemon_evolves_on_schedule_and_on_command_and_saves_it(mosquitto: int,
         # the commanded round (at step 200) is in the shutdown snapshot
         assert births.shape[0] > 0 and int(births[:, 5].max()) == 200
         assert int(np.asarray(s["evo/counters"])[1]) == len(rounds) + 1
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        pub.loop_stop()
+        col.close()
+
+
+def test_one_topic_per_channel_assembled_at_a_tick(mosquitto: int, tmp_path: Path) -> None:
+    """Channels on their own topics: frames of the latest values at each tick, a
+    silent channel held and marked stale, bad values and unknown channels dead-
+    lettered, no frames once every channel is silent."""
+    uid = uuid.uuid4().hex[:8]
+    name = f"c{uid}"
+    agents = [{"name": name, "topics": [f"test/{uid}/+"], "channels": ["temp", "rpm"],
+               "tick_s": 0.05, "stale_s": 1.0}]
+    env = {**agent_env(uid, name, tmp_path / "state"), "LILLITH_AGENTS": json.dumps(agents)}
+    col = Collector(mosquitto, f"lillith/{name}/#")
+    proc = start_daemon(tmp_path / "daemon.log", "--source", f"mqtt://127.0.0.1:{mosquitto}",
+                        env=env)
+    pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"pub-{uid}")
+    pub.connect("127.0.0.1", mosquitto)
+    pub.loop_start()
+    out = f"lillith/{name}/out"
+
+    def send(channel: str, payload: str) -> None:
+        pub.publish(f"test/{uid}/{channel}", payload, qos=1).wait_for_publish(10)
+
+    try:
+        assert col.wait(f"lillith/{name}/status", 1, 60), (tmp_path / "daemon.log").read_text()
+        send("temp", "20.0")
+        time.sleep(0.3)
+        assert col.get(out) == []  # rpm never seen: no partial frame
+        send("rpm", '{"values": [900]}')
+        first = [json.loads(o) for o in col.wait(out, 5, 30)]
+        assert len(first) >= 5, (tmp_path / "daemon.log").read_text()[-2000:]
+        assert all(o["values"] == [20.0, 900.0] and o["stale"] == [] for o in first[:5]), first
+        send("temp", "nope")
+        send("pressure", "1.5")
+        dead = [json.loads(d) for d in col.wait(f"lillith/{name}/deadletter", 2, 30)]
+        assert {(d["reason"], d["topic"].rsplit("/", 1)[1]) for d in dead} == {
+            ("malformed_json", "temp"), ("unknown_channel", "pressure")}
+        for i in range(30):  # rpm goes quiet, temp goes on
+            send("temp", str(21.0 + i))
+            time.sleep(0.05)
+        held = [json.loads(o) for o in col.get(out)]
+        late = held[-5:]
+        assert all(o["stale"] == ["rpm"] and o["values"][1] == 900.0 for o in late), late
+        assert late[-1]["values"][0] >= 45.0  # the newest temp values
+        ticks = [o["t"] for o in held]
+        assert all(b > a for a, b in itertools.pairwise(ticks))  # stream time
+        time.sleep(1.5)  # both silent past stale_s: the ticks stop producing frames
+        quiet = len(col.get(out))
+        time.sleep(0.5)
+        assert len(col.get(out)) == quiet
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+        status = json.loads(col.get(f"lillith/{name}/status")[-1])
+        assert status["state"] == "offline" and status["channel_updates"] == 32
+        assert status["frames_out"] == quiet and status["rejects"] == {
+            "malformed_json": 1, "unknown_channel": 1}
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -75,6 +75,21 @@ def test_forward_shapes(shape: tuple[int, ...]) -> None:
     assert torch.allclose(aux["total_aux"], parts)
 
 
+def test_inference_without_aux_losses_gives_the_same_output() -> None:
+    """``aux=False`` (the agent's per-frame forecast) skips the auxiliary losses
+    (returned as zeros) and changes nothing else."""
+    ffn = make_ffn()
+    ffn.insert_signature(1, torch.randn(D), freeze=True)
+    x = torch.randn(64, D)
+    ffn.eval()
+    with torch.no_grad():
+        ref, info, aux = ffn(x, track=False)
+        lean, lean_info, zeros = ffn(x, track=False, aux=False)
+    assert torch.equal(lean, ref) and float(aux["total_aux"]) > 0
+    assert set(zeros) == set(aux) and all(float(v) == 0.0 for v in zeros.values())
+    assert all(torch.equal(lean_info[k], info[k]) for k in info)
+
+
 def test_aux_entries_are_weighted() -> None:
     ffn = make_ffn(ternary_weight=0.5, sparsity_weight=0.0, diversity_weight=2.0)
     _, _, aux = ffn(torch.randn(4, D))

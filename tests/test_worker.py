@@ -64,3 +64,39 @@ def test_commands_run_between_frames_and_errors_reach_the_caller() -> None:
     assert seen == list(range(1, 51)) and w.width == 1
     w.stop()
     assert w.join(60)
+
+
+def test_frames_waiting_are_processed_in_runs_with_the_same_results() -> None:
+    """Frames that queued up while the worker was busy go through one
+    ``process_many`` run: results equal a frame-by-frame agent bit for bit, with
+    evolution rounds at their exact steps and stream times passed through."""
+    from lillith.agents.agent import Agent
+    from lillith.agents.config import EvolutionConfig
+
+    config = AgentConfig(evolution=EvolutionConfig(every=40, warmup=60))
+    rng = np.random.default_rng(3)
+    xs = np.sin(np.arange(300) * 0.2) + 0.1 * rng.standard_normal(300)
+    got: list[Result] = []
+    rounds: list[int] = []
+    w = AgentWorker("r", config, queue_size=400, policy="backpressure", width=1,
+                    on_result=got.append, on_evolution=lambda r: rounds.append(r["step"]))
+    for i, x in enumerate(xs):  # all queued before the thread starts: long runs
+        w.offer(i, Frame(np.array([x]), None if i % 7 == 0 else float(i)))
+    w.start()
+    w.stop()
+    assert w.join(120)
+    want: list[object] = []
+
+    def one_by_one() -> None:  # on a thread of its own too: torch's thread count is
+        ref = Agent(1, config, name="r")  # per thread, and other tests change the main one's
+        for i, x in enumerate(xs):
+            if ref.evolution_due():
+                ref.evolve()
+            want.append(ref.process([x], None if i % 7 == 0 else float(i)))
+
+    t = threading.Thread(target=one_by_one)
+    t.start()
+    t.join(120)
+    assert [r.seq for r in got] == list(range(300)) and w.processed == 300
+    assert [r.metrics for r in got] == want
+    assert rounds == [60, 100, 140, 180, 220, 260]

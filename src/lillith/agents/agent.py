@@ -139,15 +139,16 @@ class TilePredictor(nn.Module):
             self.head.bias.zero_()
 
     def forward(
-        self, feats: torch.Tensor, last: torch.Tensor, *, track: bool = True
+        self, feats: torch.Tensor, last: torch.Tensor, *, track: bool = True,
+        aux: bool = True,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Forecast, shape (N, C), and the tile predictor's auxiliary losses.
 
-        ``track`` updates the tile FFN's usage statistics (see
-        :meth:`SparseLookupFFNv2.forward`)."""
+        ``track`` updates the tile FFN's usage statistics, ``aux`` computes the
+        auxiliary losses (see :meth:`SparseLookupFFNv2.forward`)."""
         h = torch.tanh(self.proj(feats))
-        h, _, aux = self.ffn(h, track=track)
-        return last + self.head(h), aux
+        h, _, losses = self.ffn(h, track=track, aux=aux)
+        return last + self.head(h), losses
 
 
 @dataclass
@@ -355,12 +356,14 @@ class Agent:
             raise AgentError("no frame seen yet")
         return [float(v) for v in self.normalizer.inverse(self._prev_pred)]
 
-    def process_many(self, frames: npt.ArrayLike, ts: Sequence[float] | None = None, *,
-                     mode: str | None = None) -> list[Metrics]:
+    def process_many(self, frames: npt.ArrayLike, ts: Sequence[float | None] | None = None,
+                     *, mode: str | None = None) -> list[Metrics]:
         """Process frames in order; same results as calling :meth:`process` on each.
 
         The torch forward of a run of frames inside one micro-batch is done
-        in one call, which is what makes replay fast.
+        in one call, which is what makes replay fast. ``ts`` (one stream time
+        per frame, ``None`` for a frame without one) only passes through to
+        the metrics.
         """
         X = np.asarray(frames, dtype=np.float64)
         if X.ndim != 2 or X.shape[1] != self.n_channels:
@@ -396,7 +399,8 @@ class Agent:
         self._batch_learns = self.learning_enabled and self.bio.can_learn()
         self._batch_scale = mods["learning_drive"] if self._batch_learns else 0.0
 
-    def _segment(self, X: F64, ts: Sequence[float] | None, force: str | None) -> list[Metrics]:
+    def _segment(self, X: F64, ts: Sequence[float | None] | None, force: str | None
+                 ) -> list[Metrics]:
         n = X.shape[0]
         feats = np.empty((n, self.feat_dim), dtype=np.float32)
         lasts = np.empty((n, self.n_channels), dtype=np.float32)
@@ -478,7 +482,8 @@ class Agent:
             self._prev_last = lasts[r].copy()
             mods = self.bio.modulators()
             out.append(Metrics(
-                step=self.step, t=None if ts is None else float(ts[r]), loss=loss,
+                step=self.step, t=None if ts is None or (tr := ts[r]) is None else float(tr),
+                loss=loss,
                 anomaly_score=raw, anomaly_likelihood=lik,
                 prediction=[float(v) for v in locs[r] + preds[r] * scales[r]],
                 bmu=int(bmus[r]), mode=modes[r], energy=mods["energy"],
@@ -511,8 +516,9 @@ class Agent:
             last[lo:lo + n] = torch.from_numpy(lasts)
         with torch.no_grad():
             # tile usage is counted by the training step, once per micro-batch
-            # whatever the calls, not here (the count of calls would depend on them)
-            pred, _ = self.predictor(f, last, track=False)
+            # whatever the calls, not here (the count of calls would depend on
+            # them); no auxiliary losses: a third of the pass, and unused here
+            pred, _ = self.predictor(f, last, track=False, aux=False)
         out: F64 = pred[lo:lo + n].numpy().astype(np.float64)
         return out
 

@@ -14,7 +14,8 @@ from typing import Any
 
 from lillith.errors import LillithError
 
-BENCHMARKS = ("fabric", "som", "conv4d", "agent", "nab", "ingest", "checkpoint", "evolution")
+BENCHMARKS = ("fabric", "som", "conv4d", "agent", "nab", "ingest", "latency", "checkpoint",
+              "evolution")
 
 
 def bench_dir() -> Path:
@@ -154,11 +155,13 @@ def _run_daemon(settings: Any, source: str, config_path: Path | None = None, *,
 
     from lillith.runtime.daemon import Daemon
 
-    url = urlsplit(source)
+    # the topic filter is everything after HOST:PORT/, taken literally: a URL
+    # parser would cut '#' (MQTT's multi-level wildcard) off as a fragment
+    authority, _, topic = source.removeprefix("mqtt://").partition("/")
+    url = urlsplit(f"mqtt://{authority}")
     mqtt = settings.mqtt.model_copy(update={"host": url.hostname or settings.mqtt.host,
                                             "port": url.port or settings.mqtt.port})
     bindings = list(settings.agents)
-    topic = url.path.lstrip("/")
     if topic:
         bindings[0] = bindings[0].model_copy(update={"topics": [topic]})
     state = settings.state

@@ -23,7 +23,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal
 
 import structlog
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from lillith.agents.agent import Agent
 from lillith.agents.config import AgentConfig
@@ -31,7 +31,8 @@ from lillith.runtime.checkpoint import Checkpointer, clean_and_log
 from lillith.runtime.evolution import log_evolution, surgery_command
 from lillith.runtime.metrics import DaemonMetrics
 from lillith.runtime.worker import AgentWorker, Result
-from lillith.sensors.codec import RejectError, Schema, decode, excerpt
+from lillith.sensors.assemble import Assembler
+from lillith.sensors.codec import Frame, RejectError, Schema, decode, excerpt
 from lillith.state.agent_state import agent_store, resume_agent
 
 if TYPE_CHECKING:
@@ -39,21 +40,26 @@ if TYPE_CHECKING:
 from lillith.sensors.mqtt import (
     Incoming,
     LastWill,
+    Link,
     MqttError,
-    MqttLink,
     MqttSettings,
-    PahoLink,
     open_link,
     topic_matches,
 )
 
 log = structlog.get_logger(component="daemon")
-
-Link = MqttLink | PahoLink
+ROUTE_CACHE = 65_536  # topics remembered by the intake's router
+_MISS = object()
 
 
 class AgentBinding(BaseModel):
-    """One agent: its topics, its frame schema, its queue."""
+    """One agent: its topics, its frame schema, its queue.
+
+    With ``tick_s`` the agent reads one topic per channel (the last topic
+    level names the channel, one value per message) and assembles a frame
+    of the latest values every ``tick_s`` seconds (:mod:`lillith.sensors.assemble`);
+    a channel silent for ``stale_s`` (default three ticks) is marked stale.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -67,12 +73,23 @@ class AgentBinding(BaseModel):
     queue_size: int = Field(1024, ge=1)
     policy: Literal["backpressure", "drop_oldest"] = "backpressure"
     output_every: int = Field(1, ge=1)
+    tick_s: float | None = Field(None, gt=0)
+    stale_s: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _per_channel_needs_channels(self) -> AgentBinding:
+        if self.tick_s is not None and not self.channels:
+            raise ValueError("tick_s (one topic per channel) needs the channel names")
+        if self.stale_s is not None and self.tick_s is None:
+            raise ValueError("stale_s applies to per-channel topics (set tick_s)")
+        return self
 
 
 class _AgentRuntime:
     def __init__(self, b: AgentBinding, config: AgentConfig, results: asyncio.Queue[Result],
                  loop: asyncio.AbstractEventLoop,
-                 evolutions: asyncio.Queue[tuple[_AgentRuntime, dict[str, Any]]]) -> None:
+                 evolutions: asyncio.Queue[tuple[_AgentRuntime, dict[str, Any]]],
+                 metrics: DaemonMetrics) -> None:
         self.binding = b
         self.schema = Schema(channels=b.channels, width=b.width, low=b.low, high=b.high,
                              max_bytes=b.max_bytes)
@@ -94,6 +111,15 @@ class _AgentRuntime:
         self.checkpointer: Checkpointer | None = None
         self.rejects: Counter[str] = Counter()
         self.last_log: dict[str, float] = {}
+        self.frames_in_metric = metrics.frames_in.labels(b.name)  # bound once: hot path
+        self.assembler: Assembler | None = None
+        self.stale: dict[int, tuple[str, ...]] = {}  # seq -> stale channels (assembled)
+        self.held: dict[int, list[float]] = {}  # seq -> the assembled values
+        self.ticks_skipped = 0
+        if b.tick_s is not None and b.channels:
+            self.assembler = Assembler(b.channels, stale_s=b.stale_s or 3 * b.tick_s)
+            self.channel_schema = Schema(width=1, low=b.low, high=b.high,
+                                         max_bytes=b.max_bytes)
 
     @property
     def prefix(self) -> str:
@@ -115,6 +141,7 @@ class Daemon:
         self.status_every_s = status_every_s
         self.reject_log_window_s = reject_log_window_s
         self.agents: list[_AgentRuntime] = []
+        self._routes: dict[str, tuple[_AgentRuntime, bool] | None] = {}
         self._results: asyncio.Queue[Result] = asyncio.Queue()
         self._evolutions: asyncio.Queue[tuple[_AgentRuntime, dict[str, Any]]] = asyncio.Queue()
         self.metrics = DaemonMetrics()
@@ -129,8 +156,8 @@ class Daemon:
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until ``stop`` is set, reconnecting forever; then shut down in order."""
         loop = asyncio.get_running_loop()
-        self.agents = [_AgentRuntime(b, self.config, self._results, loop, self._evolutions)
-                       for b in self.bindings]
+        self.agents = [_AgentRuntime(b, self.config, self._results, loop, self._evolutions,
+                                     self.metrics) for b in self.bindings]
         for a in self.agents:
             await self._resume(a)
             a.worker.start()
@@ -272,6 +299,8 @@ class Daemon:
             lag = tg.create_task(self._lag_probe(), name="loop-lag")
             ckpt = tg.create_task(self._checkpoint_loop(), name="checkpoint")
             evo = tg.create_task(self._evolution_loop(), name="evolution")
+            ticks = [tg.create_task(self._tick_loop(a, stop), name=f"assemble-{a.binding.name}")
+                     for a in self.agents if a.assembler is not None]
             await stop.wait()
             log.info("intake_stopping", pending=link.pending())
             if link.acks_on_receipt:
@@ -283,6 +312,8 @@ class Daemon:
                     await asyncio.sleep(0.005)
             # (paho: unread messages are unacknowledged; the broker redelivers them)
             intake.cancel()
+            for tick in ticks:
+                tick.cancel()
             status.cancel()
             lag.cancel()
             ckpt.cancel()
@@ -340,47 +371,131 @@ class Daemon:
                      low=new.low, high=new.high, max_bytes=new.max_bytes, policy=new.policy)
 
     # ------------------------------------------------------------------ tasks
+    def _route(self, topic: str) -> tuple[_AgentRuntime, bool] | None:
+        """Which agent a topic is for, and whether it is that agent's command topic.
+
+        Topics repeat, so the answer is cached (the cache is cleared when it
+        grows past :data:`ROUTE_CACHE`); topics and agents are fixed for the
+        daemon's run (a reload cannot change them).
+        """
+        hit = self._routes.get(topic, _MISS)
+        if hit is not _MISS:
+            return hit  # type: ignore[return-value]
+        target: tuple[_AgentRuntime, bool] | None = None
+        for a in self.agents:
+            if topic == f"{a.prefix}/cmd":
+                target = (a, True)
+                break
+            if any(topic_matches(topic, f) for f in a.binding.topics):
+                target = (a, False)
+                break
+        if len(self._routes) >= ROUTE_CACHE:
+            self._routes.clear()
+        self._routes[topic] = target
+        return target
+
     async def _intake(self, link: Link, stop: asyncio.Event) -> None:
+        route = self._route
         async for msg in link.messages():
-            for a in self.agents:
-                if msg.topic == f"{a.prefix}/cmd":
-                    await self._command(link, a, msg.payload)
-                    link.ack(msg)
-                    break
-                if any(topic_matches(msg.topic, f) for f in a.binding.topics):
-                    await self._accept(link, a, msg)
-                    break
-            else:
+            target = route(msg.topic)
+            if target is None:
                 link.ack(msg)
+            elif target[1]:
+                await self._command(link, target[0], msg.payload)
+                link.ack(msg)
+            elif target[0].assembler is not None:
+                await self._accept_channel(link, target[0], msg)
+            else:
+                await self._accept(link, target[0], msg)
             if stop.is_set() and (not link.acks_on_receipt or not link.pending()):
                 return
 
-    async def _accept(self, link: Link, a: _AgentRuntime, msg: Incoming) -> None:
-        topic, payload = msg.topic, msg.payload
+    async def _reject(self, link: Link, a: _AgentRuntime, msg: Incoming, e: RejectError
+                      ) -> None:
+        """Count, log (rate-limited) and dead-letter a rejected payload; it is done with."""
+        a.rejects[e.reason] += 1
+        self.metrics.rejects.labels(a.binding.name, e.reason).inc()
+        now = time.monotonic()
+        if now - a.last_log.get(e.reason, -1e9) >= self.reject_log_window_s:
+            a.last_log[e.reason] = now
+            log.warning("payload_rejected", agent=a.binding.name, topic=msg.topic,
+                        reason=e.reason, count=a.rejects[e.reason])
+        dead = {"topic": msg.topic, "reason": e.reason, "detail": e.message,
+                "excerpt": excerpt(msg.payload)}
+        await link.publish(f"{a.prefix}/deadletter", json.dumps(dead).encode(), qos=0)
+        link.ack(msg)  # handled: rejected for good
+
+    async def _accept_channel(self, link: Link, a: _AgentRuntime, msg: Incoming) -> None:
+        """One channel's value (per-channel topics): validated, held for the next tick.
+
+        Acknowledged at once: with last-value hold a value is used by the ticks
+        that follow it until a newer one replaces it, so "processed" means held.
+        """
+        assert a.assembler is not None
+        channel = msg.topic.rpartition("/")[2]
         try:
-            frame = decode(payload, a.schema, content_type=msg.content_type)
+            if channel not in a.assembler.index:
+                raise RejectError("unknown_channel", "the topic's last level is not a channel",
+                                  channel=channel, channels=list(a.assembler.channels)[:8])
+            frame = decode(msg.payload, a.channel_schema, content_type=msg.content_type)
         except RejectError as e:
-            a.rejects[e.reason] += 1
-            self.metrics.rejects.labels(a.binding.name, e.reason).inc()
-            now = time.monotonic()
-            if now - a.last_log.get(e.reason, -1e9) >= self.reject_log_window_s:
-                a.last_log[e.reason] = now
-                log.warning("payload_rejected", agent=a.binding.name, topic=topic,
-                            reason=e.reason, count=a.rejects[e.reason])
-            dead = {"topic": topic, "reason": e.reason, "detail": e.message,
-                    "excerpt": excerpt(payload)}
-            await link.publish(f"{a.prefix}/deadletter", json.dumps(dead).encode(), qos=0)
-            link.ack(msg)  # handled: rejected for good
+            await self._reject(link, a, msg, e)
+            return
+        a.assembler.update(channel, float(frame.values[0]), time.monotonic())
+        link.ack(msg)
+
+    async def _accept(self, link: Link, a: _AgentRuntime, msg: Incoming) -> None:
+        try:
+            frame = decode(msg.payload, a.schema, content_type=msg.content_type)
+        except RejectError as e:
+            await self._reject(link, a, msg, e)
             return
         if a.schema.expected_width is None:  # the first valid frame fixes the width
             a.schema = replace(a.schema, width=int(frame.values.size))
         a.frames_in += 1
-        self.metrics.frames_in.labels(a.binding.name).inc()
+        a.frames_in_metric.inc()
         a.seq += 1
         a.unacked[a.seq] = msg
-        lost = await a.worker.put(a.seq, frame)
+        taken, lost = a.worker.offer(a.seq, frame)
+        if not taken:  # backpressure: wait for room (and stop reading meanwhile)
+            lost = await a.worker.put(a.seq, frame)
         if lost is not None:  # drop_oldest: the dropped frame is done with
             link.ack(a.unacked.pop(lost))
+
+    async def _tick_loop(self, a: _AgentRuntime, stop: asyncio.Event) -> None:
+        """Assemble a frame of the latest channel values every ``tick_s`` seconds.
+
+        Ticks keep an absolute schedule; ticks missed while the loop was late
+        are skipped, not caught up. A frame the queue cannot take under
+        backpressure is skipped too (counted in ``ticks_skipped``): the next
+        tick carries the newer values.
+        """
+        assert a.assembler is not None and a.binding.tick_s is not None
+        loop = asyncio.get_running_loop()
+        tick = a.binding.tick_s
+        due = loop.time() + tick
+        while not stop.is_set():
+            await asyncio.sleep(max(due - loop.time(), 0.0))
+            now = loop.time()
+            due += tick * max(1, int((now - due) // tick) + 1)
+            got = a.assembler.frame(time.monotonic())
+            if got is None:
+                continue
+            frame = Frame(got.values, time.time())
+            if a.schema.expected_width is None:
+                a.schema = replace(a.schema, width=int(frame.values.size))
+            taken, lost = a.worker.offer(a.seq + 1, frame)
+            if not taken:
+                a.ticks_skipped += 1
+                continue
+            a.seq += 1
+            a.frames_in += 1
+            a.frames_in_metric.inc()
+            a.stale[a.seq] = got.stale
+            a.held[a.seq] = got.values.tolist()
+            if lost is not None:
+                a.stale.pop(lost, None)
+                a.held.pop(lost, None)
 
     async def _publisher(self, link: Link) -> None:
         by_name = {a.binding.name: a for a in self.agents}
@@ -389,6 +504,7 @@ class Daemon:
             try:
                 a = by_name[r.agent]
                 msg = a.unacked.pop(r.seq, None)
+                held, stale = a.held.pop(r.seq, None), a.stale.pop(r.seq, ())
                 if r.metrics is None:  # processing failed: counted by the worker
                     if msg is not None:
                         link.ack(msg)
@@ -406,10 +522,14 @@ class Daemon:
                     a.dropped_reported += dropped
                 if r.seq % a.binding.output_every == 0:
                     m = r.metrics
-                    out = {"t": m.t, "seq": r.seq, "anomaly_score": m.anomaly_score,
-                           "anomaly_likelihood": m.anomaly_likelihood,
-                           "prediction": m.prediction, "loss": m.loss, "bmu": m.bmu,
-                           "mode": m.mode, "energy": m.energy, "skipped": m.skipped}
+                    out: dict[str, Any] = {
+                        "t": m.t, "seq": r.seq, "anomaly_score": m.anomaly_score,
+                        "anomaly_likelihood": m.anomaly_likelihood,
+                        "prediction": m.prediction, "loss": m.loss, "bmu": m.bmu,
+                        "mode": m.mode, "energy": m.energy, "skipped": m.skipped}
+                    if a.assembler is not None:  # what was held, and what had gone quiet
+                        out["values"] = held
+                        out["stale"] = list(stale)
                     await link.publish(f"{a.prefix}/out", json.dumps(out).encode())
                 if msg is not None:
                     link.ack(msg)  # processed and published: the broker may forget it
@@ -434,10 +554,13 @@ class Daemon:
                 await self._publish_status(link, a, "online")
 
     async def _publish_status(self, link: Link, a: _AgentRuntime, state: str) -> None:
-        body = {"state": state, "step": a.frames_out, "frames_in": a.frames_in,
+        body: dict[str, Any] = {"state": state, "step": a.frames_out, "frames_in": a.frames_in,
                 "frames_out": a.frames_out, "max_loop_lag_ms": round(self.max_lag_s * 1e3, 3),
                 "queue_depth": a.worker.depth, "dropped": a.worker.dropped,
                 "rejects": dict(a.rejects), "errors": a.worker.errors}
+        if a.assembler is not None:
+            body["channel_updates"] = a.assembler.updates
+            body["ticks_skipped"] = a.ticks_skipped
         await link.publish(f"{a.prefix}/status", json.dumps(body).encode(), retain=True, qos=1,
                            wait=state == "offline")
 

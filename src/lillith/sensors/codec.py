@@ -135,13 +135,25 @@ def _from_object(obj: Any, schema: Schema) -> Frame:
         raise
 
 
+def _numbers(vals: Sequence[Any]) -> list[float]:
+    """The values as floats; a non-number (a boolean included) is a ``wrong_type``."""
+    out: list[float] = []
+    for v in vals:
+        kind = type(v)
+        if kind is float or kind is int:  # what JSON and msgpack give; bool is not int
+            out.append(float(v))
+        else:  # the rare path: name the offending position
+            return [_number(w, f"values[{i}]") for i, w in enumerate(vals)]
+    return out
+
+
 def _from_object_checked(obj: Any, schema: Schema) -> Frame:
     t: float | None = None
     if isinstance(obj, bool):
         raise RejectError("wrong_type", "payload is a boolean")
     if isinstance(obj, int | float):
         raw: list[float] = [float(obj)]
-    elif isinstance(obj, Mapping):
+    elif type(obj) is dict or isinstance(obj, Mapping):
         if "values" not in obj:
             raise RejectError("wrong_type", "object payload lacks 'values'",
                          keys=sorted(map(str, obj))[:8])
@@ -151,10 +163,10 @@ def _from_object_checked(obj: Any, schema: Schema) -> Frame:
                 raise RejectError("bad_time", "'t' must be a finite number")
             t = float(tv)
         vals = obj["values"]
-        if isinstance(vals, Mapping):
+        if type(vals) is list or isinstance(vals, tuple):
+            raw = _numbers(vals)
+        elif isinstance(vals, Mapping):
             raw = _named(vals, schema)
-        elif isinstance(vals, list | tuple):
-            raw = [_number(v, f"values[{i}]") for i, v in enumerate(vals)]
         else:
             raise RejectError("wrong_type", "'values' must be a list or an object",
                          type=type(vals).__name__)
