@@ -90,6 +90,35 @@ def test_inference_without_aux_losses_gives_the_same_output() -> None:
     assert all(torch.equal(lean_info[k], info[k]) for k in info)
 
 
+@pytest.mark.parametrize("kw", [{}, {"input_norm": False}, {"use_score_calibration": False},
+                                {"temperature": 0.3, "tiles_per_cluster": 2}])
+def test_numpy_inference_matches_forward(kw: dict[str, Any]) -> None:
+    """``infer`` (numpy, the agent's per-frame pass) gives forward's output, also
+    with a frozen signature and after training moved every parameter."""
+    ffn = make_ffn(**kw)
+    opt = torch.optim.Adam(ffn.parameters(), lr=0.05)
+    for _ in range(20):
+        out, _, aux = ffn(torch.randn(32, D))
+        (out.square().mean() + aux["total_aux"]).backward()
+        opt.step()
+        opt.zero_grad()
+    ffn.insert_signature(1, torch.randn(D), freeze=True)
+    x = torch.randn(64, D)
+    ffn.eval()
+    with torch.no_grad():
+        ref, info, _ = ffn(x, track=False)
+    got = ffn.infer(x.numpy())
+    assert got.dtype == np.float32 and got.shape == (64, D)
+    np.testing.assert_allclose(got, ref.numpy(), rtol=1e-5, atol=1e-5)
+    assert len(set(info["tile_idx"].tolist())) > 1  # several tiles took part
+    # each row's result depends on that row alone, bit for bit (the agent's
+    # forecasts are the same however a stream is cut into calls)
+    for r in (0, 17, 63):
+        alone = np.zeros_like(x.numpy())
+        alone[r] = x.numpy()[r]
+        assert np.array_equal(ffn.infer(alone)[r], got[r])
+
+
 def test_aux_entries_are_weighted() -> None:
     ffn = make_ffn(ternary_weight=0.5, sparsity_weight=0.0, diversity_weight=2.0)
     _, _, aux = ffn(torch.randn(4, D))

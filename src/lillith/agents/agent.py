@@ -150,6 +150,15 @@ class TilePredictor(nn.Module):
         h, _, losses = self.ffn(h, track=track, aux=aux)
         return last + self.head(h), losses
 
+    def infer(self, feats: F32, last: F32) -> F32:
+        """:meth:`forward`'s forecast in numpy, shape (N, C) (see
+        :meth:`SparseLookupFFNv2.infer`): the per-frame inference pass."""
+        w, b = self.proj.weight.detach().numpy(), self.proj.bias.detach().numpy()
+        h = self.ffn.infer(np.tanh(feats @ w.T + b))
+        out: F32 = last + (h @ self.head.weight.detach().numpy().T
+                           + self.head.bias.detach().numpy())
+        return out
+
 
 @dataclass
 class _Pending:
@@ -495,7 +504,7 @@ class Agent:
     def _forecast(self, feats: F32, lasts: F32) -> F64:
         """Forecasts of a segment's rows, computed batch-invariantly.
 
-        torch's CPU kernels may round a row differently depending on the
+        BLAS kernels may round a row differently depending on the
         shape of the call (a single row goes through a matrix-vector kernel),
         so the rows go into a micro-batch-shaped buffer at their own offset
         in the micro-batch (zeros elsewhere; rows do not interact): each
@@ -506,20 +515,19 @@ class Agent:
         n = feats.shape[0]
         B = self.config.predictor.batch_size
         if B > MAX_PAD or (n == B and self.step % B == 0):
-            f, last = torch.from_numpy(feats), torch.from_numpy(lasts)
+            f, last = feats, lasts
             lo = 0
         else:
             lo = self.step % B
-            f = torch.zeros((B, self.feat_dim), dtype=torch.float32)
-            last = torch.zeros((B, self.n_channels), dtype=torch.float32)
-            f[lo:lo + n] = torch.from_numpy(feats)
-            last[lo:lo + n] = torch.from_numpy(lasts)
-        with torch.no_grad():
-            # tile usage is counted by the training step, once per micro-batch
-            # whatever the calls, not here (the count of calls would depend on
-            # them); no auxiliary losses: a third of the pass, and unused here
-            pred, _ = self.predictor(f, last, track=False, aux=False)
-        out: F64 = pred[lo:lo + n].numpy().astype(np.float64)
+            f = np.zeros((B, self.feat_dim), dtype=np.float32)
+            last = np.zeros((B, self.n_channels), dtype=np.float32)
+            f[lo:lo + n] = feats
+            last[lo:lo + n] = lasts
+        # numpy, not torch: a few small arrays, where torch's per-operation
+        # overhead was most of a frame's cost; tile usage is counted by the
+        # training step, once per micro-batch whatever the calls
+        pred = self.predictor.infer(f, last)
+        out: F64 = pred[lo:lo + n].astype(np.float64)
         return out
 
     def _raw_score(self, err: float, qe: float, level: float) -> float:
