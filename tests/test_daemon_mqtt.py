@@ -101,13 +101,15 @@ def test_publish_score_deadletter_command_and_sigterm(mosquitto: int, tmp_path: 
         n = 200
         rng = np.random.default_rng(0)
         bad = [b'{"values": [1, 2', b'{"values": [1, NaN, 3]}', b'"text"', b"\xff\x00",
-               b'{"values": [1, 2]}']
+               b'{"values": [1, 2]}', b'{"values": [' + b"1" * (10 << 20) + b"]}",
+               b'{"values": ' + b"[" * 50 + b"]" * 50 + b"}"]
         for i in range(n):
             vals = [float(np.sin(i / 5)), float(rng.standard_normal()), 3.0]
             msg = json.dumps({"t": i, "values": vals})
             pub.publish(f"test/{uid}/s1", msg, qos=1).wait_for_publish(5)
-            if i % 40 == 10:
-                pub.publish(f"test/{uid}/s1", bad[(i // 40) % len(bad)], qos=1).wait_for_publish(5)
+            if i % 28 == 10:  # truncated, NaN, wrong type, junk, wrong length, 10 MB, deep
+                pub.publish(f"test/{uid}/s1", bad[(i // 28) % len(bad)], qos=1
+                            ).wait_for_publish(30)
         outs = col.wait(f"{prefix}/out", n, 120)
         assert len(outs) == n
         rows = [json.loads(o) for o in outs]
@@ -115,9 +117,10 @@ def test_publish_score_deadletter_command_and_sigterm(mosquitto: int, tmp_path: 
         assert [r["t"] for r in rows] == list(range(n))
         for r in rows:
             assert 0.0 <= r["anomaly_likelihood"] <= 1.0 and len(r["prediction"]) == 3
-        dead = [json.loads(d) for d in col.wait(f"{prefix}/deadletter", 5, 30)]
+        dead = [json.loads(d) for d in col.wait(f"{prefix}/deadletter", 7, 30)]
         assert {d["reason"] for d in dead} == {"malformed_json", "non_finite", "wrong_type",
-                                              "wrong_length"}
+                                              "wrong_length", "oversized", "too_deep"}
+        assert max(len(json.dumps(d)) for d in dead) < 2000  # excerpts stay bounded
         scrape = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics",
                                         timeout=10).read().decode()
         assert f'lillith_frames_out_total{{agent="{name}"}} {float(n)}' in scrape
@@ -136,7 +139,7 @@ def test_publish_score_deadletter_command_and_sigterm(mosquitto: int, tmp_path: 
         final = json.loads(col.get(f"{prefix}/status")[-1])
         assert final["state"] == "offline" and final["frames_out"] == n
         assert final["rejects"] == {"malformed_json": 2, "non_finite": 1, "wrong_type": 1,
-                                    "wrong_length": 1}
+                                    "wrong_length": 1, "oversized": 1, "too_deep": 1}
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -549,6 +552,58 @@ def test_one_topic_per_channel_assembled_at_a_tick(mosquitto: int, tmp_path: Pat
         assert status["state"] == "offline" and status["channel_updates"] == 32
         assert status["frames_out"] == quiet and status["rejects"] == {
             "malformed_json": 1, "unknown_channel": 1}
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        pub.loop_stop()
+        col.close()
+
+
+@pytest.mark.parametrize("policy", ["drop_oldest", "backpressure"])
+def test_slow_agent_with_a_full_queue(mosquitto: int, tmp_path: Path, policy: str) -> None:
+    """A burst far faster than a slow agent, a queue of 4: ``drop_oldest`` loses
+    the oldest frames (counted, their messages acknowledged) and the newest come
+    out; ``backpressure`` loses nothing (the broker holds what the daemon does not
+    take). Either way the daemon keeps serving and stops cleanly."""
+    uid = uuid.uuid4().hex[:8]
+    name = f"q{uid}"
+    agents = [{"name": name, "topics": [f"test/{uid}/#"], "queue_size": 4, "policy": policy}]
+    env = {**agent_env(uid, name, tmp_path / "state"), "LILLITH_AGENTS": json.dumps(agents),
+           "LILLITH_AGENT__FABRIC__SHAPE": "[9, 9, 32]", "LILLITH_AGENT__FABRIC__SUBSTEPS": "6"}
+    col = Collector(mosquitto, f"lillith/{name}/#")
+    proc = start_daemon(tmp_path / "daemon.log", "--source", f"mqtt://127.0.0.1:{mosquitto}",
+                        env=env)
+    pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"pub-{uid}")
+    pub.max_inflight_messages_set(0)
+    pub.connect("127.0.0.1", mosquitto)
+    pub.loop_start()
+    n = 300
+    out = f"lillith/{name}/out"
+    try:
+        assert col.wait(f"lillith/{name}/status", 1, 60), (tmp_path / "daemon.log").read_text()
+        infos = [pub.publish(f"test/{uid}/x", json.dumps({"t": i, "values": [float(i % 7)]}),
+                             qos=1) for i in range(n)]
+        for info in infos:
+            info.wait_for_publish(30)
+        if policy == "backpressure":
+            ts = [json.loads(o)["t"] for o in col.wait(out, n, 180)]
+            assert ts == list(range(n))  # all of them, in order
+        else:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:  # the last frame always survives
+                ts = [json.loads(o)["t"] for o in col.get(out)]
+                if ts and ts[-1] == n - 1:
+                    break
+                time.sleep(0.2)
+            assert ts[-1] == n - 1 and ts == sorted(ts) and len(ts) < n
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+        final = json.loads(col.get(f"lillith/{name}/status")[-1])
+        assert final["state"] == "offline" and final["frames_out"] == len(ts)
+        if policy == "backpressure":
+            assert final["dropped"] == 0
+        else:  # every frame is either out or counted as dropped
+            assert final["dropped"] == n - len(ts) > 0
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -585,3 +585,37 @@ def test_resubscribing_behind_a_large_backlog(mosquitto: int,
             assert sorted(int(m.payload) for m in got) == list(range(2000))
 
     asyncio.run(main())
+
+
+def test_shared_subscription_splits_the_messages(mosquitto: int) -> None:
+    """MQTT 5 ``$share/group/filter``: two daemons' links share the stream, each
+    message reaching exactly one of them."""
+    uid = uuid.uuid4().hex[:8]
+    topic = f"link/{uid}/s"
+
+    async def main() -> None:
+        a = NativeLink(_settings(mosquitto, f"a-{uid}", persistent_session=False))
+        b = NativeLink(_settings(mosquitto, f"b-{uid}", persistent_session=False))
+        async with a, b:
+            for link in (a, b):
+                await link.subscribe(f"$share/g{uid}/link/{uid}/#")
+            await asyncio.to_thread(_publish_all, mosquitto, topic,
+                                    [str(i).encode() for i in range(200)], v5=True)
+            got_a: list[Incoming] = []
+            got_b: list[Incoming] = []
+
+            async def drain(link: NativeLink, into: list[Incoming]) -> None:
+                async for m in link.messages():
+                    into.append(m)
+                    link.ack(m)  # the receive window of each holds the rest back
+                    if len(got_a) + len(got_b) == 200:
+                        return
+
+            tasks = [asyncio.create_task(drain(a, got_a)), asyncio.create_task(drain(b, got_b))]
+            await asyncio.wait(tasks, timeout=20, return_when=asyncio.FIRST_COMPLETED)
+            for t in tasks:
+                t.cancel()
+        assert got_a and got_b
+        assert sorted(int(m.payload) for m in got_a + got_b) == list(range(200))
+
+    asyncio.run(main())
