@@ -29,6 +29,7 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
+from lillith.agents._infer import _linear_rows
 from lillith.agents.bio import BioConfig, BioSystem, ModeCycler
 from lillith.agents.config import AgentConfig
 from lillith.agents.signal import AnomalyLikelihood, RobustNormalizer
@@ -52,8 +53,6 @@ VAR_GAIN = 0.5
 PROFILE_GRID = 4
 # frames per internal segment (a micro-batch may be cut further; results do not change)
 SEGMENT_MAX = 64
-# largest micro-batch whose forecasts are padded to a fixed shape (see Agent._forecast)
-MAX_PAD = 256
 # kinds in the birth / death records
 FABRIC, TILE = 0, 1
 
@@ -151,12 +150,17 @@ class TilePredictor(nn.Module):
         return last + self.head(h), losses
 
     def infer(self, feats: F32, last: F32) -> F32:
-        """:meth:`forward`'s forecast in numpy, shape (N, C) (see
-        :meth:`SparseLookupFFNv2.infer`): the per-frame inference pass."""
-        w, b = self.proj.weight.detach().numpy(), self.proj.bias.detach().numpy()
-        h = self.ffn.infer(np.tanh(feats @ w.T + b))
-        out: F32 = last + (h @ self.head.weight.detach().numpy().T
-                           + self.head.bias.detach().numpy())
+        """:meth:`forward`'s forecast without torch, shape (N, C), each row
+        computed alone (see :meth:`SparseLookupFFNv2.infer`): the per-frame pass."""
+        n = feats.shape[0]
+        h = np.empty((n, self.proj.out_features), dtype=np.float32)
+        _linear_rows(feats, self.proj.weight.detach().numpy(), self.proj.bias.detach().numpy(),
+                     True, h)
+        y = self.ffn.infer(h)
+        o = np.empty((n, self.head.out_features), dtype=np.float32)
+        _linear_rows(y, self.head.weight.detach().numpy(), self.head.bias.detach().numpy(),
+                     False, o)
+        out: F32 = last + o
         return out
 
 
@@ -504,30 +508,17 @@ class Agent:
     def _forecast(self, feats: F32, lasts: F32) -> F64:
         """Forecasts of a segment's rows, computed batch-invariantly.
 
-        BLAS kernels may round a row differently depending on the
-        shape of the call (a single row goes through a matrix-vector kernel),
-        so the rows go into a micro-batch-shaped buffer at their own offset
-        in the micro-batch (zeros elsewhere; rows do not interact): each
-        frame's forecast is then the same bits however the stream is cut
-        into calls (one by one, chunks, a snapshot and a restart mid-batch).
-        Micro-batches above ``MAX_PAD`` rows are not padded (the invariance
-        then holds only for the same cuts)."""
-        n = feats.shape[0]
-        B = self.config.predictor.batch_size
-        if B > MAX_PAD or (n == B and self.step % B == 0):
-            f, last = feats, lasts
-            lo = 0
-        else:
-            lo = self.step % B
-            f = np.zeros((B, self.feat_dim), dtype=np.float32)
-            last = np.zeros((B, self.n_channels), dtype=np.float32)
-            f[lo:lo + n] = feats
-            last[lo:lo + n] = lasts
-        # numpy, not torch: a few small arrays, where torch's per-operation
+        BLAS (and torch) kernels may round a row differently depending on
+        the shape of the call (a single row goes through a matrix-vector
+        kernel); the forecast kernels compute every row alone by the same
+        loops, so each frame's forecast is the same bits however the stream
+        is cut into calls (one by one, chunks, a snapshot and a restart
+        mid-batch)."""
+        # numba, not torch: a few small arrays, where torch's per-operation
         # overhead was most of a frame's cost; tile usage is counted by the
         # training step, once per micro-batch whatever the calls
-        pred = self.predictor.infer(f, last)
-        out: F64 = pred[lo:lo + n].astype(np.float64)
+        pred = self.predictor.infer(np.ascontiguousarray(feats), np.ascontiguousarray(lasts))
+        out: F64 = pred.astype(np.float64)
         return out
 
     def _raw_score(self, err: float, qe: float, level: float) -> float:

@@ -135,6 +135,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lillith.agents._infer import _ffn_rows
 from lillith.errors import LillithError, StateError
 
 __all__ = [
@@ -199,11 +200,6 @@ REGROWTH_STRATEGIES = ("preservation", "mutation", "crossover")
 def _np(t: Tensor) -> npt.NDArray[np.float32]:
     """A numpy view of a float32 tensor's current values (no copy)."""
     out: npt.NDArray[np.float32] = t.detach().numpy()
-    return out
-
-
-def _silu(v: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-    out: npt.NDArray[np.float32] = (v / (1.0 + np.exp(-v))).astype(np.float32, copy=False)
     return out
 
 
@@ -372,18 +368,15 @@ class ScoreCalibrationSpline(nn.Module):
         rows = table[seg.long()]  # (..., 3)
         return torch.minimum(torch.addcmul(rows[..., 0], u - seg, rows[..., 1]), rows[..., 2])
 
-    def infer(self, scores: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-        """:meth:`forward` in numpy (no autograd), for float32 ``scores`` of any shape."""
+    def table(self) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32],
+                             npt.NDArray[np.float32]]:
+        """Per segment: left value, step and right value, float32 (num_knots - 1,) each."""
         n = self.num_knots
         logits = _np(self.logits)
         w = np.exp(logits - logits.max())
-        y = np.cumsum(w / w.sum())
+        y = np.cumsum(w / w.sum()).astype(np.float32)
         lo, hi = y[: n - 1], y[1:n]
-        u = np.clip((scores - np.float32(self.x_min)) * np.float32(self._inv_h), 0.0, n - 1)
-        seg = np.minimum(np.floor(u), n - 2).astype(np.intp)
-        out: npt.NDArray[np.float32] = np.minimum(
-            lo[seg] + (u - seg) * (hi - lo)[seg], hi[seg]).astype(np.float32, copy=False)
-        return out
+        return np.ascontiguousarray(lo), np.ascontiguousarray(hi - lo), np.ascontiguousarray(hi)
 
     def extra_repr(self) -> str:
         return f"num_knots={self.num_knots}, x_min={self.x_min}, x_max={self.x_max}"
@@ -891,14 +884,16 @@ class SparseLookupFFNv2(nn.Module):
         return out, info, losses
 
     def infer(self, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-        """The output of :meth:`forward` for tokens ``x``, computed in numpy.
+        """The output of :meth:`forward` for tokens ``x``, without torch.
 
         No autograd, no counters, no auxiliary losses: the inference pass of
         a streaming agent, where torch's per-operation dispatch (about 40
-        small operations) costs several times the arithmetic. Same equations
-        as :meth:`forward`; the values agree to float32 rounding (a token
-        whose two best routes score within rounding of each other may take
-        the other one).
+        small operations) costs far more than the arithmetic. A numba kernel
+        computes each row by the same loops whatever ``N``, so a row's result
+        never depends on the others or on the shape of the call. Same
+        equations as :meth:`forward`; the values agree to float32 rounding (a
+        token whose two best routes score within rounding of each other may
+        take the other one).
 
         Parameters
         ----------
@@ -910,33 +905,27 @@ class SparseLookupFFNv2(nn.Module):
         ndarray, float32, shape (N, d_model)
             ``x + gate * tile_output``.
         """
-        N, d = x.shape
-        if d != self.d_model:
+        if x.ndim != 2 or x.shape[1] != self.d_model:
             raise TileError("x must have shape (N, d_model)", shape=x.shape, d_model=self.d_model)
-        C, K = self.num_clusters, self.tiles_per_cluster
-        if self.input_norm:
-            assert self.norm_weight is not None and self.norm_bias is not None
-            mu = x.mean(1, keepdims=True)
-            xc = x - mu
-            var = np.mean(xc * xc, axis=1, keepdims=True)
-            xn = xc / np.sqrt(var + np.float32(1e-5)) * _np(self.norm_weight) + _np(self.norm_bias)
+        d = self.d_model
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        one = np.ones(d, dtype=np.float32)
+        nw = one if self.norm_weight is None else _np(self.norm_weight)
+        nb = one if self.norm_bias is None else _np(self.norm_bias)
+        cal = self.calibration
+        if cal is None:
+            lo = step = hi = one[:1]
+            x_min = inv_h = np.float32(0.0)
         else:
-            xn = x
-        code = _silu(xn @ _np(self.compress_w1).T + _np(self.compress_b1))
-        code = code @ _np(self.compress_w2).T + _np(self.compress_b2)
-        sig = _np(self._effective_signatures())
-        dots = code @ sig.T  # (N, T)
-        z = (dots * np.float32(self._score_scale)).reshape(N, C, K)
-        rows = np.arange(N)
-        cl = z.mean(-1).argmax(-1)
-        idx = cl * K + z[rows, cl].argmax(-1)
-        norms = np.sqrt((sig * sig).sum(1))[idx]
-        cos = dots[rows, idx] / np.maximum(
-            np.sqrt((code * code).sum(1)) * norms, np.float32(1e-8))
-        hidden = _silu((xn[:, None, :] @ _np(self.w1)[idx])[:, 0] + _np(self.b1)[idx])
-        y = (hidden[:, None, :] @ _np(self.w2)[idx])[:, 0] + _np(self.b2)[idx]
-        out: npt.NDArray[np.float32] = (
-            x + y if self.calibration is None else x + self.calibration.infer(cos)[:, None] * y)
+            lo, step, hi = cal.table()
+            x_min, inv_h = np.float32(cal.x_min), np.float32(cal._inv_h)
+        out = np.empty_like(x)
+        _ffn_rows(x, self.input_norm, nw, nb, _np(self.compress_w1), _np(self.compress_b1),
+                  _np(self.compress_w2), _np(self.compress_b2),
+                  np.ascontiguousarray(_np(self._effective_signatures())),
+                  np.float32(self._score_scale), self.tiles_per_cluster, _np(self.w1),
+                  _np(self.b1), _np(self.w2), _np(self.b2), cal is not None, lo, step, hi,
+                  x_min, inv_h, out)
         return out
 
     def route(self, x: Tensor | npt.ArrayLike) -> dict[str, Tensor]:

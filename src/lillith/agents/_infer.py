@@ -1,0 +1,132 @@
+"""numba kernels of the agent's per-frame forecast (inference only, no autograd).
+
+Each row is computed by the same scalar loops whatever the number of rows in
+the call, so a frame's forecast has the same bits however a stream is cut
+into calls, without padding to a fixed shape; and a call costs microseconds
+where torch's (or numpy's) per-operation dispatch cost a fraction of a
+millisecond. Pure functions over float32 arrays; the typed wrappers are
+:meth:`lillith.agents.tiles.SparseLookupFFNv2.infer` and
+:meth:`lillith.agents.agent.TilePredictor.infer`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+
+@njit(cache=True, nogil=True)
+def _ffn_rows(x: np.ndarray, use_norm: bool, norm_w: np.ndarray, norm_b: np.ndarray,
+              cw1: np.ndarray, cb1: np.ndarray, cw2: np.ndarray, cb2: np.ndarray,
+              sig: np.ndarray, score_scale: np.float32, K: int, w1: np.ndarray,
+              b1: np.ndarray, w2: np.ndarray, b2: np.ndarray, use_cal: bool, lo: np.ndarray,
+              step: np.ndarray, hi: np.ndarray, x_min: np.float32, inv_h: np.float32,
+              out: np.ndarray) -> None:
+    """Tile FFN output for each row of ``x`` into ``out``.
+
+    Shapes (float32 throughout): ``x``, ``out`` (N, d); ``norm_w``, ``norm_b``
+    (d,); ``cw1`` (Hc, d), ``cb1`` (Hc,), ``cw2`` (d, Hc), ``cb2`` (d,);
+    ``sig`` (T, d) effective signatures, ``K`` tiles per cluster; ``w1``
+    (T, d, H), ``b1`` (T, H), ``w2`` (T, H, d), ``b2`` (T, d); ``lo``,
+    ``step``, ``hi`` (G - 1,) the calibration spline's segments on the score
+    axis from ``x_min`` with ``inv_h`` segments per unit.
+    """
+    N, d = x.shape
+    Hc = cw1.shape[0]
+    T = sig.shape[0]
+    H = w1.shape[2]
+    C = T // K
+    n_seg = lo.shape[0]
+    xn = np.empty(d, np.float32)
+    hc = np.empty(Hc, np.float32)
+    code = np.empty(d, np.float32)
+    z = np.empty(T, np.float32)
+    hid = np.empty(H, np.float32)
+    for r in range(N):
+        if use_norm:
+            mu = np.float32(0.0)
+            for j in range(d):
+                mu += x[r, j]
+            mu = mu / np.float32(d)
+            var = np.float32(0.0)
+            for j in range(d):
+                v = x[r, j] - mu
+                var += v * v
+            var = var / np.float32(d)
+            inv = np.float32(1.0) / np.float32(math.sqrt(var + np.float32(1e-5)))
+            for j in range(d):
+                xn[j] = (x[r, j] - mu) * inv * norm_w[j] + norm_b[j]
+        else:
+            for j in range(d):
+                xn[j] = x[r, j]
+        for k in range(Hc):
+            a = cb1[k]
+            for j in range(d):
+                a += cw1[k, j] * xn[j]
+            hc[k] = a / (np.float32(1.0) + np.float32(math.exp(-a)))
+        cn = np.float32(0.0)
+        for j in range(d):
+            a = cb2[j]
+            for k in range(Hc):
+                a += cw2[j, k] * hc[k]
+            code[j] = a
+            cn += a * a
+        for t in range(T):
+            a = np.float32(0.0)
+            for j in range(d):
+                a += code[j] * sig[t, j]
+            z[t] = a
+        best_c = 0
+        best_m = np.float32(-np.inf)
+        for c in range(C):
+            m = np.float32(0.0)
+            for k in range(K):
+                m += z[c * K + k] * score_scale
+            m = m / np.float32(K)
+            if m > best_m:
+                best_m = m
+                best_c = c
+        t_best = best_c * K
+        for k in range(1, K):
+            if z[best_c * K + k] > z[t_best]:
+                t_best = best_c * K + k
+        sn = np.float32(0.0)
+        for j in range(d):
+            sn += sig[t_best, j] * sig[t_best, j]
+        den = np.float32(math.sqrt(cn)) * np.float32(math.sqrt(sn))
+        cos = z[t_best] / max(den, np.float32(1e-8))
+        for h in range(H):
+            a = b1[t_best, h]
+            for j in range(d):
+                a += xn[j] * w1[t_best, j, h]
+            hid[h] = a / (np.float32(1.0) + np.float32(math.exp(-a)))
+        gate = np.float32(1.0)
+        if use_cal:
+            u = (cos - x_min) * inv_h
+            u = min(max(u, np.float32(0.0)), np.float32(n_seg))
+            s = min(int(u), n_seg - 1)  # u >= 0: truncation is the floor
+            gate = min(lo[s] + (u - np.float32(s)) * step[s], hi[s])
+        for j in range(d):
+            a = b2[t_best, j]
+            for h in range(H):
+                a += hid[h] * w2[t_best, h, j]
+            out[r, j] = x[r, j] + gate * a
+
+
+@njit(cache=True, nogil=True)
+def _linear_rows(x: np.ndarray, w: np.ndarray, b: np.ndarray, tanh: bool,
+                 out: np.ndarray) -> None:
+    """``out = x @ w.T + b`` row by row (tanh applied when asked).
+
+    ``x`` (N, F), ``w`` (D, F), ``b`` (D,), ``out`` (N, D), float32.
+    """
+    N, F = x.shape
+    D = w.shape[0]
+    for r in range(N):
+        for k in range(D):
+            a = b[k]
+            for j in range(F):
+                a += w[k, j] * x[r, j]
+            out[r, k] = np.float32(math.tanh(a)) if tanh else a
