@@ -29,7 +29,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from .conftest import MOSQUITTO, _free_port, start_mosquitto
-from .test_daemon_mqtt import Collector, agent_env, start_daemon
+from .test_daemon_mqtt import Collector, agent_env, start_daemon, start_feeder
 
 
 class SessionCollector(Collector):
@@ -117,17 +117,7 @@ def test_qos1_nothing_lost_across_broker_restart(tmp_path: Path) -> None:
     pub.loop_start()
     try:
         assert col.wait(status_topic, 1, 60), log_tail()
-        infos: list[mqtt.MQTTMessageInfo] = []
-
-        def publish_all() -> None:  # about 1,000 messages/s: still going at the restart
-            for i in range(n):
-                infos.append(pub.publish(f"test/{uid}/x",
-                                         json.dumps({"t": i, "values": [float(i % 17)]}), qos=1))
-                if i % 50 == 49:
-                    time.sleep(0.05)
-
-        feeder = threading.Thread(target=publish_all, daemon=True)
-        feeder.start()
+        infos, feeder = start_feeder(pub, f"test/{uid}/x", n)
         assert len(col.wait(out_topic, 2000, 120)) >= 2000, log_tail()
         # ---- the broker goes away mid-stream (SIGTERM: it saves its sessions) and returns
         broker.terminate()

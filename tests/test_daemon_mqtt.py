@@ -40,6 +40,25 @@ def agent_env(uid: str, name: str, state: Path, **extra: str) -> dict[str, str]:
             "LILLITH_LOG__FORMAT": "json", "LILLITH_STATE__DIR": str(state), **extra}
 
 
+def start_feeder(pub: mqtt.Client, topic: str, n: int
+                 ) -> tuple[list[mqtt.MQTTMessageInfo], threading.Thread]:
+    """Publish frames ``{"t": i, "values": [i % 17]}``, i < n, at QoS 1 from a thread,
+    about 1,000 a second (still going when a test restarts something); returns
+    the message infos (filled as it goes) and the running thread."""
+    infos: list[mqtt.MQTTMessageInfo] = []
+
+    def publish_all() -> None:
+        for i in range(n):
+            infos.append(pub.publish(topic, json.dumps({"t": i, "values": [float(i % 17)]}),
+                                     qos=1))
+            if i % 50 == 49:
+                time.sleep(0.05)
+
+    feeder = threading.Thread(target=publish_all, daemon=True)
+    feeder.start()
+    return infos, feeder
+
+
 class Collector:
     """A paho subscriber that stores every message by topic."""
 
@@ -266,17 +285,7 @@ def test_qos1_nothing_lost_across_daemon_restart(mosquitto: int, tmp_path: Path)
     proc2 = None
     try:
         assert col.wait(f"lillith/{name}/status", 1, 60)
-        infos: list[mqtt.MQTTMessageInfo] = []
-
-        def publish_all() -> None:  # about 1,000 messages/s: still going at the restart
-            for i in range(n):
-                infos.append(pub.publish(f"test/{uid}/x",
-                                         json.dumps({"t": i, "values": [float(i % 17)]}), qos=1))
-                if i % 50 == 49:
-                    time.sleep(0.05)
-
-        feeder = threading.Thread(target=publish_all)
-        feeder.start()
+        infos, feeder = start_feeder(pub, f"test/{uid}/x", n)
         assert len(col.wait(f"lillith/{name}/out", 2000, 120)) >= 2000
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0, (tmp_path / "daemon1.log").read_text()[-2000:]

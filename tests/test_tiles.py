@@ -75,21 +75,6 @@ def test_forward_shapes(shape: tuple[int, ...]) -> None:
     assert torch.allclose(aux["total_aux"], parts)
 
 
-def test_inference_without_aux_losses_gives_the_same_output() -> None:
-    """``aux=False`` (the agent's per-frame forecast) skips the auxiliary losses
-    (returned as zeros) and changes nothing else."""
-    ffn = make_ffn()
-    ffn.insert_signature(1, torch.randn(D), freeze=True)
-    x = torch.randn(64, D)
-    ffn.eval()
-    with torch.no_grad():
-        ref, info, aux = ffn(x, track=False)
-        lean, lean_info, zeros = ffn(x, track=False, aux=False)
-    assert torch.equal(lean, ref) and float(aux["total_aux"]) > 0
-    assert set(zeros) == set(aux) and all(float(v) == 0.0 for v in zeros.values())
-    assert all(torch.equal(lean_info[k], info[k]) for k in info)
-
-
 @pytest.mark.parametrize("kw", [{}, {"input_norm": False}, {"use_score_calibration": False},
                                 {"temperature": 0.3, "tiles_per_cluster": 2}])
 def test_numpy_inference_matches_forward(kw: dict[str, Any]) -> None:

@@ -138,16 +138,12 @@ class TilePredictor(nn.Module):
             self.head.bias.zero_()
 
     def forward(
-        self, feats: torch.Tensor, last: torch.Tensor, *, track: bool = True,
-        aux: bool = True,
+        self, feats: torch.Tensor, last: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Forecast, shape (N, C), and the tile predictor's auxiliary losses.
-
-        ``track`` updates the tile FFN's usage statistics, ``aux`` computes the
-        auxiliary losses (see :meth:`SparseLookupFFNv2.forward`)."""
+        """Forecast, shape (N, C), and the tile predictor's auxiliary losses."""
         h = torch.tanh(self.proj(feats))
-        h, _, losses = self.ffn(h, track=track, aux=aux)
-        return last + self.head(h), losses
+        h, _, aux = self.ffn(h)
+        return last + self.head(h), aux
 
     def infer(self, feats: F32, last: F32) -> F32:
         """:meth:`forward`'s forecast without torch, shape (N, C), each row
@@ -373,8 +369,8 @@ class Agent:
                      *, mode: str | None = None) -> list[Metrics]:
         """Process frames in order; same results as calling :meth:`process` on each.
 
-        The torch forward of a run of frames inside one micro-batch is done
-        in one call, which is what makes replay fast. ``ts`` (one stream time
+        The forecast of a run of frames inside one micro-batch is done in one
+        call, which is what makes replay fast. ``ts`` (one stream time
         per frame, ``None`` for a frame without one) only passes through to
         the metrics.
         """

@@ -197,13 +197,11 @@ _FITNESS_NAMES = ("importance", "diversity", "stability", "energy")
 #: Regrowth strategies of :meth:`SparseLookupFFNv2.apoptosis`.
 REGROWTH_STRATEGIES = ("preservation", "mutation", "crossover")
 
+
 def _np(t: Tensor) -> npt.NDArray[np.float32]:
     """A numpy view of a float32 tensor's current values (no copy)."""
     out: npt.NDArray[np.float32] = t.detach().numpy()
     return out
-
-
-AUX_NAMES = ("balance", "ternary", "sparsity", "diversity", "total_aux")
 
 
 class TileError(LillithError):
@@ -722,8 +720,7 @@ class SparseLookupFFNv2(nn.Module):
     # ------------------------------------------------------------ forward
 
     def forward(
-        self, x: Tensor, labels: Tensor | None = None, *, track: bool = True,
-        aux: bool = True,
+        self, x: Tensor, labels: Tensor | None = None, *, track: bool = True
     ) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
         """Route each token to one tile and add its gated output.
 
@@ -738,9 +735,6 @@ class SparseLookupFFNv2(nn.Module):
             Update usage counters (and claims when ``labels`` is given); when
             gradients are recorded, also hook the hidden-unit fitness update
             onto the backward pass (``track_fitness``).
-        aux : bool, default True
-            Compute the auxiliary losses; ``False`` (inference) returns them
-            all as zeros, and the output is the same.
 
         Returns
         -------
@@ -825,47 +819,35 @@ class SparseLookupFFNv2(nn.Module):
                 straight if self.calibration is None else self.calibration.forward(cos) * straight
             )
         out = torch.addcmul(x2, gate, y).view(x.shape)
-        info = {
-            "tile_idx": idx.view(lead),
-            "cluster_idx": cl.view(lead),
-            "gate": gate.detach().view(lead),
-            "score": cos.detach().view(lead),
-            "prob": p.detach().view(lead),
-        }
-        if not aux and not track:  # inference: nothing else to compute
-            zero = x2.new_zeros(())
-            return out, info, dict.fromkeys(AUX_NAMES, zero)
 
         with torch.no_grad():
             counts = torch.bincount(idx, minlength=T)
         zero = x2.new_zeros(())
-        losses: dict[str, Tensor] = {}
+        aux: dict[str, Tensor] = {}
         total = zero
-        if aux and self.balance_weight > 0.0:
+        if self.balance_weight > 0.0:
             frac = counts.to(joint.dtype) / N
-            losses["balance"] = (self.balance_weight * T) * (frac @ joint.mean(0))
-            total = total + losses["balance"]
+            aux["balance"] = (self.balance_weight * T) * (frac @ joint.mean(0))
+            total = total + aux["balance"]
         else:
-            losses["balance"] = zero
+            aux["balance"] = zero
         for name, weight in (
             ("ternary", self.ternary_weight),
             ("sparsity", self.sparsity_weight),
             ("diversity", self.diversity_weight),
         ):
-            if not aux:
-                losses[name] = zero
-            elif weight > 0.0:
+            if weight > 0.0:
                 if name == "ternary":
                     value = self._ternary(sig)
                 elif name == "sparsity":
                     value = self._sparsity(sig)
                 else:
                     value = self._diversity(sig, sig_norms)
-                losses[name] = weight * value
-                total = total + losses[name]
+                aux[name] = weight * value
+                total = total + aux[name]
             else:
-                losses[name] = zero
-        losses["total_aux"] = total
+                aux[name] = zero
+        aux["total_aux"] = total
 
         if track:
             with torch.no_grad():
@@ -881,7 +863,14 @@ class SparseLookupFFNv2(nn.Module):
                     self._fitness_hook(hidden.detach(), idx, counts)
                 )
 
-        return out, info, losses
+        info = {
+            "tile_idx": idx.view(lead),
+            "cluster_idx": cl.view(lead),
+            "gate": gate.detach().view(lead),
+            "score": cos.detach().view(lead),
+            "prob": p.detach().view(lead),
+        }
+        return out, info, aux
 
     def infer(self, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         """The output of :meth:`forward` for tokens ``x``, without torch.

@@ -31,7 +31,7 @@ from lillith.runtime.checkpoint import Checkpointer, clean_and_log
 from lillith.runtime.evolution import log_evolution, surgery_command
 from lillith.runtime.metrics import DaemonMetrics
 from lillith.runtime.worker import AgentWorker, Result
-from lillith.sensors.assemble import Assembler
+from lillith.sensors.assemble import Assembled, Assembler
 from lillith.sensors.codec import Frame, RejectError, Schema, decode, excerpt
 from lillith.state.agent_state import agent_store, resume_agent
 
@@ -113,8 +113,7 @@ class _AgentRuntime:
         self.last_log: dict[str, float] = {}
         self.frames_in_metric = metrics.frames_in.labels(b.name)  # bound once: hot path
         self.assembler: Assembler | None = None
-        self.stale: dict[int, tuple[str, ...]] = {}  # seq -> stale channels (assembled)
-        self.held: dict[int, list[float]] = {}  # seq -> the assembled values
+        self.assembled: dict[int, Assembled] = {}  # seq -> its assembled frame, until output
         self.ticks_skipped = 0
         if b.tick_s is not None and b.channels:
             self.assembler = Assembler(b.channels, stale_s=b.stale_s or 3 * b.tick_s)
@@ -481,21 +480,16 @@ class Daemon:
             got = a.assembler.frame(time.monotonic())
             if got is None:
                 continue
-            frame = Frame(got.values, time.time())
-            if a.schema.expected_width is None:
-                a.schema = replace(a.schema, width=int(frame.values.size))
-            taken, lost = a.worker.offer(a.seq + 1, frame)
+            taken, lost = a.worker.offer(a.seq + 1, Frame(got.values, time.time()))
             if not taken:
                 a.ticks_skipped += 1
                 continue
             a.seq += 1
             a.frames_in += 1
             a.frames_in_metric.inc()
-            a.stale[a.seq] = got.stale
-            a.held[a.seq] = got.values.tolist()
+            a.assembled[a.seq] = got
             if lost is not None:
-                a.stale.pop(lost, None)
-                a.held.pop(lost, None)
+                a.assembled.pop(lost, None)
 
     async def _publisher(self, link: Link) -> None:
         by_name = {a.binding.name: a for a in self.agents}
@@ -504,7 +498,7 @@ class Daemon:
             try:
                 a = by_name[r.agent]
                 msg = a.unacked.pop(r.seq, None)
-                held, stale = a.held.pop(r.seq, None), a.stale.pop(r.seq, ())
+                got = a.assembled.pop(r.seq, None)
                 if r.metrics is None:  # processing failed: counted by the worker
                     if msg is not None:
                         link.ack(msg)
@@ -528,8 +522,8 @@ class Daemon:
                         "prediction": m.prediction, "loss": m.loss, "bmu": m.bmu,
                         "mode": m.mode, "energy": m.energy, "skipped": m.skipped}
                     if a.assembler is not None:  # what was held, and what had gone quiet
-                        out["values"] = held
-                        out["stale"] = list(stale)
+                        out["values"] = None if got is None else got.values.tolist()
+                        out["stale"] = [] if got is None else list(got.stale)
                     await link.publish(f"{a.prefix}/out", json.dumps(out).encode())
                 if msg is not None:
                     link.ack(msg)  # processed and published: the broker may forget it

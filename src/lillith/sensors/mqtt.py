@@ -83,6 +83,16 @@ class LastWill:
     payload: bytes
 
 
+def _tls_context(s: MqttSettings) -> ssl.SSLContext | None:
+    """The TLS context of the settings (CA, optional client certificate), or None."""
+    if s.tls_ca is None:
+        return None
+    ctx = ssl.create_default_context(cafile=str(s.tls_ca))
+    if s.tls_cert is not None:
+        ctx.load_cert_chain(str(s.tls_cert), None if s.tls_key is None else str(s.tls_key))
+    return ctx
+
+
 def topic_matches(topic: str, topic_filter: str) -> bool:
     """MQTT wildcard match (``+``, ``#``; a ``$share/group/`` prefix is ignored)."""
     if topic_filter.startswith("$share/"):
@@ -114,11 +124,7 @@ class MqttLink:
             kwargs["clean_start"] = not s.persistent_session
         else:
             kwargs["clean_session"] = not s.persistent_session
-        tls: ssl.SSLContext | None = None
-        if s.tls_ca is not None:
-            tls = ssl.create_default_context(cafile=str(s.tls_ca))
-            if s.tls_cert is not None:
-                tls.load_cert_chain(str(s.tls_cert), None if s.tls_key is None else str(s.tls_key))
+        tls = _tls_context(s)
         self._client = aiomqtt.Client(
             s.host, s.port, identifier=s.client_id, protocol=protocol,
             username=s.username, password=s.password, keepalive=s.keepalive,
@@ -197,10 +203,8 @@ class PahoLink:
         self._client.max_inflight_messages_set(0)
         if s.username is not None:
             self._client.username_pw_set(s.username, s.password)
-        if s.tls_ca is not None:
-            ctx = ssl.create_default_context(cafile=str(s.tls_ca))
-            if s.tls_cert is not None:
-                ctx.load_cert_chain(str(s.tls_cert), None if s.tls_key is None else str(s.tls_key))
+        ctx = _tls_context(s)
+        if ctx is not None:
             self._client.tls_set_context(ctx)
         if will is not None:
             self._client.will_set(will.topic, will.payload, qos=1, retain=True)
@@ -392,11 +396,7 @@ class NativeLink(asyncio.Protocol):
         loop = self._loop = asyncio.get_running_loop()
         self._thread = threading.get_ident()
         self._connack = loop.create_future()
-        ctx: ssl.SSLContext | None = None
-        if s.tls_ca is not None:
-            ctx = ssl.create_default_context(cafile=str(s.tls_ca))
-            if s.tls_cert is not None:
-                ctx.load_cert_chain(str(s.tls_cert), None if s.tls_key is None else str(s.tls_key))
+        ctx = _tls_context(s)
         try:
             await asyncio.wait_for(loop.create_connection(
                 lambda: self, s.host, s.port, ssl=ctx,
@@ -673,7 +673,7 @@ class NativeLink(asyncio.Protocol):
         if self._queued:  # behind the outputs still waiting for the window
             self._queued.append((_wire.puback(mid), False))
         else:
-            self._acks += bytes((0x40, 2, mid >> 8, mid & 0xFF))
+            self._acks += _wire.puback(mid)
             if not self._acks_due:
                 self._acks_due = True
                 self._loop.call_soon(self._flush_acks)
