@@ -618,3 +618,40 @@ def test_slow_agent_with_a_full_queue(mosquitto: int, tmp_path: Path, policy: st
             proc.kill()
         pub.loop_stop()
         col.close()
+
+
+def test_stop_while_the_intake_waits_for_room(mosquitto: int, tmp_path: Path) -> None:
+    """SIGTERM while a slow agent's queue is full under ``backpressure``: the frame
+    the intake was holding is neither counted nor acknowledged (the broker keeps
+    it), so the final status reconciles: every frame counted in came out."""
+    uid = uuid.uuid4().hex[:8]
+    name = f"w{uid}"
+    agents = [{"name": name, "topics": [f"test/{uid}/#"], "queue_size": 4,
+               "policy": "backpressure"}]
+    env = {**agent_env(uid, name, tmp_path / "state"), "LILLITH_AGENTS": json.dumps(agents),
+           "LILLITH_AGENT__FABRIC__SHAPE": "[9, 9, 32]", "LILLITH_AGENT__FABRIC__SUBSTEPS": "6"}
+    col = Collector(mosquitto, f"lillith/{name}/#")
+    proc = start_daemon(tmp_path / "daemon.log", "--source", f"mqtt://127.0.0.1:{mosquitto}",
+                        env=env)
+    pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"pub-{uid}")
+    pub.max_inflight_messages_set(0)
+    pub.connect("127.0.0.1", mosquitto)
+    pub.loop_start()
+    n = 300
+    out = f"lillith/{name}/out"
+    try:
+        assert col.wait(f"lillith/{name}/status", 1, 60), (tmp_path / "daemon.log").read_text()
+        for i in range(n):
+            pub.publish(f"test/{uid}/x", json.dumps({"t": i, "values": [float(i % 7)]}), qos=1)
+        assert col.wait(out, 20, 120)  # the queue is full and the intake waits for room
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+        final = json.loads(col.get(f"lillith/{name}/status")[-1])
+        ts = [json.loads(o)["t"] for o in col.get(out)]
+        assert final["state"] == "offline" and ts == list(range(len(ts))) and len(ts) < n
+        assert final["frames_in"] == final["frames_out"] == len(ts), final
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        pub.loop_stop()
+        col.close()

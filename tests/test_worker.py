@@ -19,7 +19,7 @@ def _frame(v: float) -> Frame:
 def test_drop_oldest_and_backpressure_when_full() -> None:
     got: list[Result] = []
     w = AgentWorker("a", AgentConfig(), queue_size=4, policy="drop_oldest", width=1,
-                    on_result=got.append)
+                    on_results=got.extend)
     lost = []
     for i in range(10):  # nothing consumes yet: the queue holds the newest 4
         ok, gone = w.offer(i, _frame(i))
@@ -34,7 +34,7 @@ def test_drop_oldest_and_backpressure_when_full() -> None:
     assert [r.seq for r in got] == [6, 7, 8, 9]
 
     b = AgentWorker("b", AgentConfig(), queue_size=3, policy="backpressure", width=1,
-                    on_result=lambda r: None)
+                    on_results=lambda rs: None)
     assert all(b.offer(i, _frame(i)) == (True, None) for i in range(3))
     assert b.offer(3, _frame(3)) == (False, None) and b.dropped == 0 and b.depth == 3
 
@@ -43,13 +43,14 @@ def test_commands_run_between_frames_and_errors_reach_the_caller() -> None:
     done = threading.Event()
     seen: list[int] = []
 
-    def on_result(r: Result) -> None:
-        seen.append(r.seq)
-        if r.seq == 50:
-            done.set()
+    def on_results(rs: list[Result]) -> None:
+        for r in rs:
+            seen.append(r.seq)
+            if r.seq == 50:
+                done.set()
 
     w = AgentWorker("c", AgentConfig(), queue_size=100, policy="backpressure", width=None,
-                    on_result=on_result)
+                    on_results=on_results)
     w.start()
     for i in range(1, 26):
         w.offer(i, _frame(float(i)))
@@ -79,7 +80,7 @@ def test_frames_waiting_are_processed_in_runs_with_the_same_results() -> None:
     got: list[Result] = []
     rounds: list[int] = []
     w = AgentWorker("r", config, queue_size=400, policy="backpressure", width=1,
-                    on_result=got.append, on_evolution=lambda r: rounds.append(r["step"]))
+                    on_results=got.extend, on_evolution=lambda r: rounds.append(r["step"]))
     for i, x in enumerate(xs):  # all queued before the thread starts: long runs
         w.offer(i, Frame(np.array([x]), None if i % 7 == 0 else float(i)))
     w.start()
@@ -100,3 +101,32 @@ def test_frames_waiting_are_processed_in_runs_with_the_same_results() -> None:
     assert [r.seq for r in got] == list(range(300)) and w.processed == 300
     assert [r.metrics for r in got] == want
     assert rounds == [60, 100, 140, 180, 220, 260]
+
+
+def test_results_go_out_before_the_training_step_that_follows_them() -> None:
+    """The last frame of a micro-batch is reported before its batch trains (the
+    training step then runs while the loop publishes), and nothing is lost."""
+    seen: dict[int, int] = {}  # step -> training steps done when it was reported
+    done = threading.Event()
+    w: AgentWorker
+
+    def on_results(rs: list[Result]) -> None:  # on the worker thread
+        for r in rs:
+            assert r.metrics is not None and w.agent is not None
+            seen[r.metrics.step] = w.agent.total_updates
+        if len(seen) == 40:
+            done.set()
+
+    w = AgentWorker("t", AgentConfig(), queue_size=100, policy="backpressure", width=1,
+                    on_results=on_results)
+    for i in range(40):
+        w.offer(i, _frame(float(np.sin(i / 3))))
+    w.start()
+    assert done.wait(60)
+    w.stop()
+    assert w.join(30)
+    B = AgentConfig().predictor.batch_size
+    assert sorted(seen) == list(range(40))
+    assert seen[B - 1] == 0 and seen[B] == 1  # step 15 out before the first training step
+    assert seen[2 * B - 1] == 1 and seen[2 * B] == 2
+    assert w.agent is not None and w.agent.total_updates == 2

@@ -20,7 +20,7 @@ import contextlib
 import json
 import math
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -29,12 +29,12 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
-from lillith.agents._infer import _linear_rows
+from lillith.agents._infer import _predict_rows
 from lillith.agents.bio import BioConfig, BioSystem, ModeCycler
 from lillith.agents.config import AgentConfig
 from lillith.agents.signal import AnomalyLikelihood, RobustNormalizer
 from lillith.agents.surgery import TileSurgeryPolicy
-from lillith.agents.tiles import SparseLookupFFNv2
+from lillith.agents.tiles import SparseLookupFFNv2, _np
 from lillith.errors import LillithError, StateError
 from lillith.fabric.evolution import LayerStrategy
 from lillith.fabric.neural_fabric import NeuralFabric3D
@@ -145,19 +145,49 @@ class TilePredictor(nn.Module):
         h, _, aux = self.ffn(h)
         return last + self.head(h), aux
 
-    def infer(self, feats: F32, last: F32) -> F32:
+    def plan(self) -> InferencePlan:
+        """The arrays :meth:`infer` reads, as of now (see :class:`InferencePlan`)."""
+        ffn = self.ffn
+        work = np.empty(4 * ffn.d_model + ffn.compress_hidden + ffn.num_tiles
+                        + ffn.tile_hidden, dtype=np.float32)
+        args = (_np(self.proj.weight), _np(self.proj.bias), *ffn.infer_args(),
+                _np(self.head.weight), _np(self.head.bias), work)
+        watch = [*self.parameters(), *ffn.buffers()]
+        return InferencePlan(args, tuple((t, t._version) for t in watch),
+                             float(ffn._score_scale))
+
+    def infer(self, feats: F32, last: F32, plan: InferencePlan | None = None) -> F32:
         """:meth:`forward`'s forecast without torch, shape (N, C), each row
-        computed alone (see :meth:`SparseLookupFFNv2.infer`): the per-frame pass."""
-        n = feats.shape[0]
-        h = np.empty((n, self.proj.out_features), dtype=np.float32)
-        _linear_rows(feats, self.proj.weight.detach().numpy(), self.proj.bias.detach().numpy(),
-                     True, h)
-        y = self.ffn.infer(h)
-        o = np.empty((n, self.head.out_features), dtype=np.float32)
-        _linear_rows(y, self.head.weight.detach().numpy(), self.head.bias.detach().numpy(),
-                     False, o)
-        out: F32 = last + o
+        computed alone by one numba kernel (see :meth:`SparseLookupFFNv2.infer`):
+        the per-frame pass. ``plan``: arrays taken by :meth:`plan` and still
+        current (taken afresh when omitted)."""
+        if plan is None:
+            plan = self.plan()
+        out = np.empty((feats.shape[0], self.head.out_features), dtype=np.float32)
+        _predict_rows(*(feats, last, *plan.args, out))
         return out
+
+
+@dataclass(frozen=True)
+class InferencePlan:
+    """The inference kernel's arrays: views of a :class:`TilePredictor`'s
+    parameters and the arrays derived from them (calibration table, effective
+    signatures), with the version of every tensor they came from.
+
+    :meth:`current` tells whether the tensors are still as they were: an
+    in-place change (tile surgery, a restore) bumps a tensor's version. A
+    fused optimizer step does not, so whoever trains the predictor takes a new
+    plan after each step (the agent does at every micro-batch).
+    """
+
+    args: tuple[Any, ...]
+    versions: tuple[tuple[torch.Tensor, int], ...]
+    score_scale: float
+
+    def current(self, ffn: SparseLookupFFNv2) -> bool:
+        """True while no watched tensor has changed in place since the plan."""
+        return (ffn._score_scale == self.score_scale
+                and all(t._version == v for t, v in self.versions))
 
 
 @dataclass
@@ -265,6 +295,7 @@ class Agent:
         self._lvl_avg = 0.0
         self._n_err = 0
         self._pending = _Pending()
+        self._plan: InferencePlan | None = None  # the forecast kernel's arrays
         self._batch_scale = 1.0  # learning-rate scale frozen for the micro-batch
         self._batch_learns = True
         self._batch_qe = 0.0  # running SOM error as of the micro-batch's first step
@@ -374,6 +405,22 @@ class Agent:
         per frame, ``None`` for a frame without one) only passes through to
         the metrics.
         """
+        out: list[Metrics] = []
+        for part in self.process_iter(frames, ts, mode=mode):
+            out.extend(part)
+        return out
+
+    def process_iter(self, frames: npt.ArrayLike, ts: Sequence[float | None] | None = None,
+                     *, mode: str | None = None) -> Iterator[list[Metrics]]:
+        """:meth:`process_many` in parts: the metrics of each run of frames as soon
+        as they are known, before the training step that may follow them.
+
+        A runtime reports a micro-batch's last frame without waiting for its
+        training step; the training step runs when the next part is asked for
+        (or the iteration ends), so the iterator must be consumed to the end.
+        The frames are validated before the first part (errors raise here, at
+        the call).
+        """
         X = np.asarray(frames, dtype=np.float64)
         if X.ndim != 2 or X.shape[1] != self.n_channels:
             raise AgentError("frames must have shape (n, n_channels)", shape=X.shape,
@@ -382,18 +429,20 @@ class Agent:
             raise AgentError("frames contain NaN or Inf")
         if ts is not None and len(ts) != X.shape[0]:
             raise AgentError("one time stamp per frame", frames=X.shape[0], times=len(ts))
-        out: list[Metrics] = []
+        return self._parts(X, ts, mode)
+
+    def _parts(self, X: F64, ts: Sequence[float | None] | None, mode: str | None
+               ) -> Iterator[list[Metrics]]:
         B = self.config.predictor.batch_size
         i = 0
         while i < X.shape[0]:
             if self.at_boundary:
                 self._begin_batch()
             j = min(X.shape[0], i + B - self.step % B, i + SEGMENT_MAX)
-            out.extend(self._segment(X[i:j], None if ts is None else ts[i:j], mode))
+            yield self._segment(X[i:j], None if ts is None else ts[i:j], mode)
             i = j
             if self.at_boundary:
                 self._train_batch()
-        return out
 
     # ---------------------------------------------------------------- internals
     def _begin_batch(self) -> None:
@@ -513,7 +562,10 @@ class Agent:
         # numba, not torch: a few small arrays, where torch's per-operation
         # overhead was most of a frame's cost; tile usage is counted by the
         # training step, once per micro-batch whatever the calls
-        pred = self.predictor.infer(np.ascontiguousarray(feats), np.ascontiguousarray(lasts))
+        plan = self._plan
+        if plan is None or not plan.current(self.predictor.ffn):
+            plan = self._plan = self.predictor.plan()
+        pred = self.predictor.infer(feats, lasts, plan)
         out: F64 = pred.astype(np.float64)
         return out
 
@@ -551,6 +603,7 @@ class Agent:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.predictor.parameters(), pc.grad_clip)
         self.optimizer.step()
+        self._plan = None  # new weights (a fused step bumps no tensor version)
         self.total_updates += 1
         if self.evolving:
             self._observe_batch(feats, pred.detach(), targets)
@@ -671,6 +724,7 @@ class Agent:
         if not self.evolving:
             raise AgentError("evolution is off (set evolution.every > 0)")
         ev = self.config.evolution
+        self._plan = None  # weights and signatures change (in place: the versions say so too)
         out: dict[str, Any] = {"step": self.step, "round": self._evo_rounds + 1}
         if self.fabric is not None:
             out["fabric"] = self._evolve_fabric()
@@ -930,6 +984,7 @@ class Agent:
             When the state belongs to another configuration or is incomplete.
         """
         meta = self.meta_of(state)
+        self._plan = None
         diffs = config_differences(state, self.config, self.n_channels)
         if diffs:
             raise StateError("agent state belongs to another configuration", differences=diffs)

@@ -896,8 +896,21 @@ class SparseLookupFFNv2(nn.Module):
         """
         if x.ndim != 2 or x.shape[1] != self.d_model:
             raise TileError("x must have shape (N, d_model)", shape=x.shape, d_model=self.d_model)
-        d = self.d_model
         x = np.ascontiguousarray(x, dtype=np.float32)
+        out = np.empty_like(x)
+        args = self.infer_args()
+        work = np.empty(2 * self.d_model + self.compress_hidden + self.num_tiles
+                        + self.tile_hidden, dtype=np.float32)
+        _ffn_rows(*(x, *args, work, out))
+        return out
+
+    def infer_args(self) -> tuple[Any, ...]:
+        """The arguments of the inference kernel after the tokens, as of now:
+        float32 numpy views of the parameters (no copy: they follow in-place
+        updates) and the arrays derived from them (effective signatures,
+        calibration table), which do not. A caller that keeps them must take
+        them again after a training step or any change of signatures."""
+        d = self.d_model
         one = np.ones(d, dtype=np.float32)
         nw = one if self.norm_weight is None else _np(self.norm_weight)
         nb = one if self.norm_bias is None else _np(self.norm_bias)
@@ -908,14 +921,12 @@ class SparseLookupFFNv2(nn.Module):
         else:
             lo, step, hi = cal.table()
             x_min, inv_h = np.float32(cal.x_min), np.float32(cal._inv_h)
-        out = np.empty_like(x)
-        _ffn_rows(x, self.input_norm, nw, nb, _np(self.compress_w1), _np(self.compress_b1),
-                  _np(self.compress_w2), _np(self.compress_b2),
-                  np.ascontiguousarray(_np(self._effective_signatures())),
-                  np.float32(self._score_scale), self.tiles_per_cluster, _np(self.w1),
-                  _np(self.b1), _np(self.w2), _np(self.b2), cal is not None, lo, step, hi,
-                  x_min, inv_h, out)
-        return out
+        return (self.input_norm, nw, nb, _np(self.compress_w1), _np(self.compress_b1),
+                _np(self.compress_w2), _np(self.compress_b2),
+                np.ascontiguousarray(_np(self._effective_signatures())),
+                np.float32(self._score_scale), self.tiles_per_cluster, _np(self.w1),
+                _np(self.b1), _np(self.w2), _np(self.b2), cal is not None, lo, step, hi,
+                x_min, inv_h)
 
     def route(self, x: Tensor | npt.ArrayLike) -> dict[str, Tensor]:
         """Routing only: no gradient, no counters, no expert evaluated.

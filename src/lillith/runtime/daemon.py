@@ -93,15 +93,19 @@ class _AgentRuntime:
         self.binding = b
         self.schema = Schema(channels=b.channels, width=b.width, low=b.low, high=b.high,
                              max_bytes=b.max_bytes)
-        def deliver(r: Result) -> None:  # runs on the worker thread
-            loop.call_soon_threadsafe(results.put_nowait, r)
+        def put_all(rs: list[Result]) -> None:
+            for r in rs:
+                results.put_nowait(r)
+
+        def deliver(rs: list[Result]) -> None:  # runs on the worker thread
+            loop.call_soon_threadsafe(put_all, rs)  # one wake-up of the loop per run
 
         def evolved(report: dict[str, Any]) -> None:  # runs on the worker thread
             loop.call_soon_threadsafe(evolutions.put_nowait, (self, report))
 
         self.worker = AgentWorker(
             b.name, config, queue_size=b.queue_size, policy=b.policy,
-            width=len(b.channels) if b.channels else b.width, on_result=deliver,
+            width=len(b.channels) if b.channels else b.width, on_results=deliver,
             on_evolution=evolved)
         self.seq = 0
         self.frames_in = 0
@@ -451,13 +455,17 @@ class Daemon:
             return
         if a.schema.expected_width is None:  # the first valid frame fixes the width
             a.schema = replace(a.schema, width=int(frame.values.size))
+        seq = a.seq + 1
+        taken, lost = a.worker.offer(seq, frame)
+        if not taken:  # backpressure: wait for room (and stop reading meanwhile)
+            lost = await a.worker.put(seq, frame)
+        # counted once queued: an intake cancelled while it waits for room (at
+        # shutdown) leaves the frame unacknowledged, for the broker to redeliver,
+        # and uncounted (no await from here on: the result cannot come first)
+        a.seq = seq
         a.frames_in += 1
         a.frames_in_metric.inc()
-        a.seq += 1
-        a.unacked[a.seq] = msg
-        taken, lost = a.worker.offer(a.seq, frame)
-        if not taken:  # backpressure: wait for room (and stop reading meanwhile)
-            lost = await a.worker.put(a.seq, frame)
+        a.unacked[seq] = msg
         if lost is not None:  # drop_oldest: the dropped frame is done with
             link.ack(a.unacked.pop(lost))
 

@@ -58,7 +58,7 @@ class AgentWorker:
     when the width is not configured)."""
 
     def __init__(self, name: str, config: AgentConfig, *, queue_size: int, policy: Policy,
-                 width: int | None, on_result: Callable[[Result], None],
+                 width: int | None, on_results: Callable[[list[Result]], None],
                  on_evolution: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.name = name
         self.config = config
@@ -66,12 +66,13 @@ class AgentWorker:
         self.width = width
         self.agent: Agent | None = Agent(width, config, name=name) if width else None
         self._q: queue.Queue[tuple[int, Frame] | _Command | None] = queue.Queue(queue_size)
-        self._on_result = on_result
+        self._on_results = on_results  # one call per run of results
         self._on_evolution = on_evolution
         self._thread = threading.Thread(target=self._run, name=f"agent-{name}", daemon=True)
         self.dropped = 0
         self.processed = 0
         self.errors = 0
+        self._carry = 0.0  # seconds of work not yet counted in a frame's time
 
     def start(self) -> None:
         """Start the worker thread."""
@@ -185,24 +186,32 @@ class AgentWorker:
                 j += 1
             if j == i:  # frames[i] has the wrong width
                 self.errors += 1
-                self._on_result(Result(self.name, frames[i][0], None, 0.0))
+                self._on_results([Result(self.name, frames[i][0], None, 0.0)])
                 i += 1
                 continue
             chunk = frames[i:j]
             i = j
+            # results go out part by part: a micro-batch's last frame is reported
+            # before its training step, which then runs while the loop publishes
+            done = 0
             try:
-                ms = agent.process_many(np.stack([f.values for _, f in chunk]),
-                                        [f.t for _, f in chunk])
+                for part in agent.process_iter(np.stack([f.values for _, f in chunk]),
+                                               [f.t for _, f in chunk]):
+                    now = time.perf_counter()
+                    dt = (now - t0 + self._carry) / len(part)  # per frame
+                    t0, self._carry = now, 0.0
+                    self._on_results([Result(self.name, seq, m, dt) for (seq, _), m in zip(
+                        chunk[done:done + len(part)], part, strict=True)])
+                    done += len(part)
+                    self.processed += len(part)
             except Exception:
-                self.errors += len(chunk)
-                dt = (time.perf_counter() - t0) / len(chunk)
-                for seq, _ in chunk:
-                    self._on_result(Result(self.name, seq, None, dt))
+                rest = chunk[done:]
+                self.errors += len(rest)
+                dt = (time.perf_counter() - t0) / max(len(rest), 1)
+                self._on_results([Result(self.name, seq, None, dt) for seq, _ in rest])
                 continue
-            self.processed += len(chunk)
-            dt = (time.perf_counter() - t0) / len(chunk)  # per frame
-            for (seq, _), m in zip(chunk, ms, strict=True):
-                self._on_result(Result(self.name, seq, m, dt))
+            # a training step after the last part: counted in the next frame's time
+            self._carry += time.perf_counter() - t0
 
     def _evolve(self) -> None:
         """The evolution round due at this step, before its frame (so rounds fall
