@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from lillith.agents._infer import _predict_rows
+from lillith.agents._train import _adam, _fit_rows
 from lillith.agents.bio import BioConfig, BioSystem, ModeCycler
 from lillith.agents.config import AgentConfig
 from lillith.agents.signal import AnomalyLikelihood, RobustNormalizer
@@ -129,6 +130,7 @@ class TilePredictor(nn.Module):
             seed=config.seed,
         )
         self.head = nn.Linear(pc.d_model, out_dim)
+        self._grads: list[F32] | None = None  # fit_batch's gradient buffers
         with torch.no_grad():
             bound = 1.0 / math.sqrt(in_dim)
             self.proj.weight.copy_(torch.empty_like(self.proj.weight).uniform_(
@@ -144,6 +146,107 @@ class TilePredictor(nn.Module):
         h = torch.tanh(self.proj(feats))
         h, _, aux = self.ffn(h)
         return last + self.head(h), aux
+
+    @property
+    def fits_fast(self) -> bool:
+        """True when :meth:`fit_batch` applies: the tile FFN's configuration the
+        kernels implement (mixture routing gradient, input norm, no dropout) and
+        no hidden-unit fitness to record (evolution needs autograd's hooks)."""
+        f = self.ffn
+        return (f.router_grad == "mixture" and f.input_norm and f.norm_weight is not None
+                and f.norm_bias is not None and not f.track_fitness
+                and not (f.dropout > 0.0 and self.training))
+
+    def fit_batch(self, feats: F32, last: F32, target: F32, *,
+                  optimizer: torch.optim.Optimizer, aux_weight: float,
+                  grad_clip: float) -> float:
+        """One training step in numba: the loss of :meth:`forward` (Huber, delta 1,
+        plus ``aux_weight`` times the tile FFN's auxiliary losses), its gradient,
+        clipping to total norm ``grad_clip`` and the Adam update of ``optimizer``
+        (a ``torch.optim.Adam`` over these parameters, in one group), with its
+        state kept where torch keeps it; the tile usage counters advance as in
+        :meth:`forward`. The same step as autograd and ``optimizer.step()`` to
+        float rounding, without holding the GIL for the arithmetic.
+
+        Parameters
+        ----------
+        feats : ndarray, float32, shape (N, in_dim)
+        last, target : ndarray, float32, shape (N, C)
+            Last frames (the residual) and the frames to forecast.
+
+        Returns
+        -------
+        float
+            The loss before the update.
+        """
+        if not self.fits_fast:
+            raise AgentError("fit_batch needs mixture routing, input norm, no dropout and no "
+                             "fitness tracking")
+        groups = optimizer.param_groups
+        if not isinstance(optimizer, torch.optim.Adam) or len(groups) != 1:
+            raise AgentError("fit_batch needs a torch.optim.Adam with one parameter group")
+        group = groups[0]
+        if group["amsgrad"] or group["maximize"] or group.get("decoupled_weight_decay"):
+            raise AgentError("fit_batch implements plain Adam (no amsgrad, maximize, AdamW)")
+        ffn = self.ffn
+        assert ffn.norm_weight is not None and ffn.norm_bias is not None
+        params = [self.proj.weight, self.proj.bias, ffn.norm_weight, ffn.norm_bias,
+                  ffn.compress_w1, ffn.compress_b1, ffn.compress_w2, ffn.compress_b2,
+                  ffn.signatures_raw, ffn.w1, ffn.b1, ffn.w2, ffn.b2]
+        cal = ffn.calibration
+        logits = cal.logits if cal is not None else None
+        if logits is not None:
+            params.append(logits)
+        params += [self.head.weight, self.head.bias]
+        grads = self._grads
+        if grads is None or len(grads) != len(params):
+            grads = self._grads = [np.zeros(tuple(q.shape), dtype=np.float32) for q in params]
+        else:
+            for g in grads:
+                g.fill(0.0)
+        glog = grads[13] if logits is not None else np.zeros(2, dtype=np.float32)
+        n = feats.shape[0]
+        idx = np.empty(n, dtype=np.int64)
+        sig = np.ascontiguousarray(_np(ffn._effective_signatures()))
+        gl = grads[:13]
+        gh = grads[-2:]
+        args: tuple[Any, ...] = (
+            np.ascontiguousarray(feats, dtype=np.float32), np.ascontiguousarray(last),
+            np.ascontiguousarray(target), *(_np(q) for q in params[:8]), sig,
+            ffn.frozen_mask.numpy(), _np(ffn.w1), _np(ffn.b1), _np(ffn.w2), _np(ffn.b2),
+            _np(logits) if logits is not None else np.zeros(2, dtype=np.float32),
+            _np(self.head.weight), _np(self.head.bias), float(ffn._score_scale),
+            ffn.tiles_per_cluster, cal is not None,
+            float(cal.x_min) if cal is not None else 0.0,
+            float(cal._inv_h) if cal is not None else 0.0, float(aux_weight),
+            ffn.balance_weight, ffn.ternary_weight, ffn.sparsity_weight, ffn.diversity_weight,
+            *gl, glog, *gh, idx)
+        loss = float(_fit_rows(*args))
+        # clipping (torch.nn.utils.clip_grad_norm_): one factor for all gradients
+        total = math.sqrt(sum(float(np.dot(g.reshape(-1), g.reshape(-1))) for g in grads))
+        scale = min(grad_clip / (total + 1e-6), 1.0)
+        by_id = {id(q): g for q, g in zip(params, grads, strict=True)}
+        lr = float(group["lr"])
+        beta1, beta2 = (float(b) for b in group["betas"])
+        eps, wd = float(group["eps"]), float(group["weight_decay"])
+        for q in group["params"]:
+            g = by_id[id(q)]
+            st = optimizer.state[q]
+            if not st:  # what torch's fused Adam creates at its first step
+                st["step"] = torch.zeros((), dtype=torch.float32)
+                st["exp_avg"] = torch.zeros_like(q, memory_format=torch.preserve_format)
+                st["exp_avg_sq"] = torch.zeros_like(q, memory_format=torch.preserve_format)
+            step = st["step"].numpy()
+            step += 1.0  # in place: the 0-d tensor torch keeps
+            _adam(_np(q).reshape(-1), g.reshape(-1), st["exp_avg"].numpy().reshape(-1),
+                  st["exp_avg_sq"].numpy().reshape(-1), float(step), lr, beta1, beta2, eps,
+                  wd, scale)
+        counts = torch.from_numpy(np.bincount(idx, minlength=ffn.num_tiles))
+        with torch.no_grad():  # tile usage, as forward(track=True) counts it
+            ffn._forward_calls += 1
+            ffn.usage_counts.add_(counts)
+            ffn.usage_ema.mul_(ffn.usage_decay).add_(counts, alpha=(1.0 - ffn.usage_decay) / n)
+        return float(loss)
 
     def plan(self) -> InferencePlan:
         """The arrays :meth:`infer` reads, as of now (see :class:`InferencePlan`)."""
@@ -589,11 +692,21 @@ class Agent:
             self._pending = _Pending()
             return
         pc = self.config.predictor
+        for g in self.optimizer.param_groups:
+            g["lr"] = pc.lr * self._batch_scale
+        if not self.evolving and self.predictor.fits_fast:
+            # numba: the same step as below, without autograd's dispatch cost and
+            # with the GIL released (evolution needs autograd's gradient hooks)
+            self.predictor.fit_batch(np.stack(p.feats), np.stack(p.lasts),
+                                     np.stack(p.targets), optimizer=self.optimizer,
+                                     aux_weight=pc.aux_weight, grad_clip=pc.grad_clip)
+            self._plan = None
+            self.total_updates += 1
+            self._pending = _Pending()
+            return
         feats = torch.from_numpy(np.stack(p.feats))
         lasts = torch.from_numpy(np.stack(p.lasts))
         targets = torch.from_numpy(np.stack(p.targets))
-        for g in self.optimizer.param_groups:
-            g["lr"] = pc.lr * self._batch_scale
         if self.evolving:
             feats.requires_grad_(True)  # dLoss/d(pooled fabric): the fabric's fitness signal
         pred, aux = self.predictor(feats, lasts)
