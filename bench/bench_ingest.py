@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import queue
 import shutil
 import socket
 import subprocess
@@ -113,14 +112,11 @@ async def _ours(port: int, client_id: str, n: int, client: str) -> float:
 
     async def processed(link: Link) -> None:
         nonlocal taken
-        q = a.worker._q
         while taken < n:
-            try:
-                item = q.get_nowait()
-            except queue.Empty:
+            item = a.worker.take_nowait()
+            if not isinstance(item, tuple):  # nothing waiting
                 await asyncio.sleep(0)
                 continue
-            assert isinstance(item, tuple)
             link.ack(a.unacked.pop(item[0]))
             taken += 1
 

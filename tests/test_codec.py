@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import struct
 
 import msgpack
@@ -53,6 +54,14 @@ CORPUS = [
     (b'{"values": {"a": 1}}', NAMED, None, "missing_channel"),
     (b'{"values": {"a": 1, "b": 2}}', POS, None, "unknown_channel"),
     (b'{"t": "noon", "values": [1, 2, 3]}', POS, None, "bad_time"),
+    # integer literals beyond float64 (float() would raise OverflowError)
+    (b'{"values": [1, 1' + b"0" * 400 + b', 3]}', POS, None, "out_of_bounds"),
+    (b"1" + b"0" * 400, Schema(width=1), None, "out_of_bounds"),
+    (b'{"values": {"a": 1, "b": 1' + b"0" * 400 + b'}}', NAMED, None, "out_of_bounds"),
+    (b'{"t": 1' + b"0" * 400 + b', "values": [1, 2, 3]}', POS, None, "bad_time"),
+    (b'{"t": NaN, "values": [1, 2, 3]}', POS, None, "bad_time"),
+    (b'{"values": [1, -Infinity, 3]}', Schema(width=3, low=-math.inf, high=math.inf), None,
+     "non_finite"),
     (b"[" * 50_000 + b"]" * 50_000, Schema(max_bytes=10**6), None, "too_deep"),
     (json.dumps({"values": [[[[[[[[[[1]]]]]]]]]]}).encode(), POS, None, "too_deep"),
     (b"x" * (10 * 2**20), POS, None, "oversized"),  # 10 MB

@@ -37,6 +37,26 @@ def test_drop_oldest_and_backpressure_when_full() -> None:
                     on_results=lambda rs: None)
     assert all(b.offer(i, _frame(i)) == (True, None) for i in range(3))
     assert b.offer(3, _frame(3)) == (False, None) and b.dropped == 0 and b.depth == 3
+    b.start()
+    b.stop()
+    assert b.join(60) and b.depth == 0 and b.processed == 3
+
+
+def test_a_command_at_the_front_of_a_full_queue_is_never_dropped() -> None:
+    got: list[Result] = []
+    w = AgentWorker("d", AgentConfig(), queue_size=2, policy="drop_oldest", width=1,
+                    on_results=got.extend)
+    fut = w.call(lambda ag: "ran")  # commands do not count against the bound
+    assert w.offer(0, _frame(0.0)) == (True, None)
+    assert w.offer(1, _frame(1.0)) == (True, None) and w.depth == 2
+    # full: the front item is the command, so it goes back and the new frame is lost
+    assert w.offer(2, _frame(2.0)) == (True, 2) and w.dropped == 1 and w.depth == 2
+    assert w.offer(3, _frame(3.0)) == (True, 0) and w.dropped == 2 and w.depth == 2
+    w.start()
+    assert fut.result(60) == "ran"
+    w.stop()
+    assert w.join(60)
+    assert [r.seq for r in got] == [1, 3] and w.depth == 0
 
 
 def test_commands_run_between_frames_and_errors_reach_the_caller() -> None:

@@ -65,7 +65,15 @@ class AgentWorker:
         self.policy = policy
         self.width = width
         self.agent: Agent | None = Agent(width, config, name=name) if width else None
-        self._q: queue.Queue[tuple[int, Frame] | _Command | None] = queue.Queue(queue_size)
+        # an unbounded C queue (a few hundred ns per put, where queue.Queue's lock and
+        # condition cost microseconds on the loop's hot path), bounded here: frames
+        # waiting = put - taken - dropped from the front, each counter written by
+        # one thread only (the loop puts and drops, the worker takes)
+        self._q: queue.SimpleQueue[tuple[int, Frame] | _Command | None] = queue.SimpleQueue()
+        self._cap = queue_size
+        self._put = 0
+        self._taken = 0
+        self._stolen = 0
         self._on_results = on_results  # one call per run of results
         self._on_evolution = on_evolution
         self._thread = threading.Thread(target=self._run, name=f"agent-{name}", daemon=True)
@@ -81,36 +89,49 @@ class AgentWorker:
     @property
     def depth(self) -> int:
         """Frames waiting in the queue."""
-        return self._q.qsize()
+        return self._put - self._taken - self._stolen
 
     def offer(self, seq: int, frame: Frame) -> tuple[bool, int | None]:
         """Enqueue without blocking: ``(accepted, seq of a dropped frame or None)``.
 
         Under ``backpressure`` a full queue refuses (``accepted`` False); under
         ``drop_oldest`` it loses its oldest frame (counted) and takes this one.
+        Called from the event loop's thread only.
         """
-        try:
-            self._q.put_nowait((seq, frame))
+        if self.depth < self._cap:
+            self._q.put((seq, frame))
+            self._put += 1
             return True, None
-        except queue.Full:
-            if self.policy == "backpressure":
-                return False, None
-        lost: int | None = None
+        if self.policy == "backpressure":
+            return False, None
+        old: tuple[int, Frame] | _Command | _Empty | None
         try:
             old = self._q.get_nowait()
-            if isinstance(old, tuple):
-                self.dropped += 1
-                lost = old[0]
-            else:
-                self._q.put_nowait(old)  # a command or the stop mark is never dropped
-        except queue.Empty:
-            pass
-        try:
-            self._q.put_nowait((seq, frame))
-            return True, lost
-        except queue.Full:
+        except queue.Empty:  # the worker took them all meanwhile
+            old = _NOTHING
+        if isinstance(old, tuple):
+            self._stolen += 1
+            self.dropped += 1
+            lost = old[0]
+        elif isinstance(old, _Empty):
+            lost = None
+        else:  # a command or the stop mark is never dropped: back it goes, and
+            self._q.put(old)  # this frame is the one lost
             self.dropped += 1
             return True, seq
+        self._q.put((seq, frame))
+        self._put += 1
+        return True, lost
+
+    def take_nowait(self) -> tuple[int, Frame] | _Command | _Empty | None:
+        """The next item if one is waiting (``_NOTHING`` if not); the worker's side."""
+        try:
+            item = self._q.get_nowait()
+        except queue.Empty:
+            return _NOTHING
+        if isinstance(item, tuple):
+            self._taken += 1
+        return item
 
     async def put(self, seq: int, frame: Frame) -> int | None:
         """Enqueue, waiting for space under ``backpressure`` (the caller stops reading).
@@ -126,7 +147,7 @@ class AgentWorker:
     def call(self, fn: Callable[[Agent | None], Any]) -> Future[Any]:
         """Run ``fn(agent)`` on the worker between frames; returns a future."""
         fut: Future[Any] = Future()
-        self._q.put(_Command(fn, fut))
+        self._q.put(_Command(fn, fut))  # never refused: commands are not frames
         return fut
 
     def stop(self) -> None:
@@ -142,6 +163,8 @@ class AgentWorker:
         q = self._q
         while True:
             item: tuple[int, Frame] | _Command | _Empty | None = q.get()
+            if isinstance(item, tuple):
+                self._taken += 1
             # frames already waiting are processed together (process_many gives the
             # same results as one call per frame, and is several times faster):
             # under load the worker keeps up, and an idle one still answers each
@@ -152,10 +175,7 @@ class AgentWorker:
                 if len(frames) == MAX_RUN:
                     item = _NOTHING
                     break
-                try:
-                    item = q.get_nowait()
-                except queue.Empty:
-                    item = _NOTHING
+                item = self.take_nowait()
             if frames:
                 self._process(frames)
             if item is None:

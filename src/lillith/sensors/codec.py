@@ -43,6 +43,8 @@ REASONS = (
     "bad_time",
 )
 MSGPACK_TYPES = ("application/msgpack", "application/x-msgpack")
+_JSON = json.JSONDecoder()
+_MAX_T = 1.7976931348623157e308  # the largest float64
 FLOAT32_TYPES = ("application/octet-stream", "application/x-float32le")
 MAX_DEPTH = 8
 
@@ -127,6 +129,8 @@ def _number(v: Any, where: str) -> float:
 def _from_object(obj: Any, schema: Schema) -> Frame:
     try:
         return _from_object_checked(obj, schema)
+    except OverflowError:  # an integer literal beyond float64 (JSON and msgpack allow them)
+        raise RejectError("out_of_bounds", "number too large for a 64-bit float") from None
     except RejectError as e:
         # a wrong type may be deep nesting: name the real problem (checked
         # only on this rare path, so valid frames pay nothing for it)
@@ -147,6 +151,22 @@ def _numbers(vals: Sequence[Any]) -> list[float]:
     return out
 
 
+def _plain(vals: list[Any], t: float | None, schema: Schema) -> Frame | None:
+    """A list of plain finite floats (or ints) within bounds and of the right
+    width, as a frame; None for anything else (the checked path then names it)."""
+    want = schema.expected_width
+    if not vals or (want is not None and len(vals) != want):
+        return None
+    lo, hi = schema.low, schema.high
+    for v in vals:
+        kind = type(v)
+        if (kind is not float and kind is not int) or not lo <= v <= hi:
+            return None  # also NaN (no comparison holds) and +-inf beyond any bound
+        if kind is float and not math.isfinite(v):
+            return None
+    return Frame(np.array(vals, dtype=np.float64), t)
+
+
 def _from_object_checked(obj: Any, schema: Schema) -> Frame:
     t: float | None = None
     if isinstance(obj, bool):
@@ -159,11 +179,17 @@ def _from_object_checked(obj: Any, schema: Schema) -> Frame:
                          keys=sorted(map(str, obj))[:8])
         if "t" in obj and obj["t"] is not None:
             tv = obj["t"]
-            if isinstance(tv, bool) or not isinstance(tv, int | float) or not math.isfinite(tv):
+            if (isinstance(tv, bool) or not isinstance(tv, int | float)
+                    or not -_MAX_T <= tv <= _MAX_T):  # also NaN, inf and huge integers
                 raise RejectError("bad_time", "'t' must be a finite number")
             t = float(tv)
         vals = obj["values"]
-        if type(vals) is list or isinstance(vals, tuple):
+        if type(vals) is list:
+            frame = _plain(vals, t, schema)  # the common case in one pass
+            if frame is not None:
+                return frame
+            raw = _numbers(vals)
+        elif isinstance(vals, tuple):
             raw = _numbers(vals)
         elif isinstance(vals, Mapping):
             raw = _named(vals, schema)
@@ -228,7 +254,7 @@ def decode(payload: bytes, schema: Schema, *, content_type: str | None = None) -
     if len(payload) > schema.max_bytes:
         raise RejectError("oversized", "payload exceeds the size limit", bytes=len(payload),
                      limit=schema.max_bytes)
-    ctype = (content_type or "").split(";")[0].strip().lower()
+    ctype = content_type.split(";")[0].strip().lower() if content_type else ""
     if ctype in FLOAT32_TYPES:
         if len(payload) == 0 or len(payload) % 4:
             raise RejectError("malformed_binary", "raw float32 length is not a multiple of 4",
@@ -245,8 +271,7 @@ def decode(payload: bytes, schema: Schema, *, content_type: str | None = None) -
                          error=type(e).__name__) from None
         return _from_object(obj, schema)
     try:
-        text = payload.decode("utf-8")
-        obj = json.loads(text)
+        obj = _JSON.decode(payload.decode("utf-8"))  # json.loads minus its type checks
     except RecursionError:
         raise RejectError("too_deep", "payload nests too deeply", limit=MAX_DEPTH) from None
     except (UnicodeDecodeError, ValueError) as e:
