@@ -568,12 +568,10 @@ def test_one_topic_per_channel_assembled_at_a_tick(mosquitto: int, tmp_path: Pat
         col.close()
 
 
-@pytest.mark.parametrize("policy", ["drop_oldest", "backpressure"])
-def test_slow_agent_with_a_full_queue(mosquitto: int, tmp_path: Path, policy: str) -> None:
-    """A burst far faster than a slow agent, a queue of 4: ``drop_oldest`` loses
-    the oldest frames (counted, their messages acknowledged) and the newest come
-    out; ``backpressure`` loses nothing (the broker holds what the daemon does not
-    take). Either way the daemon keeps serving and stops cleanly."""
+def _slow_agent_daemon(mosquitto: int, tmp_path: Path, policy: str
+                       ) -> tuple[str, str, Collector, subprocess.Popen[bytes], mqtt.Client]:
+    """A daemon whose one agent is slow (a larger fabric, 6 substeps) behind a queue
+    of 4 under ``policy``; a collector of its topics and a connected publisher."""
     uid = uuid.uuid4().hex[:8]
     name = f"q{uid}"
     agents = [{"name": name, "topics": [f"test/{uid}/#"], "queue_size": 4, "policy": policy}]
@@ -586,6 +584,16 @@ def test_slow_agent_with_a_full_queue(mosquitto: int, tmp_path: Path, policy: st
     pub.max_inflight_messages_set(0)
     pub.connect("127.0.0.1", mosquitto)
     pub.loop_start()
+    return uid, name, col, proc, pub
+
+
+@pytest.mark.parametrize("policy", ["drop_oldest", "backpressure"])
+def test_slow_agent_with_a_full_queue(mosquitto: int, tmp_path: Path, policy: str) -> None:
+    """A burst far faster than a slow agent, a queue of 4: ``drop_oldest`` loses
+    the oldest frames (counted, their messages acknowledged) and the newest come
+    out; ``backpressure`` loses nothing (the broker holds what the daemon does not
+    take). Either way the daemon keeps serving and stops cleanly."""
+    uid, name, col, proc, pub = _slow_agent_daemon(mosquitto, tmp_path, policy)
     n = 300
     out = f"lillith/{name}/out"
     try:
@@ -624,19 +632,7 @@ def test_stop_while_the_intake_waits_for_room(mosquitto: int, tmp_path: Path) ->
     """SIGTERM while a slow agent's queue is full under ``backpressure``: the frame
     the intake was holding is neither counted nor acknowledged (the broker keeps
     it), so the final status reconciles: every frame counted in came out."""
-    uid = uuid.uuid4().hex[:8]
-    name = f"w{uid}"
-    agents = [{"name": name, "topics": [f"test/{uid}/#"], "queue_size": 4,
-               "policy": "backpressure"}]
-    env = {**agent_env(uid, name, tmp_path / "state"), "LILLITH_AGENTS": json.dumps(agents),
-           "LILLITH_AGENT__FABRIC__SHAPE": "[9, 9, 32]", "LILLITH_AGENT__FABRIC__SUBSTEPS": "6"}
-    col = Collector(mosquitto, f"lillith/{name}/#")
-    proc = start_daemon(tmp_path / "daemon.log", "--source", f"mqtt://127.0.0.1:{mosquitto}",
-                        env=env)
-    pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"pub-{uid}")
-    pub.max_inflight_messages_set(0)
-    pub.connect("127.0.0.1", mosquitto)
-    pub.loop_start()
+    uid, name, col, proc, pub = _slow_agent_daemon(mosquitto, tmp_path, "backpressure")
     n = 300
     out = f"lillith/{name}/out"
     try:
