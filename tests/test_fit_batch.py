@@ -8,6 +8,8 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lillith.agents.agent import Agent, AgentError, TilePredictor
 from lillith.agents.config import AgentConfig
@@ -65,6 +67,8 @@ def _torch_step(p: TilePredictor, opt: torch.optim.Optimizer, feats: np.ndarray,
     {"channels": 1, "n": 1},
     {"n": 40, "spread": 4.0},  # large inputs: saturated tanh
     {"num_tiles": 6, "tiles_per_cluster": 3, "d_model": 12},
+    {"num_tiles": 1, "tiles_per_cluster": 1},  # one tile: no routing choice, no diversity
+    {"num_tiles": 4, "tiles_per_cluster": 4},  # one cluster
 ])
 def test_gradient_matches_autograd(case: dict[str, Any]) -> None:
     p, feats, last, target = _setup(**case)
@@ -119,6 +123,23 @@ def test_steps_match_torch_adam_with_clipping(weight_decay: float) -> None:
     assert p.ffn._forward_calls == q.ffn._forward_calls
     # and the state is torch's: the torch step continues from it
     opt_q.load_state_dict(opt_p.state_dict())
+
+
+@settings(max_examples=25, deadline=None)
+@given(scale=st.sampled_from([1e-6, 1.0, 1e3, 1e6]), n=st.integers(1, 20),
+       seed=st.integers(0, 2**16), clip=st.sampled_from([1e-3, 1.0, 1e6]))
+def test_extreme_batches_keep_everything_finite(scale: float, n: int, seed: int,
+                                                clip: float) -> None:
+    """Huge or tiny inputs and targets: the loss, every gradient and every
+    parameter after the step stay finite (tanh saturates, Huber bounds the
+    error's gradient, clipping bounds the step)."""
+    p, feats, last, target = _setup(n=n, seed=seed, spread=scale)
+    target = (target * scale).astype(np.float32)
+    opt = torch.optim.Adam(p.parameters(), lr=1e-2, fused=True)
+    loss = p.fit_batch(feats, last, target, optimizer=opt, aux_weight=0.01, grad_clip=clip)
+    assert np.isfinite(loss)
+    assert p._grads is not None and all(np.isfinite(g).all() for g in p._grads)
+    assert all(torch.isfinite(q).all() for q in p.parameters())
 
 
 def test_refuses_what_it_does_not_implement() -> None:
