@@ -113,7 +113,7 @@ async def _ours(port: int, client_id: str, n: int, client: str) -> float:
     async def processed(link: Link) -> None:
         nonlocal taken
         while taken < n:
-            item = a.worker.take_nowait()
+            item = a.worker.take()
             if not isinstance(item, tuple):  # nothing waiting
                 await asyncio.sleep(0)
                 continue

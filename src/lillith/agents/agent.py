@@ -204,23 +204,22 @@ class TilePredictor(nn.Module):
         else:
             for g in grads:
                 g.fill(0.0)
-        glog = grads[13] if logits is not None else np.zeros(2, dtype=np.float32)
-        n = feats.shape[0]
-        idx = np.empty(n, dtype=np.int64)
-        sig = np.ascontiguousarray(_np(ffn._effective_signatures()))
-        gl = grads[:13]
-        gh = grads[-2:]
+        views = [_np(q) for q in params]
+        if logits is None:  # the kernel skips the calibration: placeholders
+            views.insert(13, np.zeros(2, dtype=np.float32))
+            grads_all = [*grads[:13], np.zeros(2, dtype=np.float32), *grads[13:]]
+        else:
+            grads_all = grads
+        idx = np.empty(feats.shape[0], dtype=np.int64)
         args: tuple[Any, ...] = (
             np.ascontiguousarray(feats, dtype=np.float32), np.ascontiguousarray(last),
-            np.ascontiguousarray(target), *(_np(q) for q in params[:8]), sig,
-            ffn.frozen_mask.numpy(), _np(ffn.w1), _np(ffn.b1), _np(ffn.w2), _np(ffn.b2),
-            _np(logits) if logits is not None else np.zeros(2, dtype=np.float32),
-            _np(self.head.weight), _np(self.head.bias), float(ffn._score_scale),
-            ffn.tiles_per_cluster, cal is not None,
+            np.ascontiguousarray(target), *views[:8],
+            np.ascontiguousarray(_np(ffn._effective_signatures())), ffn.frozen_mask.numpy(),
+            *views[9:], float(ffn._score_scale), ffn.tiles_per_cluster, cal is not None,
             float(cal.x_min) if cal is not None else 0.0,
             float(cal._inv_h) if cal is not None else 0.0, float(aux_weight),
             ffn.balance_weight, ffn.ternary_weight, ffn.sparsity_weight, ffn.diversity_weight,
-            *gl, glog, *gh, idx)
+            *grads_all, idx)
         loss = float(_fit_rows(*args))
         # clipping (torch.nn.utils.clip_grad_norm_): one factor for all gradients
         total = math.sqrt(sum(float(np.dot(g.reshape(-1), g.reshape(-1))) for g in grads))
@@ -245,8 +244,9 @@ class TilePredictor(nn.Module):
         with torch.no_grad():  # tile usage, as forward(track=True) counts it
             ffn._forward_calls += 1
             ffn.usage_counts.add_(counts)
-            ffn.usage_ema.mul_(ffn.usage_decay).add_(counts, alpha=(1.0 - ffn.usage_decay) / n)
-        return float(loss)
+            ffn.usage_ema.mul_(ffn.usage_decay).add_(
+                counts, alpha=(1.0 - ffn.usage_decay) / idx.size)
+        return loss
 
     def plan(self) -> InferencePlan:
         """The arrays :meth:`infer` reads, as of now (see :class:`InferencePlan`)."""
@@ -695,15 +695,20 @@ class Agent:
         for g in self.optimizer.param_groups:
             g["lr"] = pc.lr * self._batch_scale
         if not self.evolving and self.predictor.fits_fast:
-            # numba: the same step as below, without autograd's dispatch cost and
+            # numba: the same step as autograd's, without its dispatch cost and
             # with the GIL released (evolution needs autograd's gradient hooks)
             self.predictor.fit_batch(np.stack(p.feats), np.stack(p.lasts),
                                      np.stack(p.targets), optimizer=self.optimizer,
                                      aux_weight=pc.aux_weight, grad_clip=pc.grad_clip)
-            self._plan = None
-            self.total_updates += 1
-            self._pending = _Pending()
-            return
+        else:
+            self._train_autograd(p)
+        self._plan = None  # new weights (a fused step bumps no tensor version)
+        self.total_updates += 1
+        self._pending = _Pending()
+
+    def _train_autograd(self, p: _Pending) -> None:
+        """The training step in torch autograd (with evolution's fitness signals)."""
+        pc = self.config.predictor
         feats = torch.from_numpy(np.stack(p.feats))
         lasts = torch.from_numpy(np.stack(p.lasts))
         targets = torch.from_numpy(np.stack(p.targets))
@@ -716,11 +721,8 @@ class Agent:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.predictor.parameters(), pc.grad_clip)
         self.optimizer.step()
-        self._plan = None  # new weights (a fused step bumps no tensor version)
-        self.total_updates += 1
         if self.evolving:
             self._observe_batch(feats, pred.detach(), targets)
-        self._pending = _Pending()
 
     # ---------------------------------------------------------------- evolution
     def _observe_profile(self, bmu: int, z: F64) -> None:

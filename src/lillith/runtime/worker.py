@@ -123,10 +123,11 @@ class AgentWorker:
         self._put += 1
         return True, lost
 
-    def take_nowait(self) -> tuple[int, Frame] | _Command | _Empty | None:
-        """The next item if one is waiting (``_NOTHING`` if not); the worker's side."""
+    def take(self, block: bool = False) -> tuple[int, Frame] | _Command | _Empty | None:
+        """The next item, waiting for one when ``block``, else ``_NOTHING`` if none
+        is waiting; the worker's side."""
         try:
-            item = self._q.get_nowait()
+            item = self._q.get(block)
         except queue.Empty:
             return _NOTHING
         if isinstance(item, tuple):
@@ -160,11 +161,8 @@ class AgentWorker:
         return not self._thread.is_alive()
 
     def _run(self) -> None:
-        q = self._q
         while True:
-            item: tuple[int, Frame] | _Command | _Empty | None = q.get()
-            if isinstance(item, tuple):
-                self._taken += 1
+            item = self.take(block=True)
             # frames already waiting are processed together (process_many gives the
             # same results as one call per frame, and is several times faster):
             # under load the worker keeps up, and an idle one still answers each
@@ -175,7 +173,7 @@ class AgentWorker:
                 if len(frames) == MAX_RUN:
                     item = _NOTHING
                     break
-                item = self.take_nowait()
+                item = self.take()
             if frames:
                 self._process(frames)
             if item is None:

@@ -139,18 +139,6 @@ def _from_object(obj: Any, schema: Schema) -> Frame:
         raise
 
 
-def _numbers(vals: Sequence[Any]) -> list[float]:
-    """The values as floats; a non-number (a boolean included) is a ``wrong_type``."""
-    out: list[float] = []
-    for v in vals:
-        kind = type(v)
-        if kind is float or kind is int:  # what JSON and msgpack give; bool is not int
-            out.append(float(v))
-        else:  # the rare path: name the offending position
-            return [_number(w, f"values[{i}]") for i, w in enumerate(vals)]
-    return out
-
-
 def _plain(vals: list[Any], t: float | None, schema: Schema) -> Frame | None:
     """A list of plain finite floats (or ints) within bounds and of the right
     width, as a frame; None for anything else (the checked path then names it)."""
@@ -188,9 +176,8 @@ def _from_object_checked(obj: Any, schema: Schema) -> Frame:
             frame = _plain(vals, t, schema)  # the common case in one pass
             if frame is not None:
                 return frame
-            raw = _numbers(vals)
-        elif isinstance(vals, tuple):
-            raw = _numbers(vals)
+        if isinstance(vals, list | tuple):  # checked value by value, naming the bad one
+            raw = [_number(v, f"values[{i}]") for i, v in enumerate(vals)]
         elif isinstance(vals, Mapping):
             raw = _named(vals, schema)
         else:
