@@ -401,6 +401,14 @@ def test_daemon_checkpoints_resumes_and_snapshots_on_command(mosquitto: int,
         assert col.wait(f"{prefix}/status", 1, 60), (tmp_path / "d1.log").read_text()
         publish(0, 120)
         assert len(col.wait(f"{prefix}/out", 120, 120)) == 120
+        # the cadence (polled every 50 ms) has its turn before the command: a worker
+        # that took all 120 frames between two polls would otherwise lose the race
+        # to the command's snapshot of the same step, and rightly write none
+        deadline = time.monotonic() + 30
+        while not any('"snapshot_written"' in x and '"cadence"' in x
+                      for x in (tmp_path / "d1.log").read_text().splitlines()):
+            assert time.monotonic() < deadline, (tmp_path / "d1.log").read_text()
+            time.sleep(0.05)
         pub.publish(f"{prefix}/cmd", json.dumps({"cmd": "checkpoint", "id": 1}), qos=1)
         reply = json.loads(col.wait(f"{prefix}/cmd/reply", 1, 30)[0])
         assert reply["ok"] and reply["step"] == 120, reply
