@@ -51,6 +51,31 @@ def test_likelihood_high_only_for_unusual_levels() -> None:
     assert spike > 0.999 and spike > max(vals[100:])
 
 
+def test_likelihood_rests_after_an_alarm() -> None:
+    rng = np.random.default_rng(2)
+    noise = [float(abs(v)) for v in rng.standard_normal(600)]
+    lik = AnomalyLikelihood(window=500, short=1, min_history=50, suppress=30, alarm=0.999)
+    for v in noise:
+        lik.score_one(v)
+    assert lik.score_one(50.0) >= 0.999  # the onset alarms...
+    held = [lik.score_one(50.0 + i) for i in range(30)]  # ...what follows, growing, is rest
+    assert max(held) <= 0.25
+    # a restored likelihood finishes the same rest, then alarms again
+    twin = AnomalyLikelihood(window=500, short=1, min_history=50, suppress=30, alarm=0.999)
+    twin.set_state(lik.get_state())
+    after = [lik.score_one(500.0), twin.score_one(500.0)]
+    assert after[0] == after[1] >= 0.999
+    # with no rest period every row of the anomaly stays high
+    plain = AnomalyLikelihood(window=500, short=1, min_history=50, suppress=0)
+    for v in noise:
+        plain.score_one(v)
+    assert min(plain.score_one(50.0 + i) for i in range(5)) > 0.99
+    # a snapshot from before the countdown existed restores with no rest pending
+    old = {k: v for k, v in lik.get_state().items() if k != "rest"}
+    twin.set_state(old)
+    assert twin.rest == 0
+
+
 def test_bio_gate_hysteresis_and_drive() -> None:
     bio = BioSystem(BioConfig(cost=0.05, recovery=0.001, rest_boost=10.0))
     steps = 0

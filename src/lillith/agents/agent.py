@@ -371,7 +371,8 @@ class Agent:
         self.normalizer = RobustNormalizer(self.n_channels, alpha=cfg.score.norm_alpha)
         self.likelihood = AnomalyLikelihood(window=cfg.score.window, short=cfg.score.short,
                                             min_history=cfg.score.min_history,
-                                            suppress=cfg.score.suppress)
+                                            suppress=cfg.score.suppress,
+                                            alarm=cfg.score.alarm)
         b = cfg.bio
         self.bio = BioSystem(BioConfig(
             cost=b.cost, recovery=b.recovery, rest_boost=b.rest_boost,

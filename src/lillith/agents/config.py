@@ -95,12 +95,13 @@ class ModeSettings(_Model):
 class ScoreSettings(_Model):
     """Raw anomaly score and its likelihood."""
 
-    som_weight: float = Field(1.0, ge=0)
+    som_weight: float = Field(0.5, ge=0)
     level_weight: float = Field(2.0, ge=0)
     window: int = Field(2000, ge=10)
-    short: int = Field(2, ge=1)
+    short: int = Field(3, ge=1)
     min_history: int = Field(50, ge=1)
-    suppress: int = Field(100, ge=0)
+    suppress: int = Field(200, ge=0)
+    alarm: float = Field(0.9999, gt=0.5, le=1)
     norm_alpha: float = Field(2e-3, gt=0, le=1)
 
 

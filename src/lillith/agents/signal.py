@@ -115,17 +115,18 @@ class AnomalyLikelihood:
 
     As Numenta's anomaly likelihood: the current level is the mean of the
     last ``short`` raw scores; its distribution is estimated from the same
-    short means over the last ``window`` steps (robust location = median,
-    scale = 1.4826 * MAD, floored at a fraction of the location).
-    ``z = (level - median) / scale`` and ``likelihood = 1 / (1 + exp(-1.7 z))``,
+    short means over the last ``window`` steps before this one (their mean
+    and standard deviation, the latter floored at 5 % of the mean).
+    ``z = (level - mean) / std`` and ``likelihood = 1 / (1 + exp(-1.7 z))``,
     a logistic approximation of the normal CDF whose tail does not round to
     1.0 before z ~ 20, so strong anomalies stay ranked. Until ``min_history``
     steps have been seen the likelihood is 0.5.
 
-    Rest period (as CAD OSE and other NAB detectors have): a likelihood above
-    0.5 that does not exceed every likelihood of the previous ``suppress``
-    steps is damped to ``0.5 * min(likelihood, 0.5)``, so a sustained anomaly
-    alarms at its onset (and whenever it grows), not on every row.
+    Rest period (as CAD OSE and other NAB detectors have): once the
+    likelihood reaches ``alarm``, the next ``suppress`` steps are damped to
+    ``0.5 * min(likelihood, 0.5)`` (below any alarm), so an anomaly alarms
+    once, at its onset, instead of on every row it lasts. The rest starts from
+    the undamped likelihood and is not extended by what happens during it.
 
     Parameters
     ----------
@@ -136,16 +137,19 @@ class AnomalyLikelihood:
     min_history : int
         Steps needed before the likelihood departs from 0.5.
     suppress : int
-        Rest period in steps (0: none).
+        Rest period in steps after an alarm (0: none).
+    alarm : float
+        Likelihood that starts a rest period, in (0.5, 1].
     """
 
-    def __init__(self, *, window: int = 2000, short: int = 2, min_history: int = 50,
-                 suppress: int = 100) -> None:
+    def __init__(self, *, window: int = 2000, short: int = 3, min_history: int = 50,
+                 suppress: int = 200, alarm: float = 0.9999) -> None:
         self.window = int(window)
         self.short = int(short)
         self.min_history = int(min_history)
         self.suppress = int(suppress)
-        self.recent = np.zeros(max(self.suppress, 1))
+        self.alarm = float(alarm)
+        self.rest = 0  # steps of the current rest period still to come
         self.raw = np.zeros(self.short)
         self.buf = np.zeros(self.window)
         self.sum = 0.0
@@ -179,20 +183,19 @@ class AnomalyLikelihood:
         if self.pos == 0:
             self.sum = float(self.buf.sum())
             self.sumsq = float(np.dot(self.buf, self.buf))
-        if self.suppress > 0:
-            k = (self.count - 1) % self.suppress
-            seen = min(self.count - 1, self.suppress)
-            prior = float(self.recent[:seen].max()) if seen else 0.0
-            self.recent[k] = lik
-            if lik > 0.5 and prior >= lik:
-                # rest period: an alarm that is not a new high within `suppress`
-                # steps repeats news already given, so it is damped below 0.5
+        if self.rest > 0:
+            # rest period: an alarm was just given; what follows repeats that news
+            self.rest -= 1
+            if lik > 0.5:
                 lik = 0.5 * min(lik, 0.5)
+        elif lik >= self.alarm and self.suppress > 0:
+            self.rest = self.suppress
         return lik
 
     def get_state(self) -> dict[str, npt.NDArray[Any]]:
         """Windows and counters as plain arrays."""
-        return {"raw": self.raw.copy(), "buf": self.buf.copy(), "recent": self.recent.copy(),
+        return {"raw": self.raw.copy(), "buf": self.buf.copy(),
+                "rest": np.array(self.rest, dtype=np.int64),
                 "pos": np.array(self.pos, dtype=np.int64),
                 "count": np.array(self.count, dtype=np.int64),
                 "sums": np.array([self.sum, self.sumsq])}
@@ -207,6 +210,7 @@ class AnomalyLikelihood:
                              expected=(self.window,))
         self.buf = buf.copy()
         self.raw = raw.copy()
-        self.recent = np.asarray(state["recent"], dtype=np.float64).copy()
+        # snapshots written before the rest period counted down have no "rest"
+        self.rest = int(state["rest"]) if "rest" in state else 0
         self.pos = int(state["pos"])
         self.count = int(state["count"])
