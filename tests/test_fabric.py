@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lillith.errors import FabricError, StateError
+from lillith.fabric import _kernels as K
 from lillith.fabric.neural_fabric import NeuralFabric3D
 from lillith.fabric.params import FabricParams
 from lillith.fabric.topology import index_of
@@ -200,6 +201,15 @@ def test_set_state_rejects_mismatch() -> None:
     st_["indices"][0] = 10**6
     with pytest.raises(StateError):
         a.set_state(st_)
+    # the step kernel divides by time constants without a zero test
+    for key, idx, bad in (("tau", 0, 0.0), ("params", K.P_TAU_B, 0.0),
+                          ("params", K.P_K_NA, -1.0), ("params", K.P_DT, np.nan)):
+        st_ = a.get_state()
+        st_[key] = st_[key].copy()
+        st_[key][idx] = bad
+        with pytest.raises(StateError):
+            a.set_state(st_)
+    a.set_state(a.get_state())  # the untouched state still restores
 
 
 def test_modes_change_dynamics() -> None:

@@ -5,12 +5,13 @@ typed wrapper :class:`lillith.fabric.neural_fabric.NeuralFabric3D` validates
 every input before calling them. Equations and constants: ``docs/model.md``.
 
 The step kernel exists four times, compiled from the same Python source: a
-serial build and a ``parallel=True`` build (``prange`` over neurons), each
-without and with gated skip synapses (the module constant ``_GATED`` is
-frozen into each build, so the ungated builds carry no trace of the gates).
-Each neuron's update reads only the previous step's activations of other
-neurons and writes only its own state, so the serial and parallel builds
-give the same result (no cross-neuron reduction, no race).
+serial build and a ``parallel=True`` build (``prange`` over chunks of
+neurons), each without and with gated skip synapses (the module constant
+``_GATED`` is frozen into each build, so the ungated builds carry no trace of
+the gates). Each neuron's update reads only the previous step's activations
+of other neurons and writes only its own state (and its own entries of the
+scratch arrays), so the serial and parallel builds give the same result (no
+cross-neuron reduction, no race).
 """
 
 from __future__ import annotations
@@ -74,6 +75,9 @@ MODE_BIDIRECTIONAL = 3
 
 # compile-time switch of the step kernel's gated-skip code (see _renamed)
 _GATED = False
+
+# neurons per chunk of the step kernel (its unit of parallel work)
+CHUNK = 128
 
 _U64_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _U64_M1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -179,6 +183,8 @@ def _step_impl(
     theta: np.ndarray,
     a_prev: np.ndarray,
     a_new: np.ndarray,
+    branch_in: np.ndarray,
+    soma_in: np.ndarray,
 ) -> None:
     """Advance every neuron by one time step ``dt`` (in place).
 
@@ -192,6 +198,11 @@ def _step_impl(
     start). In the gated builds a synapse with ``gate_idx[j] >= 0`` (int32,
     shape (nnz,)) transmits ``gate_val[gate_idx[j]]`` (float32, in (0, 1))
     times its current; the ungated builds never read either array.
+
+    ``branch_in`` (float32, shape (n*K,)) and ``soma_in`` (float32, shape
+    (n,)) are scratch: every entry is written before it is read, within the
+    chunk of (at most ``CHUNK``) neurons it belongs to; their values on entry
+    and exit carry no state.
     """
     n = v.shape[0]
     K = vb.shape[1]
@@ -252,51 +263,96 @@ def _step_impl(
     # contribution c is stored as c / gain, and nothing decays element-wise
     chg = ch * f32(inv_hot_gain)
     hot1 = hot.reshape(n * K * S)
-    for i in prange(n):
-        post = a_prev[i]
-        learn = plastic and post > zero
-        bcm = post * (post - theta[i])
-        decay = eta * lam * post * post
-        # -- synapses onto branch k are the k-th contiguous block of the row,
-        #    bounded by the branch pointer (by default the first ``len % K``
-        #    blocks are one longer; evolution may change the sizes)
-        idend = zero
-        bi = i * K
-        b1 = bptr[bi]
-        for k in range(K):
-            b0 = b1
-            b1 = bptr[bi + k + 1]
-            acc = zero
-            hb = (i * K + k) * S
-            if has_pending:
-                # one-shot inputs injected with add_synaptic_input, consumed here
-                for s in range(S):
-                    cur = pending[i, k, s]
-                    if cur != zero:
-                        acc += cur
-                        hot1[hb + s] += chg * abs(cur)
-                        pending[i, k, s] = zero
-            # forward / lateral synapses first, top-down feedback from fb_start[i];
-            # a gated-off block (gain 0) neither transmits nor learns. (Written
-            # out rather than as a helper: array arguments of a numba call cost
-            # reference-count traffic per call in the serial build.)
-            hebb = eta * cab[i, k] * bcm
-            jf = fb_start[i]
-            for blk in range(2):
-                if blk == 0:
-                    g, j0, j1 = g_ff, b0, min(b1, jf)
-                else:
-                    g, j0, j1 = g_fb, max(b0, jf), b1
-                if g == zero:
-                    continue
-                # the m-th synapse of a branch lands on segment m mod S; blocks
-                # no longer than S (the usual case) address hot1[hbj + j] directly
-                if b1 - b0 <= S:
-                    hbj = hb - b0
-                    if learn:
-                        # calcium-gated BCM + Oja on previous-step activities, fused
-                        for j in range(j0, j1):
-                            pre = a_prev[indices[j]]
+    vb1 = vb.reshape(n * K)
+    cab1 = cab.reshape(n * K)
+    # Neurons go in chunks of at most CHUNK, four passes per chunk:
+    # 1. per neuron, the synapses (short, branching loops) sum each branch's
+    #    input into branch_in; the sensory and mode drive goes to soma_in;
+    # 2. per branch and 4. per neuron, the dendrite and soma updates run as
+    #    loops of independent iterations, which LLVM vectorises (done one
+    #    neuron at a time between the synapse loops, their chains of
+    #    divisions and exp made the step ~30% slower, docs/performance.md);
+    # 3. sums each neuron's dendritic current into soma_in.
+    n_chunks = (n + CHUNK - 1) // CHUNK
+    for c in prange(n_chunks):
+        lo = c * n // n_chunks  # equal chunks (+-1) of at most CHUNK neurons
+        hi = (c + 1) * n // n_chunks
+        # -- 1. synapses and drive, one neuron at a time
+        for i in range(lo, hi):
+            post = a_prev[i]
+            learn = plastic and post > zero
+            bcm = post * (post - theta[i])
+            decay = eta * lam * post * post
+            # -- synapses onto branch k are the k-th contiguous block of the row,
+            #    bounded by the branch pointer (by default the first ``len % K``
+            #    blocks are one longer; evolution may change the sizes)
+            bi = i * K
+            b1 = bptr[bi]
+            for k in range(K):
+                b0 = b1
+                b1 = bptr[bi + k + 1]
+                acc = zero
+                hb = (i * K + k) * S
+                if has_pending:
+                    # one-shot inputs injected with add_synaptic_input, consumed here
+                    for s in range(S):
+                        cur = pending[i, k, s]
+                        if cur != zero:
+                            acc += cur
+                            hot1[hb + s] += chg * abs(cur)
+                            pending[i, k, s] = zero
+                # forward / lateral synapses first, top-down feedback from fb_start[i];
+                # a gated-off block (gain 0) neither transmits nor learns. (Written
+                # out rather than as a helper: array arguments of a numba call cost
+                # reference-count traffic per call in the serial build.)
+                hebb = eta * cab[i, k] * bcm
+                jf = fb_start[i]
+                for blk in range(2):
+                    if blk == 0:
+                        g, j0, j1 = g_ff, b0, min(b1, jf)
+                    else:
+                        g, j0, j1 = g_fb, max(b0, jf), b1
+                    if g == zero:
+                        continue
+                    # the synapse loops index with unsigned integers (uint64 j,
+                    # uint32 presynaptic index): numba wraps a negative signed
+                    # index around, a compare and select per array access that
+                    # cost ~20% of the step (docs/performance.md)
+                    u0 = np.uint64(j0)
+                    u1 = np.uint64(j1)
+                    hbu = np.uint64(hb)
+                    b0u = np.uint64(b0)
+                    # the m-th synapse of a branch lands on segment m mod S; blocks
+                    # no longer than S (the usual case) need no modulo
+                    if b1 - b0 <= S:
+                        if learn:
+                            # calcium-gated BCM + Oja on previous-step activities, fused
+                            for j in range(u0, u1):
+                                pre = a_prev[np.uint32(indices[j])]
+                                wj = w[j]
+                                gj = g
+                                if _GATED:
+                                    q = gate_idx[j]
+                                    if q >= 0:
+                                        gj = g * gate_val[q]
+                                cur = gj * polarity[j] * wj * pre
+                                acc += cur
+                                hot1[hbu + (j - b0u)] += chg * abs(cur)
+                                w[j] = _clip(wj + hebb * pre - decay * wj, zero, w_max)
+                        else:
+                            for j in range(u0, u1):
+                                gj = g
+                                if _GATED:
+                                    q = gate_idx[j]
+                                    if q >= 0:
+                                        gj = g * gate_val[q]
+                                cur = gj * polarity[j] * w[j] * a_prev[np.uint32(indices[j])]
+                                acc += cur
+                                hot1[hbu + (j - b0u)] += chg * abs(cur)
+                    else:
+                        su = np.uint64(S)
+                        for j in range(u0, u1):
+                            pre = a_prev[np.uint32(indices[j])]
                             wj = w[j]
                             gj = g
                             if _GATED:
@@ -305,83 +361,65 @@ def _step_impl(
                                     gj = g * gate_val[q]
                             cur = gj * polarity[j] * wj * pre
                             acc += cur
-                            hot1[hbj + j] += chg * abs(cur)
-                            w[j] = _clip(wj + hebb * pre - decay * wj, zero, w_max)
-                    else:
-                        for j in range(j0, j1):
-                            gj = g
-                            if _GATED:
-                                q = gate_idx[j]
-                                if q >= 0:
-                                    gj = g * gate_val[q]
-                            cur = gj * polarity[j] * w[j] * a_prev[indices[j]]
-                            acc += cur
-                            hot1[hbj + j] += chg * abs(cur)
-                else:
-                    for j in range(j0, j1):
-                        pre = a_prev[indices[j]]
-                        wj = w[j]
-                        gj = g
-                        if _GATED:
-                            q = gate_idx[j]
-                            if q >= 0:
-                                gj = g * gate_val[q]
-                        cur = gj * polarity[j] * wj * pre
-                        acc += cur
-                        hot1[hb + (j - b0) % S] += chg * abs(cur)
-                        if learn:
-                            w[j] = _clip(wj + hebb * pre - decay * wj, zero, w_max)
-            vbk = vb[i, k] * keep_b + r_syn * acc
-            if vbk > vb_max:
-                vbk = vb_max
-            elif vbk < -vb_max:
-                vbk = -vb_max
-            vb[i, k] = vbk
-            # -- dendritic spike and branch calcium
+                            hot1[hbu + (j - b0u) % su] += chg * abs(cur)
+                            if learn:
+                                w[j] = _clip(wj + hebb * pre - decay * wj, zero, w_max)
+                branch_in[bi + k] = acc
+            # soma drive: sensory projection + mode term
+            drive = zero
+            for j in range(s_indptr[i], s_indptr[i + 1]):
+                drive += s_wsigned[j] * x[s_indices[j]]
+            drive *= r_in
+            if mode == MODE_RANDOM:
+                drive += f32(noise_scale * _gauss_noise(seed, step, np.uint64(i)))
+            elif mode == MODE_INTENTIONAL:
+                drive += f32(intent_gain) * (goal[i] - post) * p[P_V_SCALE]
+            if drive != drive:
+                drive = zero  # inf - inf from absurd inputs: no defined drive
+            elif drive > i_max:
+                drive = i_max
+            elif drive < -i_max:
+                drive = -i_max
+            soma_in[i] = drive
+        # -- 2. branch voltage, dendritic spike and branch calcium of every
+        #    branch ik = i*K + k; branch_in[ik] becomes the branch's current
+        #    into the soma. (Unsigned loop indices here and in 4.: numba's
+        #    wraparound of negative indices would keep LLVM from vectorising.)
+        for ik in range(np.uint64(lo * K), np.uint64(hi * K)):
+            vbk = min(max(vb1[ik] * keep_b + r_syn * branch_in[ik], -vb_max), vb_max)
+            vb1[ik] = vbk
             spk = _softsig((vbk - theta_d) * inv_kd)
-            idend += vbk + a_d * spk
-            cab[i, k] += aca * (spk - cab[i, k])
-        # -- soma drive: dendrites + sensory projection + mode term
-        drive = zero
-        for j in range(s_indptr[i], s_indptr[i + 1]):
-            drive += s_wsigned[j] * x[s_indices[j]]
-        drive *= r_in
-        if mode == MODE_RANDOM:
-            drive += f32(noise_scale * _gauss_noise(seed, step, np.uint64(i)))
-        elif mode == MODE_INTENTIONAL:
-            drive += f32(intent_gain) * (goal[i] - post) * p[P_V_SCALE]
-        if drive != drive:
-            drive = zero  # inf - inf from absurd inputs: no defined drive
-        elif drive > i_max:
-            drive = i_max
-        elif drive < -i_max:
-            drive = -i_max
-        vi = v[i]
-        # -- ion channel gates relax toward voltage-dependent steady states
-        m_na[i] += a_na * (_softsig((vi - v_na) * inv_kna) - m_na[i])
-        n_k[i] += a_k * (_softsig((vi - v_k) * inv_kk) - n_k[i])
-        c_ca[i] += a_cg * (_softsig((vi - v_ca) * inv_kca) - c_ca[i])
-        dv = (
-            (e_l - vi)
-            + g_dend * idend
-            + drive
-            + g_na * m_na[i] * (e_na - vi)
-            + g_k * n_k[i] * (e_k - vi)
-            - g_adv * adapt[i]
-        )
-        vi = vi + dt / tau[i] * dv
-        if vi > v_max:
-            vi = v_max
-        elif vi < v_min:
-            vi = v_min
-        v[i] = vi
-        # -- output nonlinearity, refractoriness and adaptation
-        a = _bio_out(vi, ref[i], adapt[i], v_half, inv_vs, rho, g_a)
-        a_new[i] = a
-        raw = min(a * (one + g_a * adapt[i]), one)
-        ref[i] = ref[i] * er + (one - er) * raw
-        adapt[i] += a_ad * (a + c_ca[i] - adapt[i])
-        theta[i] += a_th * (a * a - theta[i])
+            branch_in[ik] = vbk + a_d * spk
+            cab1[ik] += aca * (spk - cab1[ik])
+        # -- 3. dendritic current into the soma
+        for i in range(lo, hi):
+            idend = zero
+            for k in range(K):
+                idend += branch_in[i * K + k]
+            soma_in[i] += g_dend * idend
+        # -- 4. soma: ion channel gates relax toward voltage-dependent steady
+        #    states (using the voltage before this step), membrane, output
+        #    nonlinearity, refractoriness, adaptation, BCM threshold
+        for i in range(np.uint64(lo), np.uint64(hi)):
+            vi = v[i]
+            m_na[i] += a_na * (_softsig((vi - v_na) * inv_kna) - m_na[i])
+            n_k[i] += a_k * (_softsig((vi - v_k) * inv_kk) - n_k[i])
+            c_ca[i] += a_cg * (_softsig((vi - v_ca) * inv_kca) - c_ca[i])
+            dv = (
+                (e_l - vi)
+                + soma_in[i]
+                + g_na * m_na[i] * (e_na - vi)
+                + g_k * n_k[i] * (e_k - vi)
+                - g_adv * adapt[i]
+            )
+            vi = min(max(vi + dt / tau[i] * dv, v_min), v_max)
+            v[i] = vi
+            a = _bio_out(vi, ref[i], adapt[i], v_half, inv_vs, rho, g_a)
+            a_new[i] = a
+            raw = min(a * (one + g_a * adapt[i]), one)
+            ref[i] = ref[i] * er + (one - er) * raw
+            adapt[i] += a_ad * (a + c_ca[i] - adapt[i])
+            theta[i] += a_th * (a * a - theta[i])
 
 
 def _renamed(fn: Any, name: str, **constants: Any) -> Any:
@@ -406,19 +444,23 @@ def _renamed(fn: Any, name: str, **constants: Any) -> Any:
 # on the drive must survive). Results stay within float tolerance of the
 # numpy reference and deterministic for a given build.
 _FASTMATH = {"arcp", "contract", "afn", "reassoc", "nsz"}
-_step_serial = njit(cache=True, nogil=True, fastmath=_FASTMATH)(
+# error_model="numpy": no zero test (with a ZeroDivisionError path) per float
+# division, which would keep the branch and soma loops from vectorising.
+# Nothing else changes: every divisor is >= 1, tau >= dt > 0 or a constant
+# that FabricParams.validate keeps > 0.
+_step_serial = njit(cache=True, nogil=True, fastmath=_FASTMATH, error_model="numpy")(
     _renamed(_step_impl, "_step_serial_impl")
 )
-_step_parallel = njit(cache=True, nogil=True, parallel=True, fastmath=_FASTMATH)(
-    _renamed(_step_impl, "_step_parallel_impl")
-)
+_step_parallel = njit(
+    cache=True, nogil=True, parallel=True, fastmath=_FASTMATH, error_model="numpy"
+)(_renamed(_step_impl, "_step_parallel_impl"))
 # with gated skip synapses (compiled on first use only)
-_step_serial_gated = njit(cache=True, nogil=True, fastmath=_FASTMATH)(
+_step_serial_gated = njit(cache=True, nogil=True, fastmath=_FASTMATH, error_model="numpy")(
     _renamed(_step_impl, "_step_serial_gated_impl", _GATED=True)
 )
-_step_parallel_gated = njit(cache=True, nogil=True, parallel=True, fastmath=_FASTMATH)(
-    _renamed(_step_impl, "_step_parallel_gated_impl", _GATED=True)
-)
+_step_parallel_gated = njit(
+    cache=True, nogil=True, parallel=True, fastmath=_FASTMATH, error_model="numpy"
+)(_renamed(_step_impl, "_step_parallel_gated_impl", _GATED=True))
 
 
 @njit(cache=True, nogil=True)

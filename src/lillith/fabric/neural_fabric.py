@@ -10,6 +10,7 @@ is one call of a numba kernel (:mod:`lillith.fabric._kernels`). Evolution
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -228,6 +229,9 @@ class NeuralFabric3D:
         self.theta = np.zeros(n, dtype=np.float32)
         self.act = np.zeros(n, dtype=np.float32)
         self._act_next = np.zeros(n, dtype=np.float32)
+        # scratch of the step kernel (per-branch and per-soma input currents)
+        self._branch_in = np.zeros(n * Kb, dtype=np.float32)
+        self._soma_in = np.zeros(n, dtype=np.float32)
         self.w = _row_normalised(self.indptr, weight0, self.polarity, self.params.g_inh)
         self.step_count = 0
         self._pending = np.zeros((n, Kb, S), dtype=np.float32)
@@ -298,7 +302,7 @@ class NeuralFabric3D:
         code = MODES.get(mode)
         if code is None:
             raise FabricError("unknown propagation mode", mode=mode, modes=sorted(MODES))
-        if not (np.isfinite(plasticity) and plasticity >= 0.0):
+        if not (math.isfinite(plasticity) and plasticity >= 0.0):
             raise FabricError("plasticity multiplier must be finite and >= 0",
                               plasticity=plasticity)
         if substeps < 1:
@@ -310,7 +314,7 @@ class NeuralFabric3D:
             if xa.shape[0] != self.n_inputs:
                 raise FabricError("input has wrong width", width=xa.shape[0],
                                   n_inputs=self.n_inputs)
-            if not np.all(np.isfinite(xa)):
+            if not np.isfinite(xa).all():  # (ndarray.all: ~2 us per step less than np.all)
                 raise FabricError("input contains NaN or Inf")
             self._x[:] = xa
         if code == K.MODE_INTENTIONAL:
@@ -333,6 +337,7 @@ class NeuralFabric3D:
                 self.tau, self._x, self._goal, self._pending, self._has_pending, self.w,
                 self.v, self.m_na, self.n_k, self.c_ca, self.vb, self.cab, self.hot,
                 self.ref, self.adapt, self.theta, self.act, self._act_next,
+                self._branch_in, self._soma_in,
             )
             self.act, self._act_next = self._act_next, self.act
             self._has_pending = False
@@ -824,6 +829,14 @@ class NeuralFabric3D:
         params = np.asarray(state["params"], dtype=np.float32)
         if params.shape != (K.N_PARAMS,):
             raise StateError("fabric parameter vector has wrong length", length=params.size)
+        # the step kernel divides by these without a zero test (error_model="numpy")
+        divisors = params[[K.P_DT, K.P_TAU_B, K.P_TAU_H, K.P_TAU_CA, K.P_KAPPA_D, K.P_K_NA,
+                           K.P_TAU_NA, K.P_K_K, K.P_TAU_K, K.P_K_CA, K.P_TAU_CAG,
+                           K.P_V_SCALE, K.P_TAU_REF, K.P_TAU_ADAPT, K.P_TAU_THETA]]
+        tau = arrays["tau"]
+        if not (np.isfinite(params).all() and (divisors > 0).all()
+                and np.isfinite(tau).all() and (tau.size == 0 or tau.min() > 0)):
+            raise StateError("fabric state has non-finite or non-positive time constants")
         next_id = int(state["next_id"]) if "next_id" in state else int(
             arrays["neuron_id"].max(initial=-1)) + 1
         ids = arrays["neuron_id"]
