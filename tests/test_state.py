@@ -292,6 +292,41 @@ def test_configuration_mismatch_names_the_differences(tmp_path: Path) -> None:
     assert any(d.startswith("n_channels") for d in diffs), diffs
 
 
+def test_other_score_settings_resume_the_learned_agent(tmp_path: Path) -> None:
+    # a snapshot of an agent with the score defaults of an earlier release
+    old_cfg = AgentConfig.model_validate(
+        {"seed": 1, "score": {"short": 2, "suppress": 100, "som_weight": 1.0}})
+    X = periodic(300, seed=4)
+    old = Agent(2, old_cfg)
+    old.process_many(X[:200])
+    store = SnapshotStore(tmp_path)
+    store.write(old.get_state(), step=old.step)
+    got = resume_agent(store, AgentConfig(seed=1), n_channels=2)
+    assert got is not None
+    agent = got[0]
+    assert sorted(d.split(":")[0] for d in agent.score_changes) == [
+        "score.short", "score.som_weight", "score.suppress"]
+    # what was learned is kept; the likelihood's windows changed length, so it starts over
+    before, after = old.get_state(), agent.get_state()
+    for k in before:
+        if not k.startswith("lik/") and k != "agent/meta":
+            np.testing.assert_array_equal(before[k], after[k], err_msg=k)
+    assert agent.likelihood.count == 0 and agent.step == 200
+    out = agent.process_many(X[200:])
+    assert all(m.anomaly_likelihood == 0.5 for m in out[:50])
+    assert [m.prediction for m in out] == [m.prediction for m in old.process_many(X[200:])]
+    # where the windows still fit (rest period changed only), the likelihood is restored
+    same_windows = AgentConfig.model_validate(
+        {"seed": 1, "score": {"short": 2, "suppress": 50, "som_weight": 1.0}})
+    other = Agent(2, same_windows)
+    other.set_state(store.load().state)
+    assert other.score_changes == ["score.suppress: 100 != 50"]
+    assert other.likelihood.count == 200
+    # anything else still refuses the snapshot
+    with pytest.raises(StateError):
+        Agent(2, AgentConfig.model_validate({"seed": 2})).set_state(store.load().state)
+
+
 def test_newer_schema_is_refused(tmp_path: Path) -> None:
     import zarr
 

@@ -369,10 +369,9 @@ class Agent:
         n_fab = self.fabric.n_features if self.fabric is not None else 0
         self.feat_dim = self.n_channels * self.history + n_fab + som_dims
         self.normalizer = RobustNormalizer(self.n_channels, alpha=cfg.score.norm_alpha)
-        self.likelihood = AnomalyLikelihood(window=cfg.score.window, short=cfg.score.short,
-                                            min_history=cfg.score.min_history,
-                                            suppress=cfg.score.suppress,
-                                            alarm=cfg.score.alarm)
+        self.likelihood = self._make_likelihood()
+        # score settings (``score.*``) that differed from the snapshot last restored
+        self.score_changes: list[str] = []
         b = cfg.bio
         self.bio = BioSystem(BioConfig(
             cost=b.cost, recovery=b.recovery, rest_boost=b.rest_boost,
@@ -672,6 +671,11 @@ class Agent:
         pred = self.predictor.infer(feats, lasts, plan)
         out: F64 = pred.astype(np.float64)
         return out
+
+    def _make_likelihood(self) -> AnomalyLikelihood:
+        sc = self.config.score
+        return AnomalyLikelihood(window=sc.window, short=sc.short, min_history=sc.min_history,
+                                 suppress=sc.suppress, alarm=sc.alarm)
 
     def _raw_score(self, err: float, qe: float, level: float) -> float:
         """Prediction error, SOM quantisation error and level novelty, each relative to
@@ -1094,16 +1098,28 @@ class Agent:
     def set_state(self, state: dict[str, npt.NDArray[Any]]) -> None:
         """Restore from :meth:`get_state`; the agent then continues bit-identically.
 
+        The scoring settings (``score.*``: raw-score weights, likelihood
+        windows and rest period, normaliser rate) may differ from the state's:
+        they shape what is reported, not what was learned, so an upgrade or a
+        retuned score keeps the learned agent. The new settings apply from the
+        next frame, :attr:`score_changes` lists them, and when the likelihood's
+        windows no longer fit (``window`` or ``short`` changed) the likelihood
+        starts over (0.5 for ``min_history`` frames). Continuation is then no
+        longer bit-identical to the old settings, by design.
+
         Raises
         ------
         StateError
-            When the state belongs to another configuration or is incomplete.
+            When the state belongs to another configuration (anything but the
+            scoring settings) or is incomplete.
         """
         meta = self.meta_of(state)
         self._plan = None
-        diffs = config_differences(state, self.config, self.n_channels)
+        diffs = config_differences(state, self.config, self.n_channels, scoring=False)
         if diffs:
             raise StateError("agent state belongs to another configuration", differences=diffs)
+        score_changes = [d for d in config_differences(state, self.config, None)
+                         if d.startswith("score.")]
 
         def sub(prefix: str) -> dict[str, npt.NDArray[Any]]:
             pre = prefix + "/"
@@ -1130,7 +1146,13 @@ class Agent:
             self.optimizer.load_state_dict(opt)
             self.bio.set_state(sub("bio"))
             self.normalizer.set_state(sub("norm"))
-            self.likelihood.set_state(sub("lik"))
+            try:
+                self.likelihood.set_state(sub("lik"))
+            except StateError:
+                if not score_changes:
+                    raise
+                self.likelihood = self._make_likelihood()  # windows of another length
+            self.score_changes = score_changes
             c = np.asarray(state["agent/counters"], dtype=np.int64)
             self.step, self.total_updates, self.skipped_steps = int(c[0]), int(c[1]), int(c[2])
             self.learning_enabled, self._n_err = bool(c[3]), int(c[4])
@@ -1162,16 +1184,20 @@ class Agent:
 
 
 def config_differences(state: dict[str, npt.NDArray[Any]], config: AgentConfig,
-                       n_channels: int | None) -> list[str]:
+                       n_channels: int | None, *, scoring: bool = True) -> list[str]:
     """Differences between the agent configuration stored in ``state`` and
     ``config`` (and the channel count, when given), human-readable; empty when
     they match. Settings added since the state was written take their defaults;
-    a stored configuration that no longer validates is compared as stored."""
+    a stored configuration that no longer validates is compared as stored.
+    ``scoring=False`` leaves out the scoring settings (``score.*``), which a
+    restore may change (see :meth:`Agent.set_state`)."""
     meta = Agent.meta_of(state)
     theirs = meta["config"]
     with contextlib.suppress(ValueError):
         theirs = AgentConfig.model_validate(theirs).model_dump(mode="json")
     diffs = _config_diff(theirs, config.model_dump(mode="json"))
+    if not scoring:
+        diffs = [d for d in diffs if not d.startswith("score.")]
     if n_channels is not None and int(meta["n_channels"]) != n_channels:
         diffs.append(f"n_channels: {meta['n_channels']} != {n_channels}")
     return diffs

@@ -227,6 +227,9 @@ class Daemon:
         a.schema = replace(a.schema, width=agent.n_channels)
         a.checkpointer.mark(agent.step)
         log.info("state_resumed", agent=name, snapshot=loaded.info.name, step=agent.step)
+        if agent.score_changes:
+            log.warning("state_resumed_with_other_score_settings", agent=name,
+                        differences=agent.score_changes)
 
     async def _checkpoint(self, a: _AgentRuntime, reason: str) -> None:
         """Copy the state on the worker (between frames), write it off the loop."""

@@ -105,6 +105,9 @@ async def run_local(settings: Settings, src: LocalSource, stop: asyncio.Event, *
                     log.warning("snapshot_skipped", name=s.name, problems=s.problems)
                 log.info("state_resumed", snapshot=loaded.info.name, step=agent.step,
                          schema_version=loaded.info.schema_version)
+                if agent.score_changes:
+                    log.warning("state_resumed_with_other_score_settings",
+                                differences=agent.score_changes)
                 cp.mark(agent.step)
         if agent is None:
             agent = await loop.run_in_executor(worker, lambda: Agent(src.width, settings.agent))

@@ -24,8 +24,10 @@ def agent_store(root: str, name: str = "default", **kw: Any) -> SnapshotStore:
 def check_compatible(state: dict[str, Any], config: AgentConfig,
                      n_channels: int | None) -> None:
     """Raise :class:`StateError` naming every difference between the snapshot's
-    agent and the configured one (fabric shape, channels, ...)."""
-    diffs = config_differences(state, config, n_channels)
+    agent and the configured one (fabric shape, channels, ...). The scoring
+    settings may differ (:meth:`Agent.set_state`; the resumed agent's
+    ``score_changes`` names them)."""
+    diffs = config_differences(state, config, n_channels, scoring=False)
     if diffs:
         raise StateError("snapshot belongs to another agent configuration "
                          "(start with --fresh to begin a new agent)", differences=diffs)
