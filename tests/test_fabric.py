@@ -202,7 +202,7 @@ def test_set_state_rejects_mismatch() -> None:
     with pytest.raises(StateError):
         a.set_state(st_)
     # the step kernel divides by time constants without a zero test
-    for key, idx, bad in (("tau", 0, 0.0), ("params", K.P_TAU_B, 0.0),
+    for key, idx, bad in (("tau", 0, 0.0), ("tau", 1, np.nan), ("params", K.P_TAU_B, 0.0),
                           ("params", K.P_K_NA, -1.0), ("params", K.P_DT, np.nan)):
         st_ = a.get_state()
         st_[key] = st_[key].copy()

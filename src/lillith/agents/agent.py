@@ -195,6 +195,7 @@ class TilePredictor(nn.Module):
                   ffn.signatures_raw, ffn.w1, ffn.b1, ffn.w2, ffn.b2]
         cal = ffn.calibration
         logits = cal.logits if cal is not None else None
+        i_cal = len(params)  # the calibration's slot in the kernel's arguments
         if logits is not None:
             params.append(logits)
         params += [self.head.weight, self.head.bias]
@@ -206,8 +207,8 @@ class TilePredictor(nn.Module):
                 g.fill(0.0)
         views = [_np(q) for q in params]
         if logits is None:  # the kernel skips the calibration: placeholders
-            views.insert(13, np.zeros(2, dtype=np.float32))
-            grads_all = [*grads[:13], np.zeros(2, dtype=np.float32), *grads[13:]]
+            views.insert(i_cal, np.zeros(2, dtype=np.float32))
+            grads_all = [*grads[:i_cal], np.zeros(2, dtype=np.float32), *grads[i_cal:]]
         else:
             grads_all = grads
         idx = np.empty(feats.shape[0], dtype=np.int64)
@@ -1115,11 +1116,11 @@ class Agent:
         """
         meta = self.meta_of(state)
         self._plan = None
-        diffs = config_differences(state, self.config, self.n_channels, scoring=False)
-        if diffs:
-            raise StateError("agent state belongs to another configuration", differences=diffs)
-        score_changes = [d for d in config_differences(state, self.config, None)
-                         if d.startswith("score.")]
+        diffs = config_differences(state, self.config, self.n_channels)
+        score_changes = [d for d in diffs if d.startswith(SCORE_PREFIX)]
+        if len(score_changes) < len(diffs):
+            raise StateError("agent state belongs to another configuration",
+                             differences=[d for d in diffs if not d.startswith(SCORE_PREFIX)])
 
         def sub(prefix: str) -> dict[str, npt.NDArray[Any]]:
             pre = prefix + "/"
@@ -1183,6 +1184,10 @@ class Agent:
             raise StateError("agent state lacks an array", missing=str(e)) from e
 
 
+# differences under this prefix (the scoring settings) do not block a restore
+SCORE_PREFIX = "score."
+
+
 def config_differences(state: dict[str, npt.NDArray[Any]], config: AgentConfig,
                        n_channels: int | None, *, scoring: bool = True) -> list[str]:
     """Differences between the agent configuration stored in ``state`` and
@@ -1197,7 +1202,7 @@ def config_differences(state: dict[str, npt.NDArray[Any]], config: AgentConfig,
         theirs = AgentConfig.model_validate(theirs).model_dump(mode="json")
     diffs = _config_diff(theirs, config.model_dump(mode="json"))
     if not scoring:
-        diffs = [d for d in diffs if not d.startswith("score.")]
+        diffs = [d for d in diffs if not d.startswith(SCORE_PREFIX)]
     if n_channels is not None and int(meta["n_channels"]) != n_channels:
         diffs.append(f"n_channels: {meta['n_channels']} != {n_channels}")
     return diffs

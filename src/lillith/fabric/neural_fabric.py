@@ -829,14 +829,12 @@ class NeuralFabric3D:
         params = np.asarray(state["params"], dtype=np.float32)
         if params.shape != (K.N_PARAMS,):
             raise StateError("fabric parameter vector has wrong length", length=params.size)
-        # the step kernel divides by these without a zero test (error_model="numpy")
-        divisors = params[[K.P_DT, K.P_TAU_B, K.P_TAU_H, K.P_TAU_CA, K.P_KAPPA_D, K.P_K_NA,
-                           K.P_TAU_NA, K.P_K_K, K.P_TAU_K, K.P_K_CA, K.P_TAU_CAG,
-                           K.P_V_SCALE, K.P_TAU_REF, K.P_TAU_ADAPT, K.P_TAU_THETA]]
-        tau = arrays["tau"]
-        if not (np.isfinite(params).all() and (divisors > 0).all()
-                and np.isfinite(tau).all() and (tau.size == 0 or tau.min() > 0)):
-            raise StateError("fabric state has non-finite or non-positive time constants")
+        # the constructor's checks, on the restored constants: the step kernel
+        # divides by them without a zero test (error_model="numpy")
+        try:
+            self.params.with_packed(params).validate(arrays["tau"])
+        except FabricError as e:
+            raise StateError("fabric state has unusable constants", reason=e.message) from e
         next_id = int(state["next_id"]) if "next_id" in state else int(
             arrays["neuron_id"].max(initial=-1)) + 1
         ids = arrays["neuron_id"]

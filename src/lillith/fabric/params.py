@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 import numpy as np
@@ -141,6 +141,8 @@ class FabricParams:
             raise FabricError("gate rates must be >= 0 and the initial logit within bounds",
                               eta_gate=self.eta_gate, gate_decay=self.gate_decay,
                               gate_logit0=self.gate_logit0, bound=K.GATE_LOGIT_MAX)
+        if tau_m is not None and tau_m.size and not np.isfinite(tau_m).all():
+            raise FabricError("membrane time constant is not finite")
         if tau_m is not None and tau_m.size and float(tau_m.min()) < self.dt:
             raise FabricError("membrane time constant below dt", tau_min=float(tau_m.min()),
                               dt=self.dt)
@@ -151,18 +153,15 @@ class FabricParams:
         The gate constants (``eta_gate``, ``gate_decay``, ``gate_logit0``) are
         not in it: the gate rule runs outside the step kernel.
         """
-        order = (
-            self.dt, self.tau_branch, self.tau_hotspot, self.tau_calcium, self.r_syn,
-            self.theta_dend, self.kappa_dend, self.a_dend, self.g_dend, self.r_in,
-            self.e_leak, self.e_na, self.e_k, self.g_na, self.g_k,
-            self.v_na, self.k_na, self.tau_na, self.v_k, self.k_k, self.tau_k,
-            self.v_ca, self.k_ca, self.tau_ca_gate, self.v_half, self.v_scale,
-            self.tau_ref, self.rho_ref, self.tau_adapt, self.g_adapt, self.g_adapt_v,
-            self.v_min, self.v_max, self.vb_max, self.i_max,
-            self.eta, self.oja_lambda, self.w_max, self.tau_theta,
-        )
-        assert len(order) == K.N_PARAMS
-        return np.asarray(order, dtype=np.float32)
+        return np.asarray([getattr(self, name) for name in _PACKED], dtype=np.float32)
+
+    def with_packed(self, vector: npt.ArrayLike) -> FabricParams:
+        """These constants with those of a :meth:`pack` vector (shape (N_PARAMS,))
+        in their place; the gate constants stay. Not validated."""
+        vals = np.asarray(vector, dtype=np.float64).reshape(-1)
+        if vals.shape != (K.N_PARAMS,):
+            raise FabricError("fabric parameter vector has wrong length", length=vals.size)
+        return replace(self, **{name: float(v) for name, v in zip(_PACKED, vals, strict=True)})
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict of the constants."""
@@ -176,3 +175,17 @@ class FabricParams:
         if unknown:
             raise FabricError("unknown fabric parameters", unknown=sorted(unknown))
         return cls(**{k: float(v) for k, v in d.items()})
+
+
+# the constants of the step kernel's parameter vector, in kernel order (K.P_*)
+_PACKED = (
+    "dt", "tau_branch", "tau_hotspot", "tau_calcium", "r_syn",
+    "theta_dend", "kappa_dend", "a_dend", "g_dend", "r_in",
+    "e_leak", "e_na", "e_k", "g_na", "g_k",
+    "v_na", "k_na", "tau_na", "v_k", "k_k", "tau_k",
+    "v_ca", "k_ca", "tau_ca_gate", "v_half", "v_scale",
+    "tau_ref", "rho_ref", "tau_adapt", "g_adapt", "g_adapt_v",
+    "v_min", "v_max", "vb_max", "i_max",
+    "eta", "oja_lambda", "w_max", "tau_theta",
+)
+assert len(_PACKED) == K.N_PARAMS
