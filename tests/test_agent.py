@@ -251,3 +251,23 @@ def test_inference_with_a_plan_equals_without() -> None:
     with torch.no_grad():
         ref, _ = agent.predictor(torch.from_numpy(feats), torch.from_numpy(last))
     np.testing.assert_allclose(got, ref.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_raw_score_weights_select_the_terms() -> None:
+    # the score settings weigh the terms and change nothing the agent learns:
+    # raw(all three) = raw(error only) + raw(SOM only) + raw(level only), row by row
+    X = periodic(400, seed=3)
+    runs = {}
+    for name, w in {"all": (1.0, 0.5, 2.0), "err": (1.0, 0.0, 0.0),
+                    "som": (0.0, 0.5, 0.0), "level": (0.0, 0.0, 2.0)}.items():
+        cfg = AgentConfig.model_validate(
+            {"score": {"err_weight": w[0], "som_weight": w[1], "level_weight": w[2]}})
+        runs[name] = Agent(1, cfg).process_many(X)
+    for ms in runs.values():
+        assert [m.prediction for m in ms] == [m.prediction for m in runs["all"]]
+    parts = sum(np.array([m.anomaly_score for m in runs[k]]) for k in ("err", "som", "level"))
+    np.testing.assert_allclose([m.anomaly_score for m in runs["all"]], parts, rtol=1e-12)
+    assert all(m.anomaly_score > 0 for m in runs["err"][2:])
+    with pytest.raises(ValueError, match="at least one"):
+        AgentConfig.model_validate(
+            {"score": {"err_weight": 0.0, "som_weight": 0.0, "level_weight": 0.0}})

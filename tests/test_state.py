@@ -322,9 +322,16 @@ def test_other_score_settings_resume_the_learned_agent(tmp_path: Path) -> None:
     other.set_state(store.load().state)
     assert other.score_changes == ["score.suppress: 100 != 50"]
     assert other.likelihood.count == 200
-    # anything else still refuses the snapshot
+    # anything else still refuses the snapshot, the normaliser's rate included:
+    # the normalised frames are what the fabric and the predictor learn from
     with pytest.raises(StateError):
         Agent(2, AgentConfig.model_validate({"seed": 2})).set_state(store.load().state)
+    other_rate = AgentConfig.model_validate({"seed": 1, "score": {"norm_alpha": 0.01}})
+    with pytest.raises(StateError, match="another configuration") as e:
+        Agent(2, other_rate).set_state(store.load().state)
+    assert any(d.startswith("score.norm_alpha:") for d in e.value.fields["differences"])
+    with pytest.raises(StateError):
+        resume_agent(store, other_rate, n_channels=2)
 
 
 def test_newer_schema_is_refused(tmp_path: Path) -> None:

@@ -686,7 +686,7 @@ class Agent:
         self._err_avg += rate * (err - self._err_avg)
         self._qe_avg += rate * (qe - self._qe_avg)
         self._lvl_avg += rate * (level - self._lvl_avg)
-        raw = err / (self._err_avg + 1e-9)
+        raw = self.config.score.err_weight * err / (self._err_avg + 1e-9)
         if self.fabric is not None:
             raw += self.config.score.som_weight * qe / (self._qe_avg + 1e-9)
         raw += self.config.score.level_weight * level / (self._lvl_avg + 1e-9)
@@ -1100,8 +1100,8 @@ class Agent:
         """Restore from :meth:`get_state`; the agent then continues bit-identically.
 
         The scoring settings (``score.*``: raw-score weights, likelihood
-        windows and rest period, normaliser rate) may differ from the state's:
-        they shape what is reported, not what was learned, so an upgrade or a
+        windows and rest period) may differ from the state's: they shape what
+        is reported, not what was learned, so an upgrade or a
         retuned score keeps the learned agent. The new settings apply from the
         next frame, :attr:`score_changes` lists them, and when the likelihood's
         windows no longer fit (``window`` or ``short`` changed) the likelihood
@@ -1112,15 +1112,17 @@ class Agent:
         ------
         StateError
             When the state belongs to another configuration (anything but the
-            scoring settings) or is incomplete.
+            scoring settings; ``score.norm_alpha`` counts as a model setting,
+            since the normalised frames feed the fabric and the predictor) or
+            is incomplete.
         """
         meta = self.meta_of(state)
         self._plan = None
         diffs = config_differences(state, self.config, self.n_channels)
-        score_changes = [d for d in diffs if d.startswith(SCORE_PREFIX)]
+        score_changes = [d for d in diffs if _resume_safe(d)]
         if len(score_changes) < len(diffs):
             raise StateError("agent state belongs to another configuration",
-                             differences=[d for d in diffs if not d.startswith(SCORE_PREFIX)])
+                             differences=[d for d in diffs if not _resume_safe(d)])
 
         def sub(prefix: str) -> dict[str, npt.NDArray[Any]]:
             pre = prefix + "/"
@@ -1184,8 +1186,16 @@ class Agent:
             raise StateError("agent state lacks an array", missing=str(e)) from e
 
 
-# differences under this prefix (the scoring settings) do not block a restore
+# differences under this prefix (the scoring settings) do not block a restore,
+# except the normaliser's rate: the normalised frames are the model's input
 SCORE_PREFIX = "score."
+MODEL_SCORE_KEYS = ("score.norm_alpha",)
+
+
+def _resume_safe(difference: str) -> bool:
+    """Whether a line of :func:`config_differences` may differ on a restore."""
+    key = difference.split(":", 1)[0]
+    return key.startswith(SCORE_PREFIX) and key not in MODEL_SCORE_KEYS
 
 
 def config_differences(state: dict[str, npt.NDArray[Any]], config: AgentConfig,
@@ -1194,15 +1204,15 @@ def config_differences(state: dict[str, npt.NDArray[Any]], config: AgentConfig,
     ``config`` (and the channel count, when given), human-readable; empty when
     they match. Settings added since the state was written take their defaults;
     a stored configuration that no longer validates is compared as stored.
-    ``scoring=False`` leaves out the scoring settings (``score.*``), which a
-    restore may change (see :meth:`Agent.set_state`)."""
+    ``scoring=False`` leaves out the scoring settings (``score.*`` but
+    ``score.norm_alpha``), which a restore may change (see :meth:`Agent.set_state`)."""
     meta = Agent.meta_of(state)
     theirs = meta["config"]
     with contextlib.suppress(ValueError):
         theirs = AgentConfig.model_validate(theirs).model_dump(mode="json")
     diffs = _config_diff(theirs, config.model_dump(mode="json"))
     if not scoring:
-        diffs = [d for d in diffs if not d.startswith(SCORE_PREFIX)]
+        diffs = [d for d in diffs if not _resume_safe(d)]
     if n_channels is not None and int(meta["n_channels"]) != n_channels:
         diffs.append(f"n_channels: {meta['n_channels']} != {n_channels}")
     return diffs

@@ -95,6 +95,7 @@ class ModeSettings(_Model):
 class ScoreSettings(_Model):
     """Raw anomaly score and its likelihood."""
 
+    err_weight: float = Field(1.0, ge=0)
     som_weight: float = Field(0.5, ge=0)
     level_weight: float = Field(2.0, ge=0)
     window: int = Field(2000, ge=10)
@@ -103,6 +104,12 @@ class ScoreSettings(_Model):
     suppress: int = Field(200, ge=0)
     alarm: float = Field(0.9999, gt=0.5, le=1)
     norm_alpha: float = Field(2e-3, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _some_term(self) -> ScoreSettings:
+        if self.err_weight + self.som_weight + self.level_weight <= 0:
+            raise ValueError("at least one of err_weight, som_weight, level_weight must be > 0")
+        return self
 
 
 class LayerEvolution(_Model):
