@@ -271,3 +271,32 @@ def test_raw_score_weights_select_the_terms() -> None:
     with pytest.raises(ValueError, match="at least one"):
         AgentConfig.model_validate(
             {"score": {"err_weight": 0.0, "som_weight": 0.0, "level_weight": 0.0}})
+
+
+def test_a_value_beyond_its_history_alarms_once() -> None:
+    # a stuck-high reading well outside anything the sensor gave before: the
+    # forecast error alone may not be extreme, the range says it is news
+    X = periodic(700, seed=5)
+    X[600:] = X[:600].max() + 0.5 * np.ptp(X[:600])
+    on = Agent(1, AgentConfig(seed=2)).process_many(X)
+    off = Agent(1, AgentConfig.model_validate({"seed": 2, "score": {"range_alarm": False}})
+                ).process_many(X)
+    assert [m.prediction for m in on] == [m.prediction for m in off]  # nothing learned differs
+    assert on[600].anomaly_likelihood == 1.0
+    assert off[600].anomaly_likelihood < 1.0
+    # before it, the range was never left after warm-up: the two runs agree there
+    assert [m.anomaly_likelihood for m in on[:600]] == [m.anomaly_likelihood for m in off[:600]]
+    # the next frames repeat the news: rest
+    assert max(m.anomaly_likelihood for m in on[601:800]) <= 0.25
+
+
+def test_snapshot_without_range_resumes_with_a_new_range() -> None:
+    X = periodic(400, seed=6)
+    a = Agent(1, AgentConfig(seed=1))
+    a.process_many(X[:300])
+    state = {k: v for k, v in a.get_state().items() if not k.startswith("range/")}
+    b = Agent(1, AgentConfig(seed=1))
+    b.set_state(state)
+    assert b.range.count == 0
+    assert [m.prediction for m in b.process_many(X[300:])] == [
+        m.prediction for m in a.process_many(X[300:])]

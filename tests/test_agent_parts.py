@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from lillith.agents.bio import BioConfig, BioSystem, ModeCycler
-from lillith.agents.signal import AnomalyLikelihood, RobustNormalizer
+from lillith.agents.signal import AnomalyLikelihood, RangeNovelty, RobustNormalizer
 from lillith.errors import ConfigError, StateError
 from lillith.sensors.csvfile import CsvError, read_csv_stream
 from lillith.sensors.synthetic import SyntheticSignal
@@ -74,6 +74,90 @@ def test_likelihood_rests_after_an_alarm() -> None:
     old = {k: v for k, v in lik.get_state().items() if k != "rest"}
     twin.set_state(old)
     assert twin.rest == 0
+
+
+def test_range_novelty_flags_values_beyond_everything_seen() -> None:
+    rn = RangeNovelty(2, tol=0.2, warm=5)
+    frames = [[0.0, 10.0], [1.0, 12.0], [0.5, 11.0], [0.2, 10.5], [0.9, 11.5]]
+    # nothing is flagged while warming up, however wide the swings
+    assert not any(rn.score_one(np.array(f)) for f in frames)
+    assert rn.lo.tolist() == [0.0, 10.0] and rn.hi.tolist() == [1.0, 12.0]
+    # within the margin (20% of the range) is not news, on either side
+    assert not rn.score_one(np.array([1.2, 9.6]))
+    assert not rn.score_one(np.array([-0.2, 12.4]))
+    # beyond it on one channel is; the range widens to include it
+    assert rn.score_one(np.array([0.5, 13.5]))
+    assert rn.hi[1] == 13.5
+    assert not rn.score_one(np.array([0.5, 13.9]))  # within the widened margin
+    assert rn.score_one(np.array([-1.0, 11.0]))  # below, on the other channel
+    # a restored range flags exactly what the original does
+    twin = RangeNovelty(2, tol=0.2, warm=5)
+    twin.set_state(rn.get_state())
+    probe = [np.array([2.0, 11.0]), np.array([0.0, 11.0]), np.array([2.5, 20.0])]
+    assert [twin.score_one(f) for f in probe] == [rn.score_one(f) for f in probe]
+    with pytest.raises(StateError):
+        RangeNovelty(3).set_state(rn.get_state())
+    # a constant channel has no range, so nothing is beyond it by a fraction of it
+    flat = RangeNovelty(1, tol=0.2, warm=2)
+    assert not any(flat.score_one(np.array([5.0])) for _ in range(10))
+
+
+def test_likelihood_excursion_alarms_outside_rest_only() -> None:
+    rng = np.random.default_rng(3)
+    lik = AnomalyLikelihood(window=500, short=1, min_history=50, suppress=30, alarm=0.999)
+    for v in np.abs(rng.standard_normal(300)):
+        lik.score_one(float(v))
+    ordinary = float(abs(rng.standard_normal()))
+    # an ordinary raw score on a frame beyond the range: certain, and a rest starts
+    assert lik.score_one(ordinary, excursion=True) == 1.0
+    assert lik.rest == 30
+    # during the rest, another excursion is damped like everything else
+    assert lik.score_one(ordinary, excursion=True) <= 0.25
+    assert lik.rest == 29
+
+
+def test_likelihood_alarm_budget_limits_the_alarm_rate() -> None:
+    def fresh() -> AnomalyLikelihood:
+        lik = AnomalyLikelihood(window=200, short=1, min_history=50, suppress=10, alarm=0.999,
+                                budget=2, budget_period=100)
+        rng = np.random.default_rng(4)
+        for v in np.abs(rng.standard_normal(60)):
+            lik.score_one(float(v))
+        return lik
+
+    def burst(lik: AnomalyLikelihood) -> float:
+        out = lik.score_one(1e6)  # far above anything in the window
+        for _ in range(10):  # quiet through the rest period
+            lik.score_one(0.5)
+        return out
+
+    lik = fresh()
+    # two alarms in a burst (60 quiet steps refilled nothing: the budget was full)
+    assert burst(lik) >= 0.999 and burst(lik) >= 0.999
+    # the third finds no token: damped, and no rest period starts
+    assert burst(lik) <= 0.25 and lik.rest == 0
+    # an excursion needs no token
+    assert lik.score_one(0.5, excursion=True) == 1.0
+    for _ in range(10):
+        lik.score_one(0.5)
+    # a token comes back every 100 steps: 33 steps since the third burst, not yet
+    assert lik.tokens < 1.0
+    for _ in range(70):
+        lik.score_one(0.5)
+    twin = AnomalyLikelihood(window=200, short=1, min_history=50, suppress=10, alarm=0.999,
+                             budget=2, budget_period=100)
+    twin.set_state(lik.get_state())
+    assert lik.tokens >= 1.0 and burst(lik) >= 0.999 and burst(twin) >= 0.999
+    # budget 0: no limit
+    free = AnomalyLikelihood(window=200, short=1, min_history=50, suppress=10, alarm=0.999,
+                             budget=0)
+    for v in np.abs(np.random.default_rng(4).standard_normal(60)):
+        free.score_one(float(v))
+    assert min(burst(free) for _ in range(6)) >= 0.999
+    # snapshots from before the budget restore with a full one
+    old = {k: v for k, v in lik.get_state().items() if k != "tokens"}
+    twin.set_state(old)
+    assert twin.tokens == 2.0
 
 
 def test_bio_gate_hysteresis_and_drive() -> None:

@@ -33,7 +33,7 @@ from lillith.agents._infer import _predict_rows
 from lillith.agents._train import _adam, _fit_rows
 from lillith.agents.bio import BioConfig, BioSystem, ModeCycler
 from lillith.agents.config import AgentConfig
-from lillith.agents.signal import AnomalyLikelihood, RobustNormalizer
+from lillith.agents.signal import AnomalyLikelihood, RangeNovelty, RobustNormalizer
 from lillith.agents.surgery import TileSurgeryPolicy
 from lillith.agents.tiles import SparseLookupFFNv2, _np
 from lillith.errors import LillithError, StateError
@@ -371,6 +371,8 @@ class Agent:
         self.feat_dim = self.n_channels * self.history + n_fab + som_dims
         self.normalizer = RobustNormalizer(self.n_channels, alpha=cfg.score.norm_alpha)
         self.likelihood = self._make_likelihood()
+        self.range = RangeNovelty(self.n_channels, tol=cfg.score.range_tol,
+                                  warm=cfg.score.min_history)
         # score settings (``score.*``) that differed from the snapshot last restored
         self.score_changes: list[str] = []
         b = cfg.bio
@@ -629,7 +631,11 @@ class Agent:
                     self._pending.lasts.append(self._prev_last)
                     self._pending.targets.append(z.astype(np.float32))
             raw = self._raw_score(err, float(qes[r]), float(np.mean(np.abs(z))))
-            lik = self.likelihood.score_one(raw)
+            # (the range is followed even when its alarm is off, so switching it
+            # on later finds the range seen so far)
+            outside = self.range.score_one(X[r])
+            lik = self.likelihood.score_one(
+                raw, excursion=outside and self.config.score.range_alarm)
             if self._prev_pred is not None:
                 self.bio.observe_loss(loss)
                 self.recent_losses.append(loss)
@@ -676,7 +682,8 @@ class Agent:
     def _make_likelihood(self) -> AnomalyLikelihood:
         sc = self.config.score
         return AnomalyLikelihood(window=sc.window, short=sc.short, min_history=sc.min_history,
-                                 suppress=sc.suppress, alarm=sc.alarm)
+                                 suppress=sc.suppress, alarm=sc.alarm, budget=sc.budget,
+                                 budget_period=sc.budget_period)
 
     def _raw_score(self, err: float, qe: float, level: float) -> float:
         """Prediction error, SOM quantisation error and level novelty, each relative to
@@ -1021,6 +1028,7 @@ class Agent:
         put("bio", self.bio.get_state())
         put("norm", self.normalizer.get_state())
         put("lik", self.likelihood.get_state())
+        put("range", self.range.get_state())
         d["agent/counters"] = np.array([self.step, self.total_updates, self.skipped_steps,
                                         int(self.learning_enabled), self._n_err,
                                         STATE_VERSION], dtype=np.int64)
@@ -1155,6 +1163,10 @@ class Agent:
                 if not score_changes:
                     raise
                 self.likelihood = self._make_likelihood()  # windows of another length
+            self.range = RangeNovelty(self.n_channels, tol=self.config.score.range_tol,
+                                      warm=self.config.score.min_history)
+            if "range/count" in state:  # (older snapshots: the range starts over)
+                self.range.set_state(sub("range"))
             self.score_changes = score_changes
             c = np.asarray(state["agent/counters"], dtype=np.int64)
             self.step, self.total_updates, self.skipped_steps = int(c[0]), int(c[1]), int(c[2])

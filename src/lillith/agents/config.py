@@ -103,6 +103,10 @@ class ScoreSettings(_Model):
     min_history: int = Field(50, ge=1)
     suppress: int = Field(200, ge=0)
     alarm: float = Field(0.9999, gt=0.5, le=1)
+    budget: int = Field(8, ge=0)
+    budget_period: int = Field(2000, ge=1)
+    range_alarm: bool = True
+    range_tol: float = Field(0.2, ge=0)
     norm_alpha: float = Field(2e-3, gt=0, le=1)
 
     @model_validator(mode="after")

@@ -128,6 +128,13 @@ class AnomalyLikelihood:
     once, at its onset, instead of on every row it lasts. The rest starts from
     the undamped likelihood and is not extended by what happens during it.
 
+    Alarm budget: an alarm spends one of ``budget`` tokens, and a token comes
+    back every ``budget_period`` steps (at most ``budget`` held). With none
+    left, a likelihood that reaches ``alarm`` is damped as in a rest period
+    and starts no rest: a stream whose raw scores keep producing "rare"
+    levels (heavy tails, bursts) cannot alarm more often than that on
+    average. Range excursions (``excursion=True``) need no token.
+
     Parameters
     ----------
     window : int
@@ -140,16 +147,24 @@ class AnomalyLikelihood:
         Rest period in steps after an alarm (0: none).
     alarm : float
         Likelihood that starts a rest period, in (0.5, 1].
+    budget : int
+        Alarms that can be given in a burst (0: no budget).
+    budget_period : int
+        Steps per token earned back.
     """
 
     def __init__(self, *, window: int = 2000, short: int = 3, min_history: int = 50,
-                 suppress: int = 200, alarm: float = 0.9999) -> None:
+                 suppress: int = 200, alarm: float = 0.9999, budget: int = 8,
+                 budget_period: int = 2000) -> None:
         self.window = int(window)
         self.short = int(short)
         self.min_history = int(min_history)
         self.suppress = int(suppress)
         self.alarm = float(alarm)
         self.rest = 0  # steps of the current rest period still to come
+        self.budget = int(budget)
+        self.refill = 1.0 / max(int(budget_period), 1)
+        self.tokens = float(self.budget)
         self.raw = np.zeros(self.short)
         self.buf = np.zeros(self.window)
         self.sum = 0.0
@@ -157,8 +172,12 @@ class AnomalyLikelihood:
         self.pos = 0
         self.count = 0
 
-    def score_one(self, raw: float) -> float:
-        """Add one raw score and return the likelihood of the current step."""
+    def score_one(self, raw: float, *, excursion: bool = False) -> float:
+        """Add one raw score and return the likelihood of the current step.
+
+        ``excursion`` marks a frame outside every value seen so far
+        (:class:`RangeNovelty`): outside a rest period its likelihood is 1.0
+        and a rest period starts, whatever the raw scores say."""
         self.raw[self.count % self.short] = raw
         self.count += 1
         level = float(self.raw[:min(self.count, self.short)].mean())
@@ -183,19 +202,30 @@ class AnomalyLikelihood:
         if self.pos == 0:
             self.sum = float(self.buf.sum())
             self.sumsq = float(np.dot(self.buf, self.buf))
+        if self.budget:
+            self.tokens = min(self.tokens + self.refill, float(self.budget))
         if self.rest > 0:
             # rest period: an alarm was just given; what follows repeats that news
             self.rest -= 1
             if lik > 0.5:
                 lik = 0.5 * min(lik, 0.5)
-        elif lik >= self.alarm and self.suppress > 0:
+        elif excursion:
+            lik = 1.0
             self.rest = self.suppress
+        elif lik >= self.alarm:
+            if self.budget and self.tokens < 1.0:
+                lik = 0.5 * min(lik, 0.5)  # over budget: not an alarm
+            else:
+                if self.budget:
+                    self.tokens -= 1.0
+                self.rest = self.suppress
         return lik
 
     def get_state(self) -> dict[str, npt.NDArray[Any]]:
         """Windows and counters as plain arrays."""
         return {"raw": self.raw.copy(), "buf": self.buf.copy(),
                 "rest": np.array(self.rest, dtype=np.int64),
+                "tokens": np.array(self.tokens),
                 "pos": np.array(self.pos, dtype=np.int64),
                 "count": np.array(self.count, dtype=np.int64),
                 "sums": np.array([self.sum, self.sumsq])}
@@ -212,5 +242,70 @@ class AnomalyLikelihood:
         self.raw = raw.copy()
         # snapshots written before the rest period counted down have no "rest"
         self.rest = int(state["rest"]) if "rest" in state else 0
+        # (snapshots from before the budget: a full one; a smaller budget caps it)
+        self.tokens = min(float(state["tokens"]), float(self.budget)) if "tokens" in state \
+            else float(self.budget)
         self.pos = int(state["pos"])
+        self.count = int(state["count"])
+
+
+class RangeNovelty:
+    """Flags frames outside every value seen so far (per channel).
+
+    A channel's range is the smallest and largest value it has had since the
+    start (no forgetting). A frame is an excursion when, after ``warm``
+    frames, one of its channels lies more than ``tol`` times that channel's
+    range beyond it; the frame then widens the range. A sensor reading beyond
+    anything in its history is news even where the forecast error is
+    ordinary (Numenta's NAB detector has the same rule, its "spatial
+    anomaly", with tolerance 0.05).
+
+    Parameters
+    ----------
+    n_channels : int
+        Width of a frame.
+    tol : float
+        Margin beyond the range, as a fraction of it (>= 0).
+    warm : int
+        Frames seen before any excursion is flagged.
+    """
+
+    def __init__(self, n_channels: int, *, tol: float = 0.2, warm: int = 50) -> None:
+        self.n_channels = int(n_channels)
+        self.tol = float(tol)
+        self.warm = int(warm)
+        self.lo = np.zeros(self.n_channels)
+        self.hi = np.zeros(self.n_channels)
+        self.count = 0
+
+    def score_one(self, x: F64) -> bool:
+        """Whether frame ``x`` (shape (C,), input units) is an excursion; then
+        fold it into the range."""
+        out = False
+        if self.count == 0:
+            self.lo[:] = x
+            self.hi[:] = x
+        else:
+            if self.count >= self.warm:
+                margin = self.tol * (self.hi - self.lo)
+                out = bool(np.any((margin > 0)
+                                  & ((x > self.hi + margin) | (x < self.lo - margin))))
+            np.minimum(self.lo, x, out=self.lo)
+            np.maximum(self.hi, x, out=self.hi)
+        self.count += 1
+        return out
+
+    def get_state(self) -> dict[str, npt.NDArray[Any]]:
+        """Range and counter as plain arrays."""
+        return {"lo": self.lo.copy(), "hi": self.hi.copy(),
+                "count": np.array(self.count, dtype=np.int64)}
+
+    def set_state(self, state: dict[str, npt.NDArray[Any]]) -> None:
+        """Restore from :meth:`get_state`."""
+        lo = np.asarray(state["lo"], dtype=np.float64)
+        hi = np.asarray(state["hi"], dtype=np.float64)
+        if lo.shape != (self.n_channels,) or hi.shape != (self.n_channels,):
+            raise StateError("range state has another width", shape=lo.shape,
+                             expected=(self.n_channels,))
+        self.lo, self.hi = lo.copy(), hi.copy()
         self.count = int(state["count"])
