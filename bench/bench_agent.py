@@ -1,8 +1,10 @@
 """Benchmark: end-to-end agent throughput in replay (frames/s).
 
 Small agent (5,5,16) and medium agent (13,13,64), 1 channel, a noisy
-periodic stream, processed as ``lillith replay`` does (``process_many`` in
-chunks), plus the fabric-ablated agent for reference. Targets: small >= 3,000
+periodic stream with stream times 5 minutes apart (so the weekly context
+runs, from the second week of stream time), processed as ``lillith replay``
+does (``process_many`` in chunks), plus the fabric-ablated agent for
+reference. Targets: small >= 3,000
 frames/s, medium >= 500 frames/s. Run: ``lillith bench agent --json``.
 """
 
@@ -20,6 +22,8 @@ from lillith.agents.agent import Agent
 from lillith.agents.config import AgentConfig
 
 CHUNK = 512
+T0 = 1704067200.0  # 2024-01-01 00:00 UTC
+STEP_S = 300.0
 
 
 def _stream(n: int) -> np.ndarray:
@@ -32,10 +36,11 @@ def measure(config: AgentConfig, n: int) -> float:
     """Frames per second of ``n`` frames after a warm-up of 1,000."""
     agent = Agent(1, config)
     X = _stream(n + 1000)
-    agent.process_many(X[:1000])
+    ts = [T0 + STEP_S * i for i in range(n + 1000)]
+    agent.process_many(X[:1000], ts[:1000])
     t0 = time.perf_counter()
     for lo in range(1000, n + 1000, CHUNK):
-        agent.process_many(X[lo:lo + CHUNK])
+        agent.process_many(X[lo:lo + CHUNK], ts[lo:lo + CHUNK])
     return n / (time.perf_counter() - t0)
 
 

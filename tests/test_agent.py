@@ -300,3 +300,29 @@ def test_snapshot_without_range_resumes_with_a_new_range() -> None:
     assert b.range.count == 0
     assert [m.prediction for m in b.process_many(X[300:])] == [
         m.prediction for m in a.process_many(X[300:])]
+
+
+def test_weekly_context_alarms_on_a_holiday_and_resumes_exactly() -> None:
+    from tests.test_agent_parts import weekly_traffic
+
+    t, x = weekly_traffic(5, holiday_day=23)  # the Wednesday of week 4
+    X, ts = x.reshape(-1, 1), [float(v) for v in t]
+    on = Agent(1, AgentConfig(seed=3)).process_many(X, ts)
+    off = Agent(1, AgentConfig.model_validate({"seed": 3, "score": {"week_context": False}})
+                ).process_many(X, ts)
+    assert [m.prediction for m in on] == [m.prediction for m in off]  # nothing learned differs
+    day = 288
+    holiday = slice(23 * day, 24 * day)
+    alarm = AgentConfig().score.alarm
+    assert max(m.anomaly_likelihood for m in on[holiday]) >= alarm
+    assert max(m.anomaly_likelihood for m in off[holiday]) < alarm
+    # the week after, the same weekday is ordinary again
+    assert max(m.anomaly_likelihood for m in on[30 * day:31 * day]) < alarm
+    # a snapshot taken during the holiday resumes exactly (profile, buckets, likelihood)
+    cut = 23 * day + 100
+    a = Agent(1, AgentConfig(seed=3))
+    a.process_many(X[:cut], ts[:cut])
+    b = Agent(1, AgentConfig(seed=3))
+    b.set_state(a.get_state())
+    rest = b.process_many(X[cut:], ts[cut:])
+    assert [m.anomaly_likelihood for m in rest] == [m.anomaly_likelihood for m in on[cut:]]

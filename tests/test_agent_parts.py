@@ -12,7 +12,12 @@ import numpy as np
 import pytest
 
 from lillith.agents.bio import BioConfig, BioSystem, ModeCycler
-from lillith.agents.signal import AnomalyLikelihood, RangeNovelty, RobustNormalizer
+from lillith.agents.signal import (
+    AnomalyLikelihood,
+    RangeNovelty,
+    RobustNormalizer,
+    WeekProfile,
+)
 from lillith.errors import ConfigError, StateError
 from lillith.sensors.csvfile import CsvError, read_csv_stream
 from lillith.sensors.synthetic import SyntheticSignal
@@ -158,6 +163,50 @@ def test_likelihood_alarm_budget_limits_the_alarm_rate() -> None:
     old = {k: v for k, v in lik.get_state().items() if k != "tokens"}
     twin.set_state(old)
     assert twin.tokens == 2.0
+
+
+def weekly_traffic(weeks: int, *, holiday_day: int | None = None, seed: int = 0
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Stream times (5-minute steps from Monday 2024-01-01 00:00 UTC) and a
+    traffic-like value: a daily hump on weekdays, flat and low at weekends; on
+    ``holiday_day`` (days since the start) a weekday looks like a Sunday."""
+    rng = np.random.default_rng(seed)
+    t = 1704067200.0 + 300.0 * np.arange(weeks * 7 * 288)
+    day = ((t - t[0]) // 86400).astype(int)
+    hour = ((t - t[0]) % 86400) / 3600.0
+    weekday = (day % 7) < 5
+    if holiday_day is not None:
+        weekday &= day != holiday_day
+    hump = np.exp(-0.5 * ((hour - 14.0) / 3.0) ** 2)
+    x = 1.0 + np.where(weekday, 3.0 * hump, 0.5 * hump) + 0.1 * rng.standard_normal(t.size)
+    return t, x
+
+
+def test_week_profile_finds_a_day_unlike_the_same_day_of_other_weeks() -> None:
+    t, x = weekly_traffic(5, holiday_day=23)  # the Wednesday of week 4
+    wp = WeekProfile(1)
+    one = np.ones(1)
+    dev = [wp.score_one(np.array([v]), one, float(tt)) for v, tt in zip(x, t, strict=True)]
+    week = 7 * 288
+    assert all(d is None for d in dev[:week]) and all(d is not None for d in dev[week:])
+    d = np.array([v if v is not None else 0.0 for v in dev])
+    holiday = slice(23 * 288, 24 * 288)
+    ordinary = np.r_[d[2 * week:23 * 288], d[25 * 288:]]  # a day after it, the buckets are clear
+    assert d[holiday].max() > 3 * ordinary.max()
+    # a restored profile goes on exactly as the original
+    wp2 = WeekProfile(1)
+    for v, tt in zip(x[:3000], t[:3000], strict=True):
+        wp2.score_one(np.array([v]), one, float(tt))
+    twin = WeekProfile(1)
+    twin.set_state(wp2.get_state())
+    for v, tt in zip(x[3000:3100], t[3000:3100], strict=True):
+        assert twin.score_one(np.array([v]), one, float(tt)) == \
+            wp2.score_one(np.array([v]), one, float(tt))
+    with pytest.raises(StateError):
+        WeekProfile(2).set_state(wp2.get_state())
+    # after a gap of more than a day, the last day's buckets hold only what came after it
+    after_gap = wp2.score_one(np.array([x[3100]]), one, float(t[3100]) + 3 * 86400.0)
+    assert wp2.bcount.sum() == 1.0 and after_gap is not None
 
 
 def test_bio_gate_hysteresis_and_drive() -> None:

@@ -33,7 +33,12 @@ from lillith.agents._infer import _predict_rows
 from lillith.agents._train import _adam, _fit_rows
 from lillith.agents.bio import BioConfig, BioSystem, ModeCycler
 from lillith.agents.config import AgentConfig
-from lillith.agents.signal import AnomalyLikelihood, RangeNovelty, RobustNormalizer
+from lillith.agents.signal import (
+    AnomalyLikelihood,
+    RangeNovelty,
+    RobustNormalizer,
+    WeekProfile,
+)
 from lillith.agents.surgery import TileSurgeryPolicy
 from lillith.agents.tiles import SparseLookupFFNv2, _np
 from lillith.errors import LillithError, StateError
@@ -373,6 +378,7 @@ class Agent:
         self.likelihood = self._make_likelihood()
         self.range = RangeNovelty(self.n_channels, tol=cfg.score.range_tol,
                                   warm=cfg.score.min_history)
+        self.week, self.week_lik = self._make_week()
         # score settings (``score.*``) that differed from the snapshot last restored
         self.score_changes: list[str] = []
         b = cfg.bio
@@ -634,8 +640,15 @@ class Agent:
             # (the range is followed even when its alarm is off, so switching it
             # on later finds the range seen so far)
             outside = self.range.score_one(X[r])
+            context = 0.5
+            if ts is not None and (tr := ts[r]) is not None:  # (followed even when off)
+                dev = self.week.score_one(X[r], scales[r], float(tr))
+                if dev is not None:
+                    week = self.week_lik.score_one(dev + 1e-6)
+                    if self.config.score.week_context:
+                        context = week
             lik = self.likelihood.score_one(
-                raw, excursion=outside and self.config.score.range_alarm)
+                raw, excursion=outside and self.config.score.range_alarm, context=context)
             if self._prev_pred is not None:
                 self.bio.observe_loss(loss)
                 self.recent_losses.append(loss)
@@ -684,6 +697,16 @@ class Agent:
         return AnomalyLikelihood(window=sc.window, short=sc.short, min_history=sc.min_history,
                                  suppress=sc.suppress, alarm=sc.alarm, budget=sc.budget,
                                  budget_period=sc.budget_period)
+
+    @staticmethod
+    def _week_likelihood() -> AnomalyLikelihood:
+        # the weekly context's own likelihood: no rest and no budget of its own (the
+        # main likelihood applies both when it alarms)
+        return AnomalyLikelihood(window=WEEK_WINDOW, short=1, min_history=WEEK_MIN_HISTORY,
+                                 suppress=0, budget=0)
+
+    def _make_week(self) -> tuple[WeekProfile, AnomalyLikelihood]:
+        return WeekProfile(self.n_channels, rate=WEEK_RATE), self._week_likelihood()
 
     def _raw_score(self, err: float, qe: float, level: float) -> float:
         """Prediction error, SOM quantisation error and level novelty, each relative to
@@ -1029,6 +1052,8 @@ class Agent:
         put("norm", self.normalizer.get_state())
         put("lik", self.likelihood.get_state())
         put("range", self.range.get_state())
+        put("week", self.week.get_state())
+        put("wlik", self.week_lik.get_state())
         d["agent/counters"] = np.array([self.step, self.total_updates, self.skipped_steps,
                                         int(self.learning_enabled), self._n_err,
                                         STATE_VERSION], dtype=np.int64)
@@ -1167,6 +1192,10 @@ class Agent:
                                       warm=self.config.score.min_history)
             if "range/count" in state:  # (older snapshots: the range starts over)
                 self.range.set_state(sub("range"))
+            self.week, self.week_lik = self._make_week()
+            if "week/prof" in state:  # (older snapshots: the weekly context starts over)
+                self.week.set_state(sub("week"))
+                self.week_lik.set_state(sub("wlik"))
             self.score_changes = score_changes
             c = np.asarray(state["agent/counters"], dtype=np.int64)
             self.step, self.total_updates, self.skipped_steps = int(c[0]), int(c[1]), int(c[2])
@@ -1197,6 +1226,12 @@ class Agent:
         except KeyError as e:
             raise StateError("agent state lacks an array", missing=str(e)) from e
 
+
+# the weekly context (WeekProfile): update of an hour's usual value per hour of
+# data, and the window and warm-up of its likelihood (frames)
+WEEK_RATE = 0.2
+WEEK_WINDOW = 4000
+WEEK_MIN_HISTORY = 1000
 
 # differences under this prefix (the scoring settings) do not block a restore,
 # except the normaliser's rate: the normalised frames are the model's input

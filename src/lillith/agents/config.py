@@ -107,6 +107,7 @@ class ScoreSettings(_Model):
     budget_period: int = Field(2000, ge=1)
     range_alarm: bool = True
     range_tol: float = Field(0.2, ge=0)
+    week_context: bool = True
     norm_alpha: float = Field(2e-3, gt=0, le=1)
 
     @model_validator(mode="after")

@@ -172,12 +172,15 @@ class AnomalyLikelihood:
         self.pos = 0
         self.count = 0
 
-    def score_one(self, raw: float, *, excursion: bool = False) -> float:
+    def score_one(self, raw: float, *, excursion: bool = False, context: float = 0.5) -> float:
         """Add one raw score and return the likelihood of the current step.
 
         ``excursion`` marks a frame outside every value seen so far
         (:class:`RangeNovelty`): outside a rest period its likelihood is 1.0
-        and a rest period starts, whatever the raw scores say."""
+        and a rest period starts, whatever the raw scores say. ``context`` is
+        a second likelihood (the weekly context, :class:`WeekProfile`): when
+        it reaches ``alarm`` it alarms as the raw scores' likelihood would
+        (same rest, same budget), and the step reports the larger of the two."""
         self.raw[self.count % self.short] = raw
         self.count += 1
         level = float(self.raw[:min(self.count, self.short)].mean())
@@ -212,13 +215,14 @@ class AnomalyLikelihood:
         elif excursion:
             lik = 1.0
             self.rest = self.suppress
-        elif lik >= self.alarm:
+        elif lik >= self.alarm or context >= self.alarm:
             if self.budget and self.tokens < 1.0:
                 lik = 0.5 * min(lik, 0.5)  # over budget: not an alarm
             else:
                 if self.budget:
                     self.tokens -= 1.0
                 self.rest = self.suppress
+                lik = max(lik, context)
         return lik
 
     def get_state(self) -> dict[str, npt.NDArray[Any]]:
@@ -309,3 +313,111 @@ class RangeNovelty:
                              expected=(self.n_channels,))
         self.lo, self.hi = lo.copy(), hi.copy()
         self.count = int(state["count"])
+
+
+class WeekProfile:
+    """How far the last day departs from the usual week, per hour of the week.
+
+    Keeps, per channel, the usual value (input units) of each of the 168
+    hours of the week (stream time, UTC) as a running mean. A frame ``dt``
+    seconds after the previous one moves its hour's value by
+    ``max(1/n, rate * dt / 3600)`` (``n``: frames seen in that hour of the
+    week), so an hour of data moves it by about ``rate`` whatever the
+    sampling interval.
+
+    Once an hour of the week has data from at least a week before, every
+    frame's residual against it is measured in units of the normaliser's
+    scale. Raw values are profiled, not normalised ones: the normaliser's
+    location follows the last days, so a Monday's normalised values depend
+    on the weekend before it. The deviation is
+    ``mean_c |mean of the residuals over the last 24 hours|`` (hourly
+    buckets: the current hour and the 23 before it). A whole day unlike the
+    same days of earlier weeks (a holiday in traffic, a weekday that behaves
+    like a Sunday) then stands out even when every frame is ordinary for its
+    level and its recent past. Nothing is reported during the first week of
+    stream time.
+
+    Parameters
+    ----------
+    n_channels : int
+        Width of a frame.
+    rate : float
+        Update of an hour's usual value per hour of data (fraction).
+    """
+
+    BINS = 168
+    HOURS = 24
+    _WEEK_S = 7 * 86400.0 - 3600.0  # an hour's first visit may end its hour
+
+    def __init__(self, n_channels: int, *, rate: float = 0.2) -> None:
+        self.n_channels = int(n_channels)
+        self.rate = float(rate)
+        self.prof = np.zeros((self.BINS, self.n_channels))
+        self.seen = np.zeros(self.BINS, dtype=np.int64)
+        self.first = np.zeros(self.BINS)
+        self.bsum = np.zeros((self.HOURS, self.n_channels))
+        self.bcount = np.zeros(self.HOURS)
+        self.hour = -1  # hour (since the epoch) of the newest bucket; -1: none yet
+        self.start = 0.0  # stream time of the first frame
+        self.last = 0.0  # and of the latest
+        self.frames = 0
+
+    def score_one(self, x: F64, scale: F64, t: float) -> float | None:
+        """Fold frame ``x`` (shape (C,), input units) at stream time ``t`` (s
+        since the epoch) in, its residual measured in ``scale`` (shape (C,),
+        input units, > 0); return the deviation of the last 24 hours (>= 0,
+        scale units), or None during the first week of stream time (no usual
+        week yet)."""
+        if self.frames == 0:
+            self.start = self.last = t
+        dt = min(max(t - self.last, 0.0), 3600.0)
+        self.last = t
+        self.frames += 1
+        h = math.floor(t / 3600.0)
+        b = (h + 72) % self.BINS  # the epoch began on a Thursday: bin 0 is Monday 00:00
+        n = int(self.seen[b])
+        usual = n > 0 and t - float(self.first[b]) >= self._WEEK_S
+        r = (x - self.prof[b]) / scale if usual else np.zeros(self.n_channels)
+        if n == 0:
+            self.first[b] = t
+        self.prof[b] += max(1.0 / (n + 1), self.rate * dt / 3600.0) * (x - self.prof[b])
+        self.seen[b] = n + 1
+        if self.hour < 0:
+            self.hour = h
+        elif h > self.hour:  # new hours: their buckets start empty (all, after a day's gap)
+            for k in range(self.hour + 1, min(h, self.hour + self.HOURS) + 1):
+                self.bsum[k % self.HOURS] = 0.0
+                self.bcount[k % self.HOURS] = 0.0
+            self.hour = h
+        k = self.hour % self.HOURS  # (a time going backwards counts in the newest hour)
+        self.bsum[k] += r
+        self.bcount[k] += 1.0
+        if t - self.start < 7 * 86400.0:
+            return None
+        mean = self.bsum.sum(axis=0) / max(float(self.bcount.sum()), 1.0)
+        return float(np.mean(np.abs(mean)))
+
+    def get_state(self) -> dict[str, npt.NDArray[Any]]:
+        """Profile, visits and buckets as plain arrays."""
+        return {"prof": self.prof.copy(), "seen": self.seen.copy(), "first": self.first.copy(),
+                "bsum": self.bsum.copy(), "bcount": self.bcount.copy(),
+                "hour": np.array(self.hour, dtype=np.int64),
+                "start": np.array(self.start),
+                "last": np.array(self.last),
+                "frames": np.array(self.frames, dtype=np.int64)}
+
+    def set_state(self, state: dict[str, npt.NDArray[Any]]) -> None:
+        """Restore from :meth:`get_state`."""
+        prof = np.asarray(state["prof"], dtype=np.float64)
+        if prof.shape != (self.BINS, self.n_channels):
+            raise StateError("week profile has another shape", shape=prof.shape,
+                             expected=(self.BINS, self.n_channels))
+        self.prof = prof.copy()
+        self.seen = np.asarray(state["seen"], dtype=np.int64).copy()
+        self.first = np.asarray(state["first"], dtype=np.float64).copy()
+        self.bsum = np.asarray(state["bsum"], dtype=np.float64).copy()
+        self.bcount = np.asarray(state["bcount"], dtype=np.float64).copy()
+        self.hour = int(state["hour"])
+        self.start = float(state["start"])
+        self.last = float(state["last"])
+        self.frames = int(state["frames"])
