@@ -376,8 +376,7 @@ class Agent:
         self.feat_dim = self.n_channels * self.history + n_fab + som_dims
         self.normalizer = RobustNormalizer(self.n_channels, alpha=cfg.score.norm_alpha)
         self.likelihood = self._make_likelihood()
-        self.range = RangeNovelty(self.n_channels, tol=cfg.score.range_tol,
-                                  warm=cfg.score.min_history)
+        self.range = self._make_range()
         self.week, self.week_lik = self._make_week()
         # score settings (``score.*``) that differed from the snapshot last restored
         self.score_changes: list[str] = []
@@ -698,15 +697,16 @@ class Agent:
                                  suppress=sc.suppress, alarm=sc.alarm, budget=sc.budget,
                                  budget_period=sc.budget_period)
 
-    @staticmethod
-    def _week_likelihood() -> AnomalyLikelihood:
-        # the weekly context's own likelihood: no rest and no budget of its own (the
-        # main likelihood applies both when it alarms)
-        return AnomalyLikelihood(window=WEEK_WINDOW, short=1, min_history=WEEK_MIN_HISTORY,
-                                 suppress=0, budget=0)
+    def _make_range(self) -> RangeNovelty:
+        sc = self.config.score
+        return RangeNovelty(self.n_channels, tol=sc.range_tol, warm=sc.min_history)
 
     def _make_week(self) -> tuple[WeekProfile, AnomalyLikelihood]:
-        return WeekProfile(self.n_channels, rate=WEEK_RATE), self._week_likelihood()
+        # the weekly context's own likelihood has no rest and no budget of its own
+        # (the main likelihood applies both when it alarms)
+        return (WeekProfile(self.n_channels, rate=WEEK_RATE),
+                AnomalyLikelihood(window=WEEK_WINDOW, short=1, min_history=WEEK_MIN_HISTORY,
+                                  suppress=0, budget=0))
 
     def _raw_score(self, err: float, qe: float, level: float) -> float:
         """Prediction error, SOM quantisation error and level novelty, each relative to
@@ -1188,8 +1188,7 @@ class Agent:
                 if not score_changes:
                     raise
                 self.likelihood = self._make_likelihood()  # windows of another length
-            self.range = RangeNovelty(self.n_channels, tol=self.config.score.range_tol,
-                                      warm=self.config.score.min_history)
+            self.range = self._make_range()
             if "range/count" in state:  # (older snapshots: the range starts over)
                 self.range.set_state(sub("range"))
             self.week, self.week_lik = self._make_week()
