@@ -14,6 +14,7 @@ import pytest
 from lillith.agents.bio import BioConfig, BioSystem, ModeCycler
 from lillith.agents.signal import (
     AnomalyLikelihood,
+    DailyRecurrence,
     RangeNovelty,
     RobustNormalizer,
     WeekProfile,
@@ -164,6 +165,75 @@ def test_likelihood_alarm_budget_limits_the_alarm_rate() -> None:
     twin.set_state(old)
     assert twin.tokens == 2.0
 
+
+
+def test_likelihood_recurring_level_is_damped_without_spending() -> None:
+    lik = AnomalyLikelihood(window=200, short=1, min_history=50, suppress=10, alarm=0.999,
+                            budget=2, budget_period=100)
+    for v in np.abs(np.random.default_rng(5).standard_normal(60)):
+        lik.score_one(float(v))
+    asked: list[float] = []
+
+    def always(level: float) -> bool:
+        asked.append(level)
+        return True
+
+    # asked only when the raw scores would alarm, and with the current level
+    lik.score_one(0.5, recurs=always)
+    assert asked == []
+    tokens = lik.tokens
+    assert lik.score_one(1e6, recurs=always) <= 0.25
+    assert asked == [1e6] and lik.level == 1e6
+    # no alarm: no token spent, no rest started
+    assert lik.rest == 0 and lik.tokens >= tokens
+    # the weekly context still alarms on a recurring level, and excursions are untouched
+    assert lik.score_one(1e6, context=0.9995, recurs=always) >= 0.999
+    assert lik.rest == 10
+    for _ in range(10):
+        lik.score_one(0.5)
+    assert lik.score_one(0.5, excursion=True, recurs=always) == 1.0
+    for _ in range(10):
+        lik.score_one(0.5)
+    # a level that did not recur alarms as before
+    assert lik.score_one(1e6, recurs=lambda level: False) >= 0.999
+
+
+def test_daily_recurrence_needs_the_level_on_each_of_the_last_days() -> None:
+    t0 = 1704067200.0  # Monday 2024-01-01 00:00 UTC
+    day, noon = 86400.0, 12 * 3600.0
+
+    def history(peaks: dict[int, float], days: int = 3) -> DailyRecurrence:
+        """Levels every 5 minutes over ``days`` days: 0.1, and 1.0 at the
+        seconds after midnight given per day in ``peaks``."""
+        dr = DailyRecurrence(days=3, tol=3600.0, ratio=0.8, bin_s=600.0)
+        for k in range(days * 288):
+            t = t0 + 300.0 * k
+            d = k // 288
+            at = peaks.get(d)
+            dr.observe(t, 1.0 if at is not None and t - t0 - d * day == at else 0.1)
+        return dr
+
+    dr = history({0: noon, 1: noon, 2: noon})
+    now = t0 + 3 * day + noon
+    assert dr.recurs(now, 1.0) and dr.recurs(now, 1.25)
+    assert not dr.recurs(now, 1.3)  # 0.8 * 1.3 above every earlier peak
+    assert not dr.recurs(now + 3 * 3600.0, 1.0)  # another time of day
+    assert dr.recurs(now + 3000.0, 1.0)  # within the tolerance (and its bin)
+    # every one of the last three days must have had it
+    assert not history({0: noon, 2: noon}).recurs(now, 1.0)
+    assert not history({1: noon, 2: noon}).recurs(now, 1.0)  # day 0 did not
+    # a peak an hour and a half off is outside the tolerance
+    assert not history({0: noon, 1: noon + 5400.0, 2: noon}).recurs(now, 1.0)
+    # restored bins answer as the original
+    twin = DailyRecurrence(days=3, tol=3600.0, ratio=0.8, bin_s=600.0)
+    twin.set_state(dr.get_state())
+    assert twin.recurs(now, 1.0) and not twin.recurs(now, 1.3)
+    with pytest.raises(StateError):
+        DailyRecurrence(days=2, tol=3600.0).set_state(dr.get_state())
+    with pytest.raises(ConfigError):
+        DailyRecurrence(days=0)
+    with pytest.raises(ConfigError):
+        DailyRecurrence(tol=43200.0)
 
 def weekly_traffic(weeks: int, *, holiday_day: int | None = None, seed: int = 0
                    ) -> tuple[np.ndarray, np.ndarray]:

@@ -22,6 +22,7 @@ import math
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -35,6 +36,7 @@ from lillith.agents.bio import BioConfig, BioSystem, ModeCycler
 from lillith.agents.config import AgentConfig
 from lillith.agents.signal import (
     AnomalyLikelihood,
+    DailyRecurrence,
     RangeNovelty,
     RobustNormalizer,
     WeekProfile,
@@ -378,6 +380,7 @@ class Agent:
         self.likelihood = self._make_likelihood()
         self.range = self._make_range()
         self.week, self.week_lik = self._make_week()
+        self.echo = self._make_echo()
         # score settings (``score.*``) that differed from the snapshot last restored
         self.score_changes: list[str] = []
         b = cfg.bio
@@ -640,14 +643,20 @@ class Agent:
             # on later finds the range seen so far)
             outside = self.range.score_one(X[r])
             context = 0.5
-            if ts is not None and (tr := ts[r]) is not None:  # (followed even when off)
-                dev = self.week.score_one(X[r], scales[r], float(tr))
+            t_r = None if ts is None or (tr := ts[r]) is None else float(tr)
+            if t_r is not None:  # (followed even when off)
+                dev = self.week.score_one(X[r], scales[r], t_r)
                 if dev is not None:
                     week = self.week_lik.score_one(dev + 1e-6)
                     if self.config.score.week_context:
                         context = week
+            echo = self.echo
+            recurs = None if echo is None or t_r is None else partial(echo.recurs, t_r)
             lik = self.likelihood.score_one(
-                raw, excursion=outside and self.config.score.range_alarm, context=context)
+                raw, excursion=outside and self.config.score.range_alarm, context=context,
+                recurs=recurs)
+            if echo is not None and t_r is not None:
+                echo.observe(t_r, self.likelihood.level)
             if self._prev_pred is not None:
                 self.bio.observe_loss(loss)
                 self.recent_losses.append(loss)
@@ -662,7 +671,7 @@ class Agent:
             self._prev_last = lasts[r].copy()
             mods = self.bio.modulators()
             out.append(Metrics(
-                step=self.step, t=None if ts is None or (tr := ts[r]) is None else float(tr),
+                step=self.step, t=t_r,
                 loss=loss,
                 anomaly_score=raw, anomaly_likelihood=lik,
                 prediction=[float(v) for v in locs[r] + preds[r] * scales[r]],
@@ -700,6 +709,13 @@ class Agent:
     def _make_range(self) -> RangeNovelty:
         sc = self.config.score
         return RangeNovelty(self.n_channels, tol=sc.range_tol, warm=sc.min_history)
+
+    def _make_echo(self) -> DailyRecurrence | None:
+        sc = self.config.score
+        if not sc.recurrence_days:
+            return None
+        return DailyRecurrence(days=sc.recurrence_days, tol=sc.recurrence_tol,
+                               ratio=sc.recurrence_ratio, bin_s=RECURRENCE_BIN)
 
     def _make_week(self) -> tuple[WeekProfile, AnomalyLikelihood]:
         # the weekly context's own likelihood has no rest and no budget of its own
@@ -1054,6 +1070,8 @@ class Agent:
         put("range", self.range.get_state())
         put("week", self.week.get_state())
         put("wlik", self.week_lik.get_state())
+        if self.echo is not None:
+            put("echo", self.echo.get_state())
         d["agent/counters"] = np.array([self.step, self.total_updates, self.skipped_steps,
                                         int(self.learning_enabled), self._n_err,
                                         STATE_VERSION], dtype=np.int64)
@@ -1195,6 +1213,12 @@ class Agent:
             if "week/prof" in state:  # (older snapshots: the weekly context starts over)
                 self.week.set_state(sub("week"))
                 self.week_lik.set_state(sub("wlik"))
+            self.echo = self._make_echo()
+            if self.echo is not None and "echo/ids" in state:
+                try:
+                    self.echo.set_state(sub("echo"))
+                except StateError:  # (other days or tol: the bins start over)
+                    self.echo = self._make_echo()
             self.score_changes = score_changes
             c = np.asarray(state["agent/counters"], dtype=np.int64)
             self.step, self.total_updates, self.skipped_steps = int(c[0]), int(c[1]), int(c[2])
@@ -1231,6 +1255,8 @@ class Agent:
 WEEK_RATE = 0.2
 WEEK_WINDOW = 4000
 WEEK_MIN_HISTORY = 1000
+# the daily recurrence's time bins (s)
+RECURRENCE_BIN = 600.0
 
 # differences under this prefix (the scoring settings) do not block a restore,
 # except the normaliser's rate: the normalised frames are the model's input

@@ -108,6 +108,9 @@ class ScoreSettings(_Model):
     range_alarm: bool = True
     range_tol: float = Field(0.2, ge=0)
     week_context: bool = True
+    recurrence_days: int = Field(3, ge=0, le=14)
+    recurrence_tol: float = Field(5400.0, ge=0, lt=43200)
+    recurrence_ratio: float = Field(0.8, gt=0)
     norm_alpha: float = Field(2e-3, gt=0, le=1)
 
     @model_validator(mode="after")

@@ -7,12 +7,13 @@ as plain numpy arrays for snapshots.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from lillith.errors import StateError
+from lillith.errors import ConfigError, StateError
 
 F64 = npt.NDArray[np.float64]
 
@@ -171,8 +172,10 @@ class AnomalyLikelihood:
         self.sumsq = 0.0
         self.pos = 0
         self.count = 0
+        self.level = 0.0  # the latest step's level (short mean of raw scores)
 
-    def score_one(self, raw: float, *, excursion: bool = False, context: float = 0.5) -> float:
+    def score_one(self, raw: float, *, excursion: bool = False, context: float = 0.5,
+                  recurs: Callable[[float], bool] | None = None) -> float:
         """Add one raw score and return the likelihood of the current step.
 
         ``excursion`` marks a frame outside every value seen so far
@@ -180,10 +183,16 @@ class AnomalyLikelihood:
         and a rest period starts, whatever the raw scores say. ``context`` is
         a second likelihood (the weekly context, :class:`WeekProfile`): when
         it reaches ``alarm`` it alarms as the raw scores' likelihood would
-        (same rest, same budget), and the step reports the larger of the two."""
+        (same rest, same budget), and the step reports the larger of the two.
+        ``recurs`` (:meth:`DailyRecurrence.recurs` at this step's time) is
+        asked, with the current level, only when the raw scores' likelihood
+        would alarm: when it answers True the level is one the last days had
+        at this time of day too, and the step is damped as over budget (no
+        alarm, no token spent, no rest). The level is kept in :attr:`level`."""
         self.raw[self.count % self.short] = raw
         self.count += 1
         level = float(self.raw[:min(self.count, self.short)].mean())
+        self.level = level
         n = min(self.count - 1, self.window)
         lik = 0.5
         if self.count > self.min_history and n > 0:
@@ -215,7 +224,8 @@ class AnomalyLikelihood:
         elif excursion:
             lik = 1.0
             self.rest = self.suppress
-        elif lik >= self.alarm or context >= self.alarm:
+        elif ((lik >= self.alarm and (recurs is None or not recurs(level)))
+              or context >= self.alarm):
             if self.budget and self.tokens < 1.0:
                 lik = 0.5 * min(lik, 0.5)  # over budget: not an alarm
             else:
@@ -223,6 +233,8 @@ class AnomalyLikelihood:
                     self.tokens -= 1.0
                 self.rest = self.suppress
                 lik = max(lik, context)
+        elif lik >= self.alarm:  # the same level recurred at this time on the last days
+            lik = 0.5 * min(lik, 0.5)
         return lik
 
     def get_state(self) -> dict[str, npt.NDArray[Any]]:
@@ -421,3 +433,86 @@ class WeekProfile:
         self.start = float(state["start"])
         self.last = float(state["last"])
         self.frames = int(state["frames"])
+
+
+class DailyRecurrence:
+    """Whether a raw-score level recurred at this time of day on the last days.
+
+    Keeps the highest likelihood level (the short mean of raw scores) of each
+    ``bin_s``-second bin of stream time over the last ``days`` days (plus
+    ``tol`` seconds). A level ``L`` at time ``t`` *recurs* when, on each of the
+    last ``days`` days ``d``, a bin within ``tol`` seconds of ``t - d`` days
+    held a level of at least ``ratio * L``. A forecast error that comes back
+    at the same time every day (a daily step the recent frames cannot
+    announce, a nightly batch job) is then not news after ``days`` days,
+    while one that came only yesterday, or two days ago but not yesterday,
+    still is. Bins that no frame reached (gaps) count as not recurring.
+
+    Parameters
+    ----------
+    days : int
+        Consecutive earlier days that must all have had the level (>= 1).
+    tol : float
+        Half-width of the time-of-day window, seconds (< 12 h).
+    ratio : float
+        Fraction of the current level that counts as the same level (> 0).
+    bin_s : float
+        Width of a time bin, seconds (> 0).
+    """
+
+    DAY_S = 86400.0
+
+    def __init__(self, *, days: int = 3, tol: float = 5400.0, ratio: float = 0.8,
+                 bin_s: float = 600.0) -> None:
+        if days < 1 or not 0.0 <= tol < self.DAY_S / 2 or ratio <= 0 or bin_s <= 0:
+            raise ConfigError("daily recurrence needs days >= 1, 0 <= tol < 12 h, ratio > 0 "
+                              "and bin_s > 0", days=days, tol=tol, ratio=ratio, bin_s=bin_s)
+        self.days = int(days)
+        self.tol = float(tol)
+        self.ratio = float(ratio)
+        self.bin_s = float(bin_s)
+        # a ring of bins long enough that the earliest bin asked for is still there
+        n = math.ceil((self.days * self.DAY_S + self.tol) / self.bin_s) + 2
+        self.ids = np.full(n, -1, dtype=np.int64)  # absolute bin number held by each slot
+        self.peak = np.zeros(n)
+
+    def observe(self, t: float, level: float) -> None:
+        """Fold the level of the step at stream time ``t`` (s since the epoch) in."""
+        b = math.floor(t / self.bin_s)
+        s = b % self.ids.shape[0]
+        if self.ids[s] != b:
+            self.ids[s] = b
+            self.peak[s] = level
+        elif level > self.peak[s]:
+            self.peak[s] = level
+
+    def recurs(self, t: float, level: float) -> bool:
+        """Whether ``level`` at stream time ``t`` came at this time on each of
+        the last ``days`` days (see the class)."""
+        n = self.ids.shape[0]
+        need = self.ratio * level
+        for d in range(1, self.days + 1):
+            c = t - d * self.DAY_S
+            found = False
+            for b in range(math.floor((c - self.tol) / self.bin_s),
+                           math.floor((c + self.tol) / self.bin_s) + 1):
+                s = b % n
+                if self.ids[s] == b and self.peak[s] >= need:
+                    found = True
+                    break
+            if not found:
+                return False
+        return True
+
+    def get_state(self) -> dict[str, npt.NDArray[Any]]:
+        """Bins as plain arrays."""
+        return {"ids": self.ids.copy(), "peak": self.peak.copy()}
+
+    def set_state(self, state: dict[str, npt.NDArray[Any]]) -> None:
+        """Restore from :meth:`get_state`."""
+        ids = np.asarray(state["ids"], dtype=np.int64)
+        if ids.shape != self.ids.shape:
+            raise StateError("daily recurrence bins have another length", shape=ids.shape,
+                             expected=self.ids.shape)
+        self.ids = ids.copy()
+        self.peak = np.asarray(state["peak"], dtype=np.float64).copy()
