@@ -5,8 +5,11 @@ state at step t to the input at step t - d (train on one stretch, R² on a
 later one). A reservoir useful to the predictor has R² well above 0 at small
 delays, decaying with d (fading memory); an autonomous, self-sustained regime
 has R² ≈ 0 everywhere. Also reports whether activity survives when the input
-stops. Run: ``python bench/fabric_memory.py '{"r_syn": 100}'`` (FabricParams
-overrides as JSON; default: the defaults).
+stops. Run: ``python bench/fabric_memory.py`` compares a uniform ``Local3D``
+fabric (every membrane time constant 20 ms) with the agent's default wiring
+(``AgentConfig().fabric.wiring``); ``python bench/fabric_memory.py
+'{"r_syn": 100}' '{"type": "MultiScale", "taus": [1, 5, 50]}'`` profiles one
+fabric (FabricParams overrides, then a wiring config, both JSON).
 """
 
 from __future__ import annotations
@@ -17,8 +20,10 @@ from typing import Any
 
 import numpy as np
 
+from lillith.agents.config import AgentConfig
 from lillith.fabric.neural_fabric import NeuralFabric3D
 from lillith.fabric.params import FabricParams
+from lillith.fabric.wiring import Wiring
 
 
 def _ridge_r2(F: np.ndarray, y: np.ndarray, split: int, lam: float = 1e-2) -> float:
@@ -30,11 +35,16 @@ def _ridge_r2(F: np.ndarray, y: np.ndarray, split: int, lam: float = 1e-2) -> fl
     return float(c * c) if np.isfinite(c) else 0.0
 
 
-def memory_profile(params: dict[str, float], *, shape: tuple[int, int, int] = (5, 5, 16),
-                   n: int = 4000, delays: tuple[int, ...] = (0, 1, 2, 4, 8, 16)
-                   ) -> dict[str, Any]:
-    """R² of the input d steps back, from all activations and from pooled features."""
-    f = NeuralFabric3D(shape, n_inputs=1, params=FabricParams(**params), seed=0)
+def memory_profile(params: dict[str, float], *, wiring: dict[str, Any] | None = None,
+                   shape: tuple[int, int, int] = (5, 5, 16), n: int = 4000,
+                   delays: tuple[int, ...] = (0, 1, 2, 4, 8, 16)) -> dict[str, Any]:
+    """R² of the input d steps back, from all activations and from pooled features
+    (``wiring``: a wiring config as in ``agent.fabric.wiring``; default Local3D)."""
+    w = None
+    if wiring is not None:
+        cfg = {"shape": list(shape), "seed": 0, **wiring}  # (as the agent builds it)
+        w = Wiring.from_config(cfg)
+    f = NeuralFabric3D(shape, n_inputs=1, params=FabricParams(**params), seed=0, wiring=w)
     u = np.random.default_rng(0).uniform(-2.0, 2.0, n)
     act = np.empty((n, f.n))
     pooled = np.empty((n, f.n_features))
@@ -54,5 +64,11 @@ def memory_profile(params: dict[str, float], *, shape: tuple[int, int, int] = (5
 
 
 if __name__ == "__main__":
-    overrides = json.loads(sys.argv[1]) if len(sys.argv) > 1 else {}
-    print(json.dumps(memory_profile(overrides), indent=1))
+    if len(sys.argv) > 1:
+        wiring = json.loads(sys.argv[2]) if len(sys.argv) > 2 else None
+        print(json.dumps(memory_profile(json.loads(sys.argv[1]), wiring=wiring), indent=1))
+    else:
+        agent_wiring = AgentConfig().fabric.wiring
+        print(json.dumps({"Local3D": memory_profile({}),
+                          json.dumps(agent_wiring): memory_profile({}, wiring=agent_wiring)},
+                         indent=1))

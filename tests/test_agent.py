@@ -290,6 +290,29 @@ def test_a_value_beyond_its_history_alarms_once() -> None:
     assert max(m.anomaly_likelihood for m in on[601:800]) <= 0.25
 
 
+
+def test_a_stuck_sensor_alarms_with_or_without_the_fabric() -> None:
+    # a flatline is easy to forecast and sits at the level: the stuck-sensor
+    # rule sees it, in the full agent and in the ablated one alike
+    X = _inject("flatline", periodic(3000, seed=3), 2500)
+    for ablate in (False, True):
+        on = Agent(1, AgentConfig(seed=1, ablate_fabric=ablate)).process_many(X)
+        off = Agent(1, AgentConfig.model_validate(
+            {"seed": 1, "ablate_fabric": ablate, "score": {"stuck_alarm": False}})).process_many(X)
+        assert [m.prediction for m in on] == [m.prediction for m in off]
+        min_run = AgentConfig().score.stuck_min_run
+        assert on[2500 + min_run].anomaly_likelihood == 1.0
+        assert [m.anomaly_likelihood for m in on[:2500 + min_run]] == [
+            m.anomaly_likelihood for m in off[:2500 + min_run]]
+    # a snapshot from before the rule resumes with the runs starting over
+    a = Agent(1, AgentConfig(seed=1))
+    a.process_many(X[:2000])
+    b = Agent(1, AgentConfig(seed=1))
+    b.set_state({k: v for k, v in a.get_state().items() if not k.startswith("stuck/")})
+    assert b.stuck.count == 0
+    assert [m.prediction for m in b.process_many(X[2000:])] == [
+        m.prediction for m in a.process_many(X[2000:])]
+
 def test_snapshot_without_range_resumes_with_a_new_range() -> None:
     X = periodic(400, seed=6)
     a = Agent(1, AgentConfig(seed=1))

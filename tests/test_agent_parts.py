@@ -17,6 +17,7 @@ from lillith.agents.signal import (
     DailyRecurrence,
     RangeNovelty,
     RobustNormalizer,
+    StuckSensor,
     WeekProfile,
 )
 from lillith.errors import ConfigError, StateError
@@ -107,6 +108,32 @@ def test_range_novelty_flags_values_beyond_everything_seen() -> None:
     flat = RangeNovelty(1, tol=0.2, warm=2)
     assert not any(flat.score_one(np.array([5.0])) for _ in range(10))
 
+
+
+def test_stuck_sensor_flags_a_run_longer_than_any_before() -> None:
+    rng = np.random.default_rng(2)
+    ss = StuckSensor(2, factor=2.0, min_run=5, warm=10)
+    noisy = rng.standard_normal((40, 2))
+    assert not any(ss.score_one(f) for f in noisy)  # nothing repeats
+    # channel 1 sticks: flagged once, when its run reaches min_run (5 repeats)
+    flags = [ss.score_one(np.array([rng.standard_normal(), 7.0])) for _ in range(12)]
+    assert flags == [False] * 5 + [True] + [False] * 6
+    assert ss.longest[1] == 0 and ss.run[1] == 11
+    # it moves again: the longest run is now 11, so the next alarm needs 22 repeats
+    ss.score_one(np.array([0.0, 1.0]))
+    assert ss.longest[1] == 11
+    flags = [ss.score_one(np.array([rng.standard_normal(), 3.0])) for _ in range(30)]
+    assert flags.index(True) == 22 and sum(flags) == 1
+    # a restored detector goes on as the original
+    twin = StuckSensor(2, factor=2.0, min_run=5, warm=10)
+    twin.set_state(ss.get_state())
+    probe = [np.array([0.5, 3.0])] * 3 + [np.array([0.5, 4.0])]
+    assert [twin.score_one(f) for f in probe] == [ss.score_one(f) for f in probe]
+    with pytest.raises(StateError):
+        StuckSensor(3).set_state(ss.get_state())
+    # nothing before warm-up
+    early = StuckSensor(1, min_run=2, warm=100)
+    assert not any(early.score_one(np.array([1.0])) for _ in range(50))
 
 def test_likelihood_excursion_alarms_outside_rest_only() -> None:
     rng = np.random.default_rng(3)

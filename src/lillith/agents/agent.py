@@ -39,6 +39,7 @@ from lillith.agents.signal import (
     DailyRecurrence,
     RangeNovelty,
     RobustNormalizer,
+    StuckSensor,
     WeekProfile,
 )
 from lillith.agents.surgery import TileSurgeryPolicy
@@ -379,6 +380,7 @@ class Agent:
         self.normalizer = RobustNormalizer(self.n_channels, alpha=cfg.score.norm_alpha)
         self.likelihood = self._make_likelihood()
         self.range = self._make_range()
+        self.stuck = self._make_stuck()
         self.week, self.week_lik = self._make_week()
         self.echo = self._make_echo()
         # score settings (``score.*``) that differed from the snapshot last restored
@@ -641,7 +643,9 @@ class Agent:
             raw = self._raw_score(err, float(qes[r]), float(np.mean(np.abs(z))))
             # (the range is followed even when its alarm is off, so switching it
             # on later finds the range seen so far)
-            outside = self.range.score_one(X[r])
+            outside = self.range.score_one(X[r]) and self.config.score.range_alarm
+            # (followed even when off, as the range)
+            stuck = self.stuck.score_one(X[r]) and self.config.score.stuck_alarm
             context = 0.5
             t_r = None if ts is None or (tr := ts[r]) is None else float(tr)
             if t_r is not None:  # (followed even when off)
@@ -653,7 +657,7 @@ class Agent:
             echo = self.echo
             recurs = None if echo is None or t_r is None else partial(echo.recurs, t_r)
             lik = self.likelihood.score_one(
-                raw, excursion=outside and self.config.score.range_alarm, context=context,
+                raw, excursion=outside or stuck, context=context,
                 recurs=recurs)
             if echo is not None and t_r is not None:
                 echo.observe(t_r, self.likelihood.level)
@@ -709,6 +713,11 @@ class Agent:
     def _make_range(self) -> RangeNovelty:
         sc = self.config.score
         return RangeNovelty(self.n_channels, tol=sc.range_tol, warm=sc.min_history)
+
+    def _make_stuck(self) -> StuckSensor:
+        sc = self.config.score
+        return StuckSensor(self.n_channels, factor=sc.stuck_factor, min_run=sc.stuck_min_run,
+                           warm=sc.min_history)
 
     def _make_echo(self) -> DailyRecurrence | None:
         sc = self.config.score
@@ -1068,6 +1077,7 @@ class Agent:
         put("norm", self.normalizer.get_state())
         put("lik", self.likelihood.get_state())
         put("range", self.range.get_state())
+        put("stuck", self.stuck.get_state())
         put("week", self.week.get_state())
         put("wlik", self.week_lik.get_state())
         if self.echo is not None:
@@ -1209,6 +1219,9 @@ class Agent:
             self.range = self._make_range()
             if "range/count" in state:  # (older snapshots: the range starts over)
                 self.range.set_state(sub("range"))
+            self.stuck = self._make_stuck()
+            if "stuck/count" in state:  # (older snapshots: the runs start over)
+                self.stuck.set_state(sub("stuck"))
             self.week, self.week_lik = self._make_week()
             if "week/prof" in state:  # (older snapshots: the weekly context starts over)
                 self.week.set_state(sub("week"))

@@ -19,7 +19,10 @@ class FabricConfig(_Model):
     n_segments: int = Field(10, ge=1, le=1024)
     n_features: int = Field(64, ge=1)
     substeps: int = Field(1, ge=1, le=64)
-    wiring: dict[str, Any] = Field(default_factory=lambda: {"type": "Local3D"})
+    # fast / medium / slow membrane time constants (ms = frames at one substep):
+    # docs/performance.md "What the fabric adds"
+    wiring: dict[str, Any] = Field(
+        default_factory=lambda: {"type": "MultiScale", "taus": [2.0, 10.0, 40.0]})
     params: dict[str, float] = Field(default_factory=dict)
     noise_scale: float = Field(2.0, ge=0)
     intent_gain: float = Field(0.5, ge=0)
@@ -108,6 +111,9 @@ class ScoreSettings(_Model):
     range_alarm: bool = True
     range_tol: float = Field(0.2, ge=0)
     week_context: bool = True
+    stuck_alarm: bool = True
+    stuck_factor: float = Field(2.0, ge=1)
+    stuck_min_run: int = Field(10, ge=2)
     recurrence_days: int = Field(3, ge=0, le=14)
     recurrence_tol: float = Field(5400.0, ge=0, lt=43200)
     recurrence_ratio: float = Field(0.8, gt=0)

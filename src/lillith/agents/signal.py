@@ -327,6 +327,78 @@ class RangeNovelty:
         self.count = int(state["count"])
 
 
+
+class StuckSensor:
+    """Flags a channel that repeats its last value for longer than ever before.
+
+    Per channel, the current run (frames in a row equal to the one before,
+    exactly: a stuck sensor or a frozen feed repeats its last reading) and
+    the longest run it has had. After ``warm`` frames, a frame is flagged
+    when a channel's run reaches ``max(min_run, ceil(factor * longest))``
+    (once per run). Neither the forecast error nor the level sees a
+    flatline: a constant is easy to forecast and sits at the level. A
+    channel whose readings repeat by nature (quantised, idle at zero)
+    alarms at most a few times while its longest run grows, each time only
+    for a run ``factor`` times longer than any before.
+
+    Parameters
+    ----------
+    n_channels : int
+        Width of a frame.
+    factor : float
+        How many times the longest run so far a run must last (>= 1).
+    min_run : int
+        Shortest run ever flagged (frames).
+    warm : int
+        Frames seen before any run is flagged.
+    """
+
+    def __init__(self, n_channels: int, *, factor: float = 2.0, min_run: int = 10,
+                 warm: int = 50) -> None:
+        self.n_channels = int(n_channels)
+        self.factor = float(factor)
+        self.min_run = int(min_run)
+        self.warm = int(warm)
+        self.last = np.zeros(self.n_channels)
+        self.run = np.zeros(self.n_channels, dtype=np.int64)
+        self.longest = np.zeros(self.n_channels, dtype=np.int64)
+        self.count = 0
+
+    def score_one(self, x: F64) -> bool:
+        """Whether frame ``x`` (shape (C,), input units) makes a channel's run
+        of repeats reach its alarm length; then fold it in."""
+        out = False
+        if self.count > 0:
+            same = x == self.last
+            if same.any():
+                np.maximum(self.longest, np.where(same, 0, self.run), out=self.longest)
+                self.run = np.where(same, self.run + 1, 0)
+                if self.count >= self.warm:
+                    need = np.maximum(self.min_run, np.ceil(self.factor * self.longest))
+                    out = bool(np.any(same & (self.run == need)))
+            elif self.run.any():  # (the usual frame: nothing repeats, no run to end)
+                np.maximum(self.longest, self.run, out=self.longest)
+                self.run[:] = 0
+        self.last[:] = x
+        self.count += 1
+        return out
+
+    def get_state(self) -> dict[str, npt.NDArray[Any]]:
+        """Runs and counter as plain arrays."""
+        return {"last": self.last.copy(), "run": self.run.copy(),
+                "longest": self.longest.copy(), "count": np.array(self.count, dtype=np.int64)}
+
+    def set_state(self, state: dict[str, npt.NDArray[Any]]) -> None:
+        """Restore from :meth:`get_state`."""
+        last = np.asarray(state["last"], dtype=np.float64)
+        if last.shape != (self.n_channels,):
+            raise StateError("stuck-sensor state has another width", shape=last.shape,
+                             expected=(self.n_channels,))
+        self.last = last.copy()
+        self.run = np.asarray(state["run"], dtype=np.int64).copy()
+        self.longest = np.asarray(state["longest"], dtype=np.int64).copy()
+        self.count = int(state["count"])
+
 class WeekProfile:
     """How far the last day departs from the usual week, per hour of the week.
 
