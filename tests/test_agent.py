@@ -313,6 +313,16 @@ def test_a_stuck_sensor_alarms_with_or_without_the_fabric() -> None:
     assert [m.prediction for m in b.process_many(X[2000:])] == [
         m.prediction for m in a.process_many(X[2000:])]
 
+
+def test_a_wide_agent_flags_one_stuck_channel_and_no_excursion_before() -> None:
+    # eight noisy channels: the per-channel range and stuck rules raise nothing
+    # on ordinary frames, and one channel sticking among eight is caught
+    X = np.hstack([periodic(3000, seed=s) for s in range(8)])
+    X[2500:2650, 3] = X[2500, 3]
+    ms = Agent(8, AgentConfig(seed=0)).process_many(X)
+    assert max(m.anomaly_likelihood for m in ms[:2500]) < 1.0
+    assert ms[2500 + AgentConfig().score.stuck_min_run].anomaly_likelihood == 1.0
+
 def test_snapshot_without_range_resumes_with_a_new_range() -> None:
     X = periodic(400, seed=6)
     a = Agent(1, AgentConfig(seed=1))
