@@ -52,6 +52,15 @@ def _inject(kind: str, X: np.ndarray, t0: int, length: int = 150) -> np.ndarray:
     return X
 
 
+
+def _restored(a: Agent, *, without: str | None = None) -> Agent:
+    """A new agent of ``a``'s configuration restored from ``a``'s state, less the
+    arrays under the prefix ``without`` (a snapshot from before that part)."""
+    b = Agent(a.n_channels, a.config)
+    b.set_state({k: v for k, v in a.get_state().items()
+                 if without is None or not k.startswith(without)})
+    return b
+
 @pytest.mark.parametrize("kind", ["spike", "level_shift", "frequency", "flatline"])
 def test_likelihood_peaks_after_injected_anomaly(kind: str) -> None:
     n, t0, win = 6000, 4500, 100
@@ -307,8 +316,7 @@ def test_a_stuck_sensor_alarms_with_or_without_the_fabric() -> None:
     # a snapshot from before the rule resumes with the runs starting over
     a = Agent(1, AgentConfig(seed=1))
     a.process_many(X[:2000])
-    b = Agent(1, AgentConfig(seed=1))
-    b.set_state({k: v for k, v in a.get_state().items() if not k.startswith("stuck/")})
+    b = _restored(a, without="stuck/")
     assert b.stuck.count == 0
     assert [m.prediction for m in b.process_many(X[2000:])] == [
         m.prediction for m in a.process_many(X[2000:])]
@@ -323,13 +331,12 @@ def test_a_wide_agent_flags_one_stuck_channel_and_no_excursion_before() -> None:
     assert max(m.anomaly_likelihood for m in ms[:2500]) < 1.0
     assert ms[2500 + AgentConfig().score.stuck_min_run].anomaly_likelihood == 1.0
 
+
 def test_snapshot_without_range_resumes_with_a_new_range() -> None:
     X = periodic(400, seed=6)
     a = Agent(1, AgentConfig(seed=1))
     a.process_many(X[:300])
-    state = {k: v for k, v in a.get_state().items() if not k.startswith("range/")}
-    b = Agent(1, AgentConfig(seed=1))
-    b.set_state(state)
+    b = _restored(a, without="range/")
     assert b.range.count == 0
     assert [m.prediction for m in b.process_many(X[300:])] == [
         m.prediction for m in a.process_many(X[300:])]
@@ -355,9 +362,7 @@ def test_weekly_context_alarms_on_a_holiday_and_resumes_exactly() -> None:
     cut = 23 * day + 100
     a = Agent(1, AgentConfig(seed=3))
     a.process_many(X[:cut], ts[:cut])
-    b = Agent(1, AgentConfig(seed=3))
-    b.set_state(a.get_state())
-    rest = b.process_many(X[cut:], ts[cut:])
+    rest = _restored(a).process_many(X[cut:], ts[cut:])
     assert [m.anomaly_likelihood for m in rest] == [m.anomaly_likelihood for m in on[cut:]]
 
 
@@ -397,13 +402,10 @@ def test_an_error_recurring_every_day_stops_alarming() -> None:
     cut = 5 * 288 + 100
     a = Agent(1, AgentConfig(seed=0))
     a.process_many(X[:cut], ts[:cut])
-    b = Agent(1, AgentConfig(seed=0))
-    b.set_state(a.get_state())
-    rest = b.process_many(X[cut:], ts[cut:])
+    rest = _restored(a).process_many(X[cut:], ts[cut:])
     assert [m.anomaly_likelihood for m in rest] == [m.anomaly_likelihood for m in on[cut:]]
     # ... and one written before the rule resumes with empty bins
-    c = Agent(1, AgentConfig(seed=0))
-    c.set_state({k: v for k, v in a.get_state().items() if not k.startswith("echo/")})
+    c = _restored(a, without="echo/")
     assert c.echo is not None and int(c.echo.ids.max()) == -1
     assert [m.prediction for m in c.process_many(X[cut:], ts[cut:])] == [
         m.prediction for m in rest]

@@ -109,7 +109,6 @@ def test_range_novelty_flags_values_beyond_everything_seen() -> None:
     assert not any(flat.score_one(np.array([5.0])) for _ in range(10))
 
 
-
 def test_stuck_sensor_flags_a_run_longer_than_any_before() -> None:
     rng = np.random.default_rng(2)
     ss = StuckSensor(2, factor=2.0, min_run=5, warm=10)
@@ -134,6 +133,7 @@ def test_stuck_sensor_flags_a_run_longer_than_any_before() -> None:
     # nothing before warm-up
     early = StuckSensor(1, min_run=2, warm=100)
     assert not any(early.score_one(np.array([1.0])) for _ in range(50))
+
 
 def test_likelihood_excursion_alarms_outside_rest_only() -> None:
     rng = np.random.default_rng(3)
