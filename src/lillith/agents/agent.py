@@ -1228,10 +1228,9 @@ class Agent:
                 self.week_lik.set_state(sub("wlik"))
             self.echo = self._make_echo()
             if self.echo is not None and "echo/ids" in state:
-                try:
+                # (other days or tol: the bins start over; set_state checks before it changes)
+                with contextlib.suppress(StateError):
                     self.echo.set_state(sub("echo"))
-                except StateError:  # (other days or tol: the bins start over)
-                    self.echo = self._make_echo()
             self.score_changes = score_changes
             c = np.asarray(state["agent/counters"], dtype=np.int64)
             self.step, self.total_updates, self.skipped_steps = int(c[0]), int(c[1]), int(c[2])

@@ -327,7 +327,6 @@ class RangeNovelty:
         self.count = int(state["count"])
 
 
-
 class StuckSensor:
     """Flags a channel that repeats its last value for longer than ever before.
 
@@ -398,6 +397,7 @@ class StuckSensor:
         self.run = np.asarray(state["run"], dtype=np.int64).copy()
         self.longest = np.asarray(state["longest"], dtype=np.int64).copy()
         self.count = int(state["count"])
+
 
 class WeekProfile:
     """How far the last day departs from the usual week, per hour of the week.
