@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -18,6 +19,7 @@ import pytest
 from lillith.agents.agent import Agent
 from lillith.agents.config import AgentConfig
 from lillith.errors import StateError
+from lillith.runtime.checkpoint import Checkpointer
 from lillith.state import SCHEMA_VERSION, SnapshotStore
 from lillith.state.agent_state import resume_agent
 from lillith.state.snapshot import crc32
@@ -545,3 +547,35 @@ def test_replay_with_evolution_resumed_equals_the_whole_file(tmp_path: Path) -> 
     whole = (tmp_path / "oall.csv").read_text().splitlines()
     assert len(split) == len(whole) == 901
     assert split == whole
+
+
+class _SlowStore(SnapshotStore):
+    """A real store whose writes start only when the test lets them."""
+
+    def __init__(self, root: str) -> None:
+        super().__init__(root)
+        self.go = asyncio.Event()
+
+    async def awrite(self, state: Any, *, step: int, offload: Any = None) -> Any:
+        await self.go.wait()
+        return await super().awrite(state, step=step)
+
+
+async def test_checkpoint_due_while_a_write_is_in_progress(tmp_path: Path) -> None:
+    store = _SlowStore(str(tmp_path / "state"))
+    cp = Checkpointer(store, every_frames=10)
+    state = Agent(1, AgentConfig(seed=0)).get_state()
+    assert cp.due(10) and not cp.due(9)
+    first = asyncio.create_task(cp.write(state, 10, reason="cadence"))
+    await asyncio.sleep(0.01)
+    assert cp.busy
+    # the daemon skips while busy; a local run asks with while_busy and waits
+    assert not cp.due(20) and cp.due(20, while_busy=True)
+    assert not cp.due(19, while_busy=True)
+    store.go.set()
+    await cp.wait()
+    assert (await first) is not None and cp.last_step == 10 and not cp.busy
+    assert cp.due(20)
+    assert (await cp.write(state, 20, reason="cadence")) is not None
+    assert [SnapshotStore(str(tmp_path / "state")).load(n).info.step
+            for n in store.names()] == [10, 20]

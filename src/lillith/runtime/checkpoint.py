@@ -4,8 +4,11 @@ The copy of the state is taken by the agent's own worker at a step boundary
 (the caller passes it in); the write (checksums, encoding, fsync, rename)
 runs in threads through zarr's async API, so the event loop stays responsive
 and the worker keeps processing frames while a snapshot is written. One
-write at a time per agent: a checkpoint that falls due while the previous one
-is still being written waits for the next occasion.
+write at a time per agent. In the daemon, a checkpoint that falls due while the
+previous one is still being written waits for the next occasion (live frames
+are not held back for storage); a run over a local source waits for the write
+instead (``due(step, while_busy=True)``), so its snapshots fall at the same
+steps however slow the disk is.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ class Checkpointer:
         self.written = 0
         self._busy = asyncio.Lock()
         self._dirty = False
+        self._writing: int | None = None  # the step of the write in progress
 
     def touch(self) -> None:
         """The state changed without a frame (a command, an evolution round): the
@@ -65,14 +69,20 @@ class Checkpointer:
         """A write is in progress."""
         return self._busy.locked()
 
-    def due(self, step: int) -> bool:
-        """Is a snapshot due at ``step`` (and none in progress)?"""
-        if self.busy or (step == self.last_step and not self._dirty):
+    def due(self, step: int, *, while_busy: bool = False) -> bool:
+        """Is a snapshot due at ``step``?
+
+        With ``while_busy`` False, never while a write is in progress; with
+        True the caller is to :meth:`wait` for that write before taking the
+        state. The cadence counts from the step being written, if any, else
+        from the last snapshot's."""
+        last = self._writing if self._writing is not None else self.last_step
+        if (self.busy and not while_busy) or (step == last and not self._dirty):
             return False
-        since = step - (self.last_step or 0)
+        since = step - (last or 0)
         if self.every_frames is not None and since >= self.every_frames:
             return True
-        return (self.every_seconds is not None and step > (self.last_step or 0)
+        return (self.every_seconds is not None and step > (last or 0)
                 and time.monotonic() - self.last_time >= self.every_seconds)
 
     async def write(self, state: dict[str, Any], step: int, *, reason: str) -> SnapshotInfo | None:
@@ -87,6 +97,7 @@ class Checkpointer:
                 return None
             dirty, self._dirty = self._dirty, False
             t0 = time.perf_counter()
+            self._writing = step
             try:
                 info = await self.store.awrite(state, step=step)
             except StateError as e:
@@ -96,6 +107,8 @@ class Checkpointer:
                 self.last_time = time.monotonic()  # retry at the next occasion, not at once
                 self._dirty = self._dirty or dirty
                 return None
+            finally:
+                self._writing = None
             self.last_step = step
             self.last_time = time.monotonic()
             self.last = info

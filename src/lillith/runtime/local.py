@@ -150,9 +150,14 @@ async def _loop(agent: Agent, src: LocalSource, stop: asyncio.Event, worker: Thr
             if to_evo and to_evo < values.shape[0]:
                 values, labels = values[:to_evo], labels[:to_evo]
             ms: list[Metrics] = await loop.run_in_executor(worker, agent.process_many, values)
-            if cp.due(agent.step):
-                state = await loop.run_in_executor(worker, agent.get_state)
-                tg.create_task(cp.write(state, agent.step, reason="cadence"), name="checkpoint")
+            if cp.due(agent.step, while_busy=True):
+                # a local source can wait for the previous write: snapshots then
+                # fall on the cadence's steps however slow the disk is
+                await cp.wait()
+                if cp.due(agent.step):  # (still, if that write failed)
+                    state = await loop.run_in_executor(worker, agent.get_state)
+                    tg.create_task(cp.write(state, agent.step, reason="cadence"),
+                                   name="checkpoint")
             now = time.monotonic()
             if now - last_log >= 1.0:
                 last_log = now
