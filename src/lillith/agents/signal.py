@@ -66,8 +66,10 @@ class RobustNormalizer:
 
     def transform(self, x: F64) -> F64:
         """Normalise ``x`` (shape (C,), input units) with the current statistics."""
-        z: F64 = np.clip((x - self.mean) / np.maximum(self.scale, self._floor()),
-                         -self.z_max, self.z_max)
+        z: F64 = (x - self.mean) / np.maximum(self.scale, self._floor())
+        # (np.clip's values, without its per-call overhead)
+        np.maximum(z, -self.z_max, out=z)
+        np.minimum(z, self.z_max, out=z)
         return z
 
     def effective_scale(self) -> F64:
@@ -89,7 +91,10 @@ class RobustNormalizer:
             return
         rate = max(1.0 / (self.count + 1), self.alpha)
         s = np.maximum(self.scale, self._floor())
-        dev = np.clip(x - self.mean, -self.clip * s, self.clip * s)
+        lim = self.clip * s
+        dev = x - self.mean  # clipped to [-lim, lim] (np.clip's values, less overhead)
+        np.maximum(dev, -lim, out=dev)
+        np.minimum(dev, lim, out=dev)
         self.mean = self.mean + rate * dev
         # mean absolute deviation * 1.25 estimates the std of a normal
         self.scale = self.scale + rate * (1.25 * np.abs(dev) - self.scale)
@@ -191,7 +196,8 @@ class AnomalyLikelihood:
         alarm, no token spent, no rest). The level is kept in :attr:`level`."""
         self.raw[self.count % self.short] = raw
         self.count += 1
-        level = float(self.raw[:min(self.count, self.short)].mean())
+        m = min(self.count, self.short)
+        level = float(self.raw[:m].sum() / m)  # (np.mean's bits, less overhead)
         self.level = level
         n = min(self.count - 1, self.window)
         lik = 0.5
@@ -304,8 +310,8 @@ class RangeNovelty:
         else:
             if self.count >= self.warm:
                 margin = self.tol * (self.hi - self.lo)
-                out = bool(np.any((margin > 0)
-                                  & ((x > self.hi + margin) | (x < self.lo - margin))))
+                out = bool(((margin > 0)
+                            & ((x > self.hi + margin) | (x < self.lo - margin))).any())
             np.minimum(self.lo, x, out=self.lo)
             np.maximum(self.hi, x, out=self.hi)
         self.count += 1
@@ -479,7 +485,7 @@ class WeekProfile:
         if t - self.start < 7 * 86400.0:
             return None
         mean = self.bsum.sum(axis=0) / max(float(self.bcount.sum()), 1.0)
-        return float(np.mean(np.abs(mean)))
+        return float(np.abs(mean).sum() / mean.size)
 
     def get_state(self) -> dict[str, npt.NDArray[Any]]:
         """Profile, visits and buckets as plain arrays."""
