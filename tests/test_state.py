@@ -579,3 +579,17 @@ async def test_checkpoint_due_while_a_write_is_in_progress(tmp_path: Path) -> No
     assert (await cp.write(state, 20, reason="cadence")) is not None
     assert [SnapshotStore(str(tmp_path / "state")).load(n).info.step
             for n in store.names()] == [10, 20]
+
+
+async def test_checkpoint_time_cadence_counts_from_the_start_of_a_write(tmp_path: Path) -> None:
+    store = _SlowStore(str(tmp_path / "state"))
+    cp = Checkpointer(store, every_seconds=0.05)
+    state = Agent(1, AgentConfig(seed=0)).get_state()
+    first = asyncio.create_task(cp.write(state, 10, reason="cadence"))
+    await asyncio.sleep(0.01)
+    assert cp.busy and not cp.due(11, while_busy=True)  # 10 ms into the write
+    await asyncio.sleep(0.06)  # the write has taken longer than the cadence
+    assert not cp.due(11) and cp.due(11, while_busy=True)
+    store.go.set()
+    assert (await first) is not None
+    assert cp.due(11)  # due at once: 50 ms have passed since that write began

@@ -74,8 +74,8 @@ class Checkpointer:
 
         With ``while_busy`` False, never while a write is in progress; with
         True the caller is to :meth:`wait` for that write before taking the
-        state. The cadence counts from the step being written, if any, else
-        from the last snapshot's."""
+        state. The cadence counts from the step (and start time) of the write
+        in progress, if any, else from the last snapshot's."""
         last = self._writing if self._writing is not None else self.last_step
         if (self.busy and not while_busy) or (step == last and not self._dirty):
             return False
@@ -98,6 +98,9 @@ class Checkpointer:
             dirty, self._dirty = self._dirty, False
             t0 = time.perf_counter()
             self._writing = step
+            # the time cadence counts from the start of a write (a write slower than
+            # the cadence is followed by the next at once, not a cadence later)
+            self.last_time = time.monotonic()
             try:
                 info = await self.store.awrite(state, step=step)
             except StateError as e:
@@ -110,7 +113,6 @@ class Checkpointer:
             finally:
                 self._writing = None
             self.last_step = step
-            self.last_time = time.monotonic()
             self.last = info
             self.written += 1
             log.info("snapshot_written", agent=self.agent, name=info.name, step=step,

@@ -154,7 +154,7 @@ async def _loop(agent: Agent, src: LocalSource, stop: asyncio.Event, worker: Thr
                 # a local source can wait for the previous write: snapshots then
                 # fall on the cadence's steps however slow the disk is
                 await cp.wait()
-                if cp.due(agent.step):  # (still, if that write failed)
+                if cp.due(agent.step):  # (counted from the snapshot now on storage)
                     state = await loop.run_in_executor(worker, agent.get_state)
                     tg.create_task(cp.write(state, agent.step, reason="cadence"),
                                    name="checkpoint")
