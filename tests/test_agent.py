@@ -342,6 +342,32 @@ def test_snapshot_without_range_resumes_with_a_new_range() -> None:
         m.prediction for m in a.process_many(X[300:])]
 
 
+def test_an_agent_range_forgets_a_glitch_after_range_days() -> None:
+    # ten-minute frames for six days, a glitch on the first: two days later an
+    # agent with range_days 2 flags a value the glitch's range would hide
+    n, glitch = 6 * 144, 100
+    X = periodic(n + 1, seed=4)
+    X[glitch, 0] = 50.0
+    usual = np.delete(X[:n, 0], glitch)
+    X[n, 0] = float(usual.max() + 0.5 * np.ptp(usual))
+    assert X[n, 0] < 50.0
+    ts = [1.7e9 + 600.0 * i for i in range(n + 1)]
+    liks = {}
+    for days in (0, 2):
+        a = Agent(1, AgentConfig.model_validate({"seed": 0, "score": {"range_days": days}}))
+        ms = a.process_many(X, ts)
+        assert ms[glitch].anomaly_likelihood == 1.0  # the glitch itself, for both
+        liks[days] = [m.anomaly_likelihood for m in ms]
+        if days:  # a snapshot resumes the day blocks exactly
+            b = _restored(a)
+            Y = periodic(300, seed=5)
+            t2 = [ts[-1] + 600.0 * (i + 1) for i in range(300)]
+            assert [m.anomaly_likelihood for m in b.process_many(Y, t2)] == [
+                m.anomaly_likelihood for m in a.process_many(Y, t2)]
+    assert liks[2][n] == 1.0 and liks[0][n] < 1.0
+    assert liks[2][:n] == liks[0][:n]  # nothing else differs on the way
+
+
 def test_weekly_context_alarms_on_a_holiday_and_resumes_exactly() -> None:
     from tests.test_agent_parts import weekly_traffic
 

@@ -109,6 +109,47 @@ def test_range_novelty_flags_values_beyond_everything_seen() -> None:
     assert not any(flat.score_one(np.array([5.0])) for _ in range(10))
 
 
+def test_range_forgets_a_glitch_after_its_days() -> None:
+    """With ``days``, one glitch masks later excursions only while its day is
+    within the range's horizon; without, for ever."""
+    rng = np.random.default_rng(5)
+    hour = 3600.0
+
+    def stream(rn: RangeNovelty, start: int, hours: int) -> list[bool]:
+        return [rn.score_one(np.array([rng.standard_normal()]), (start + h) * hour)
+                for h in range(hours)]
+
+    forgets, keeps = RangeNovelty(1, tol=0.2, warm=10, days=3), RangeNovelty(1, tol=0.2, warm=10)
+    for rn in (forgets, keeps):
+        stream(rn, 0, 30)
+        assert rn.score_one(np.array([100.0]), 30 * hour)  # the glitch is an excursion
+        stream(rn, 31, 24 * 5)  # five ordinary days after it
+    # 8.0: far beyond the last days' values, well within the glitch's range
+    assert forgets.score_one(np.array([8.0]), 151 * hour)
+    assert not keeps.score_one(np.array([8.0]), 151 * hour)
+    # a restored range flags exactly what the original does (blocks, cache, day)
+    twin = RangeNovelty(1, tol=0.2, warm=10, days=3)
+    twin.set_state(forgets.get_state())
+    probe = [(np.array([v]), (152 + i) * hour) for i, v in enumerate([9.0, 0.5, -12.0, 13.0])]
+    assert [twin.score_one(x, t) for x, t in probe] == [forgets.score_one(x, t) for x, t in probe]
+    # an older snapshot (no day blocks): its whole range stands for the first day,
+    # so the glitch still masks 8.0 there, and is forgotten three days later
+    old = {k: v for k, v in keeps.get_state().items() if not k.startswith(("blk_", "day"))}
+    seeded = RangeNovelty(1, tol=0.2, warm=10, days=3)
+    seeded.set_state(old)
+    assert not seeded.score_one(np.array([8.0]), 151 * hour)
+    stream(seeded, 152, 24 * 3)
+    assert seeded.score_one(np.array([8.0]), 224 * hour)
+    # after a gap longer than the horizon, nothing is flagged until warm frames are in range
+    gap = RangeNovelty(1, tol=0.2, warm=10, days=3)
+    stream(gap, 0, 48)
+    assert not any(gap.score_one(np.array([v]), (500 + i) * hour)
+                   for i, v in enumerate([0.0, 50.0, -50.0, 200.0, 0.0, 400.0, 1.0, 2.0, 3.0, 4.0]))
+    assert gap.score_one(np.array([3000.0]), 510 * hour)
+    # frames without a time fold into the current day (and count towards warm)
+    assert not gap.score_one(np.array([3100.0])) and gap.blk_hi.max() == 3100.0
+
+
 def test_stuck_sensor_flags_a_run_longer_than_any_before() -> None:
     rng = np.random.default_rng(2)
     ss = StuckSensor(2, factor=2.0, min_run=5, warm=10)

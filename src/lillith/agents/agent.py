@@ -645,11 +645,11 @@ class Agent:
             raw = self._raw_score(err, float(qes[r]), float(np.abs(z).sum() / z.size))
             # (the range is followed even when its alarm is off, so switching it
             # on later finds the range seen so far)
-            outside = self.range.score_one(X[r]) and self.config.score.range_alarm
+            t_r = None if ts is None or (tr := ts[r]) is None else float(tr)
+            outside = self.range.score_one(X[r], t_r) and self.config.score.range_alarm
             # (followed even when off, as the range)
             stuck = self.stuck.score_one(X[r]) and self.config.score.stuck_alarm
             context = 0.5
-            t_r = None if ts is None or (tr := ts[r]) is None else float(tr)
             if t_r is not None:  # (followed even when off)
                 dev = self.week.score_one(X[r], scales[r], t_r)
                 if dev is not None:
@@ -714,7 +714,8 @@ class Agent:
 
     def _make_range(self) -> RangeNovelty:
         sc = self.config.score
-        return RangeNovelty(self.n_channels, tol=sc.range_tol, warm=sc.min_history)
+        return RangeNovelty(self.n_channels, tol=sc.range_tol, warm=sc.min_history,
+                            days=sc.range_days)
 
     def _make_stuck(self) -> StuckSensor:
         sc = self.config.score

@@ -110,6 +110,7 @@ class ScoreSettings(_Model):
     budget_period: int = Field(2000, ge=1)
     range_alarm: bool = True
     range_tol: float = Field(0.2, ge=0)
+    range_days: int = Field(90, ge=0, le=3650)
     week_context: bool = True
     stuck_alarm: bool = True
     stuck_factor: float = Field(2.0, ge=1)

@@ -272,15 +272,18 @@ class AnomalyLikelihood:
 
 
 class RangeNovelty:
-    """Flags frames outside every value seen so far (per channel).
+    """Flags frames outside every value seen lately (per channel).
 
-    A channel's range is the smallest and largest value it has had since the
-    start (no forgetting). A frame is an excursion when, after ``warm``
-    frames, one of its channels lies more than ``tol`` times that channel's
-    range beyond it; the frame then widens the range. A sensor reading beyond
-    anything in its history is news even where the forecast error is
-    ordinary (Numenta's NAB detector has the same rule, its "spatial
-    anomaly", with tolerance 0.05).
+    A channel's range is the smallest and largest value it has had over the
+    last ``days`` days of stream time (day blocks: the current day and the
+    ``days - 1`` before it), or since the start when ``days`` is 0 or the
+    frames carry no time. A frame is an excursion when, once ``warm`` frames
+    lie in that range, one of its channels lies more than ``tol`` times the
+    channel's range beyond it; the frame then widens the range. A sensor
+    reading beyond anything in its recent history is news even where the
+    forecast error is ordinary (Numenta's NAB detector has the same rule, its
+    "spatial anomaly", with tolerance 0.05, without forgetting). Forgetting
+    bounds how long one glitch can mask later excursions.
 
     Parameters
     ----------
@@ -289,21 +292,80 @@ class RangeNovelty:
     tol : float
         Margin beyond the range, as a fraction of it (>= 0).
     warm : int
-        Frames seen before any excursion is flagged.
+        Frames in the range before any excursion is flagged.
+    days : int
+        Days of stream time the range covers (0: since the start).
     """
 
-    def __init__(self, n_channels: int, *, tol: float = 0.2, warm: int = 50) -> None:
+    def __init__(self, n_channels: int, *, tol: float = 0.2, warm: int = 50,
+                 days: int = 0) -> None:
         self.n_channels = int(n_channels)
         self.tol = float(tol)
         self.warm = int(warm)
-        self.lo = np.zeros(self.n_channels)
+        self.days = int(days)
+        self.lo = np.zeros(self.n_channels)  # since the start
         self.hi = np.zeros(self.n_channels)
         self.count = 0
+        k = max(self.days, 1)
+        self.blk_lo = np.zeros((k, self.n_channels))  # per day block (ring by day number)
+        self.blk_hi = np.zeros((k, self.n_channels))
+        self.blk_day = np.full(k, -1, dtype=np.int64)  # -1: empty
+        self.blk_n = np.zeros(k, dtype=np.int64)
+        self.day = -1  # day number of the current block
+        # range and frame count of the blocks before the current one (cached per day)
+        self._past_lo = np.full(self.n_channels, np.inf)
+        self._past_hi = np.full(self.n_channels, -np.inf)
+        self._past_n = 0
+        self._seed = False  # restored without blocks: seed the first day with the range
 
-    def score_one(self, x: F64) -> bool:
-        """Whether frame ``x`` (shape (C,), input units) is an excursion; then
-        fold it into the range."""
+    def _enter_day(self, d: int) -> None:
+        """Make day ``d`` the current block and cache the range of the others."""
+        k = d % self.days
+        if self._seed:  # (an older snapshot: its whole range stands for the first day)
+            self._seed = False
+            self.blk_day[k], self.blk_n[k] = d, self.count
+            self.blk_lo[k], self.blk_hi[k] = self.lo, self.hi
+        elif self.blk_day[k] != d:
+            self.blk_day[k], self.blk_n[k] = d, 0
+            self.blk_lo[k] = np.inf
+            self.blk_hi[k] = -np.inf
+        self.day = d
+        live = (self.blk_day > d - self.days) & (self.blk_day >= 0)
+        live[k] = False
+        self._past_n = int(self.blk_n[live].sum())
+        self._past_lo = self.blk_lo[live].min(axis=0) if live.any() else \
+            np.full(self.n_channels, np.inf)
+        self._past_hi = self.blk_hi[live].max(axis=0) if live.any() else \
+            np.full(self.n_channels, -np.inf)
+
+    def score_one(self, x: F64, t: float | None = None) -> bool:
+        """Whether frame ``x`` (shape (C,), input units) at stream time ``t``
+        (s since the epoch, or None) is an excursion; then fold it into the
+        range."""
         out = False
+        if self.days > 0 and t is not None:
+            d = max(math.floor(t / 86400.0), self.day)  # (time going back: this day)
+            if d != self.day:
+                self._enter_day(d)
+            k = d % self.days
+            if self.blk_n[k] + self._past_n >= self.warm:
+                lo = np.minimum(self._past_lo, self.blk_lo[k])
+                hi = np.maximum(self._past_hi, self.blk_hi[k])
+                margin = self.tol * (hi - lo)
+                out = bool(((margin > 0) & ((x > hi + margin) | (x < lo - margin))).any())
+            np.minimum(self.blk_lo[k], x, out=self.blk_lo[k])
+            np.maximum(self.blk_hi[k], x, out=self.blk_hi[k])
+            self.blk_n[k] += 1
+            if self.count == 0:
+                self.lo[:] = x
+                self.hi[:] = x
+            else:
+                np.minimum(self.lo, x, out=self.lo)
+                np.maximum(self.hi, x, out=self.hi)
+            self.count += 1
+            return out
+        if self.days > 0 and self.day >= 0:  # (no time: this frame counts in the current day)
+            return self.score_one(x, self.day * 86400.0)
         if self.count == 0:
             self.lo[:] = x
             self.hi[:] = x
@@ -318,12 +380,18 @@ class RangeNovelty:
         return out
 
     def get_state(self) -> dict[str, npt.NDArray[Any]]:
-        """Range and counter as plain arrays."""
+        """Range, day blocks and counter as plain arrays."""
         return {"lo": self.lo.copy(), "hi": self.hi.copy(),
-                "count": np.array(self.count, dtype=np.int64)}
+                "count": np.array(self.count, dtype=np.int64),
+                "blk_lo": self.blk_lo.copy(), "blk_hi": self.blk_hi.copy(),
+                "blk_day": self.blk_day.copy(), "blk_n": self.blk_n.copy(),
+                "day": np.array(self.day, dtype=np.int64),
+                "days": np.array(self.days, dtype=np.int64)}
 
     def set_state(self, state: dict[str, npt.NDArray[Any]]) -> None:
-        """Restore from :meth:`get_state`."""
+        """Restore from :meth:`get_state`. Without day blocks of this length
+        (an older snapshot, or another ``days``), the range since the start
+        stands for the first day that follows."""
         lo = np.asarray(state["lo"], dtype=np.float64)
         hi = np.asarray(state["hi"], dtype=np.float64)
         if lo.shape != (self.n_channels,) or hi.shape != (self.n_channels,):
@@ -331,6 +399,24 @@ class RangeNovelty:
                              expected=(self.n_channels,))
         self.lo, self.hi = lo.copy(), hi.copy()
         self.count = int(state["count"])
+        k = max(self.days, 1)
+        day = np.asarray(state.get("blk_day", np.zeros(0)), dtype=np.int64)
+        if (self.days > 0 and int(state.get("days", -1)) == self.days and day.shape == (k,)
+                and np.asarray(state["blk_lo"]).shape == (k, self.n_channels)):
+            self.blk_lo = np.asarray(state["blk_lo"], dtype=np.float64).copy()
+            self.blk_hi = np.asarray(state["blk_hi"], dtype=np.float64).copy()
+            self.blk_day = day.copy()
+            self.blk_n = np.asarray(state["blk_n"], dtype=np.int64).copy()
+            self.day = -1
+            self._seed = False
+            d = int(state["day"])
+            if self.days > 0 and d >= 0:
+                self._enter_day(d)
+        else:
+            self.blk_day[:] = -1
+            self.blk_n[:] = 0
+            self.day = -1
+            self._seed = self.count > 0
 
 
 class StuckSensor:
