@@ -148,6 +148,13 @@ def test_range_forgets_a_glitch_after_its_days() -> None:
     assert gap.score_one(np.array([3000.0]), 510 * hour)
     # frames without a time fold into the current day (and count towards warm)
     assert not gap.score_one(np.array([3100.0])) and gap.blk_hi.max() == 3100.0
+    # only whole days matter: times shifted by whole days (before 1970 too) flag the same
+    x = rng.standard_normal(24 * 12) * np.repeat([1.0, 3.0, 1.0, 0.5, 4.0, 1.0], 48)
+    flags = []
+    for shift in (0.0, -400 * 86400.0, 20_000 * 86400.0):
+        rn = RangeNovelty(1, tol=0.2, warm=10, days=2)
+        flags.append([rn.score_one(np.array([v]), shift + 1800.0 * i) for i, v in enumerate(x)])
+    assert flags[0] == flags[1] == flags[2] and any(flags[0])
 
 
 def test_stuck_sensor_flags_a_run_longer_than_any_before() -> None:

@@ -271,6 +271,9 @@ class AnomalyLikelihood:
         self.count = int(state["count"])
 
 
+_NO_DAY = -(1 << 62)  # (a day number no stream time has)
+
+
 class RangeNovelty:
     """Flags frames outside every value seen lately (per channel).
 
@@ -309,9 +312,9 @@ class RangeNovelty:
         k = max(self.days, 1)
         self.blk_lo = np.zeros((k, self.n_channels))  # per day block (ring by day number)
         self.blk_hi = np.zeros((k, self.n_channels))
-        self.blk_day = np.full(k, -1, dtype=np.int64)  # -1: empty
+        self.blk_day = np.full(k, _NO_DAY, dtype=np.int64)  # _NO_DAY: empty
         self.blk_n = np.zeros(k, dtype=np.int64)
-        self.day = -1  # day number of the current block
+        self.day = _NO_DAY  # day number of the current block (days since the epoch)
         # range and frame count of the blocks before the current one (cached per day)
         self._past_lo = np.full(self.n_channels, np.inf)
         self._past_hi = np.full(self.n_channels, -np.inf)
@@ -330,7 +333,7 @@ class RangeNovelty:
             self.blk_lo[k] = np.inf
             self.blk_hi[k] = -np.inf
         self.day = d
-        live = (self.blk_day > d - self.days) & (self.blk_day >= 0)
+        live = self.blk_day > d - self.days
         live[k] = False
         self._past_n = int(self.blk_n[live].sum())
         self._past_lo = self.blk_lo[live].min(axis=0) if live.any() else \
@@ -364,7 +367,7 @@ class RangeNovelty:
                 np.maximum(self.hi, x, out=self.hi)
             self.count += 1
             return out
-        if self.days > 0 and self.day >= 0:  # (no time: this frame counts in the current day)
+        if self.days > 0 and self.day != _NO_DAY:  # (no time: this frame counts in the current day)
             return self.score_one(x, self.day * 86400.0)
         if self.count == 0:
             self.lo[:] = x
@@ -407,15 +410,15 @@ class RangeNovelty:
             self.blk_hi = np.asarray(state["blk_hi"], dtype=np.float64).copy()
             self.blk_day = day.copy()
             self.blk_n = np.asarray(state["blk_n"], dtype=np.int64).copy()
-            self.day = -1
+            self.day = _NO_DAY
             self._seed = False
             d = int(state["day"])
-            if self.days > 0 and d >= 0:
+            if self.days > 0 and d != _NO_DAY:
                 self._enter_day(d)
         else:
-            self.blk_day[:] = -1
+            self.blk_day[:] = _NO_DAY
             self.blk_n[:] = 0
-            self.day = -1
+            self.day = _NO_DAY
             self._seed = self.count > 0
 
 
