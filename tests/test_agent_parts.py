@@ -352,6 +352,13 @@ def test_week_profile_finds_a_day_unlike_the_same_day_of_other_weeks() -> None:
     # after a gap of more than a day, the last day's buckets hold only what came after it
     after_gap = wp2.score_one(np.array([x[3100]]), one, float(t[3100]) + 3 * 86400.0)
     assert wp2.bcount.sum() == 1.0 and after_gap is not None
+    # only the time of the week matters: shifted by whole weeks (before 1970 too),
+    # the deviations are the same
+    n = 9 * 288
+    for weeks in (-3000, 2):
+        shifted = WeekProfile(1)
+        assert [shifted.score_one(np.array([v]), one, float(tt) + weeks * 7 * 86400.0)
+                for v, tt in zip(x[:n], t[:n], strict=True)] == dev[:n]
 
 
 def test_bio_gate_hysteresis_and_drive() -> None:

@@ -536,7 +536,7 @@ class WeekProfile:
         self.first = np.zeros(self.BINS)
         self.bsum = np.zeros((self.HOURS, self.n_channels))
         self.bcount = np.zeros(self.HOURS)
-        self.hour = -1  # hour (since the epoch) of the newest bucket; -1: none yet
+        self.hour = 0  # hour (since the epoch) of the newest bucket, from the first frame
         self.start = 0.0  # stream time of the first frame
         self.last = 0.0  # and of the latest
         self.frames = 0
@@ -561,7 +561,7 @@ class WeekProfile:
             self.first[b] = t
         self.prof[b] += max(1.0 / (n + 1), self.rate * dt / 3600.0) * (x - self.prof[b])
         self.seen[b] = n + 1
-        if self.hour < 0:
+        if self.frames == 1:  # (not a sentinel hour: times before 1970 are hours < 0)
             self.hour = h
         elif h > self.hour:  # new hours: their buckets start empty (all, after a day's gap)
             for k in range(self.hour + 1, min(h, self.hour + self.HOURS) + 1):
