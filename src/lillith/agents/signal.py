@@ -336,47 +336,38 @@ class RangeNovelty:
         live = self.blk_day > d - self.days
         live[k] = False
         self._past_n = int(self.blk_n[live].sum())
-        self._past_lo = self.blk_lo[live].min(axis=0) if live.any() else \
-            np.full(self.n_channels, np.inf)
-        self._past_hi = self.blk_hi[live].max(axis=0) if live.any() else \
-            np.full(self.n_channels, -np.inf)
+        self._past_lo = self.blk_lo[live].min(axis=0, initial=np.inf)
+        self._past_hi = self.blk_hi[live].max(axis=0, initial=-np.inf)
+
+    def _beyond(self, x: F64, lo: F64, hi: F64) -> bool:
+        """Whether a channel of ``x`` lies more than ``tol`` times its range
+        [``lo``, ``hi``] beyond it (a channel without a range never does)."""
+        margin = self.tol * (hi - lo)
+        return bool(((margin > 0) & ((x > hi + margin) | (x < lo - margin))).any())
 
     def score_one(self, x: F64, t: float | None = None) -> bool:
         """Whether frame ``x`` (shape (C,), input units) at stream time ``t``
         (s since the epoch, or None) is an excursion; then fold it into the
         range."""
-        out = False
+        if self.days > 0 and t is None and self.day != _NO_DAY:
+            t = self.day * 86400.0  # (no time: this frame counts in the current day)
         if self.days > 0 and t is not None:
             d = max(math.floor(t / 86400.0), self.day)  # (time going back: this day)
             if d != self.day:
                 self._enter_day(d)
             k = d % self.days
-            if self.blk_n[k] + self._past_n >= self.warm:
-                lo = np.minimum(self._past_lo, self.blk_lo[k])
-                hi = np.maximum(self._past_hi, self.blk_hi[k])
-                margin = self.tol * (hi - lo)
-                out = bool(((margin > 0) & ((x > hi + margin) | (x < lo - margin))).any())
+            out = (int(self.blk_n[k]) + self._past_n >= self.warm
+                   and self._beyond(x, np.minimum(self._past_lo, self.blk_lo[k]),
+                                    np.maximum(self._past_hi, self.blk_hi[k])))
             np.minimum(self.blk_lo[k], x, out=self.blk_lo[k])
             np.maximum(self.blk_hi[k], x, out=self.blk_hi[k])
             self.blk_n[k] += 1
-            if self.count == 0:
-                self.lo[:] = x
-                self.hi[:] = x
-            else:
-                np.minimum(self.lo, x, out=self.lo)
-                np.maximum(self.hi, x, out=self.hi)
-            self.count += 1
-            return out
-        if self.days > 0 and self.day != _NO_DAY:  # (no time: this frame counts in the current day)
-            return self.score_one(x, self.day * 86400.0)
-        if self.count == 0:
+        else:
+            out = self.count >= max(self.warm, 1) and self._beyond(x, self.lo, self.hi)
+        if self.count == 0:  # the range since the start
             self.lo[:] = x
             self.hi[:] = x
         else:
-            if self.count >= self.warm:
-                margin = self.tol * (self.hi - self.lo)
-                out = bool(((margin > 0)
-                            & ((x > self.hi + margin) | (x < self.lo - margin))).any())
             np.minimum(self.lo, x, out=self.lo)
             np.maximum(self.hi, x, out=self.hi)
         self.count += 1
