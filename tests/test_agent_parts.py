@@ -273,42 +273,72 @@ def test_likelihood_recurring_level_is_damped_without_spending() -> None:
     assert lik.score_one(1e6, recurs=lambda level: False) >= 0.999
 
 
-def test_daily_recurrence_needs_the_level_on_each_of_the_last_days() -> None:
+def test_daily_recurrence_needs_the_level_on_most_of_the_last_days() -> None:
     t0 = 1704067200.0  # Monday 2024-01-01 00:00 UTC
     day, noon = 86400.0, 12 * 3600.0
 
-    def history(peaks: dict[int, float], days: int = 3) -> DailyRecurrence:
-        """Levels every 5 minutes over ``days`` days: 0.1, and 1.0 at the
-        seconds after midnight given per day in ``peaks``."""
-        dr = DailyRecurrence(days=3, tol=3600.0, ratio=0.8, bin_s=600.0)
-        for k in range(days * 288):
+    def history(peaks: dict[int, float], *, slack: int = 1, short: int = 1
+                ) -> DailyRecurrence:
+        """Two terms every 5 minutes over four days: (0.1, 0.05), and (1.0, 0.5)
+        at the seconds after midnight given per day in ``peaks``."""
+        dr = DailyRecurrence(days=3, slack=slack, tol=3600.0, ratio=0.8, bin_s=600.0,
+                             n_terms=2, short=short)
+        for k in range(4 * 288):
             t = t0 + 300.0 * k
             d = k // 288
             at = peaks.get(d)
-            dr.observe(t, 1.0 if at is not None and t - t0 - d * day == at else 0.1)
+            hit = at is not None and t - t0 - d * day == at
+            dr.observe(t, np.array([1.0, 0.5]) if hit else np.array([0.1, 0.05]))
         return dr
 
-    dr = history({0: noon, 1: noon, 2: noon})
-    now = t0 + 3 * day + noon
-    assert dr.recurs(now, 1.0) and dr.recurs(now, 1.25)
-    assert not dr.recurs(now, 1.3)  # 0.8 * 1.3 above every earlier peak
-    assert not dr.recurs(now + 3 * 3600.0, 1.0)  # another time of day
-    assert dr.recurs(now + 3000.0, 1.0)  # within the tolerance (and its bin)
-    # every one of the last three days must have had it
-    assert not history({0: noon, 2: noon}).recurs(now, 1.0)
-    assert not history({1: noon, 2: noon}).recurs(now, 1.0)  # day 0 did not
+    every = {0: noon, 1: noon, 2: noon, 3: noon}
+    dr = history(every)
+    now = t0 + 4 * day + noon
+    first = np.array([1.0, 0.0])  # the first term alone, at weight 1
+    assert dr.recurs(now, 1.0, first) and dr.recurs(now, 1.25, first)
+    assert not dr.recurs(now, 1.3, first)  # 0.8 * 1.3 above every earlier peak
+    # earlier peaks are re-measured by the weights of now: when the running
+    # means have halved, the same inputs are twice the level
+    assert dr.recurs(now, 2.5, 2 * first) and not dr.recurs(now, 2.6, 2 * first)
+    assert dr.recurs(now, 1.25, np.array([0.0, 2.0]))  # every term counts
+    assert not dr.recurs(now, 1.0, np.array([0.0, 1.0]))
+    assert not dr.recurs(now + 3 * 3600.0, 1.0, first)  # another time of day
+    assert dr.recurs(now + 3000.0, 1.0, first)  # within the tolerance (and its bin)
+    # three of the last four days must have had it: one may lack it ...
+    assert history({0: noon, 1: noon, 3: noon}).recurs(now, 1.0, first)
+    assert history({1: noon, 2: noon, 3: noon}).recurs(now, 1.0, first)
+    # ... two may not
+    assert not history({1: noon, 3: noon}).recurs(now, 1.0, first)
+    assert not history({0: noon, 1: noon}).recurs(now, 1.0, first)
+    # without slack, each of the last three days
+    assert not history({0: noon, 1: noon, 3: noon}, slack=0).recurs(now, 1.0, first)
+    assert history({1: noon, 2: noon, 3: noon}, slack=0).recurs(now, 1.0, first)
     # a peak an hour and a half off is outside the tolerance
-    assert not history({0: noon, 1: noon + 5400.0, 2: noon}).recurs(now, 1.0)
+    assert history({0: noon, 1: noon, 2: noon, 3: noon + 5400.0}).recurs(now, 1.0, first)
+    assert not history({0: noon, 1: noon + 5400.0, 2: noon, 3: noon + 5400.0}).recurs(
+        now, 1.0, first)
+    # the peaks are of short means: a one-step peak in a mean of three steps
+    three = history(every, short=3)
+    assert three.recurs(now, 0.5, first) and not three.recurs(now, 0.51, first)
     # restored bins answer as the original
-    twin = DailyRecurrence(days=3, tol=3600.0, ratio=0.8, bin_s=600.0)
+    twin = DailyRecurrence(days=3, slack=1, tol=3600.0, ratio=0.8, bin_s=600.0, n_terms=2,
+                           short=1)
     twin.set_state(dr.get_state())
-    assert twin.recurs(now, 1.0) and not twin.recurs(now, 1.3)
+    assert twin.recurs(now, 1.0, first) and not twin.recurs(now, 1.3, first)
+    # other days, slack or terms: the bins do not fit (the agent starts them over)
     with pytest.raises(StateError):
-        DailyRecurrence(days=2, tol=3600.0).set_state(dr.get_state())
-    with pytest.raises(ConfigError):
-        DailyRecurrence(days=0)
-    with pytest.raises(ConfigError):
-        DailyRecurrence(tol=43200.0)
+        DailyRecurrence(days=2, tol=3600.0, n_terms=2, short=1).set_state(dr.get_state())
+    with pytest.raises(StateError):
+        DailyRecurrence(days=3, slack=2, tol=3600.0, n_terms=2, short=1).set_state(
+            dr.get_state())
+    with pytest.raises(StateError):
+        DailyRecurrence(days=3, slack=1, tol=3600.0, short=1).set_state(dr.get_state())
+    old = {"ids": dr.ids, "peak": dr.peak[:, 0]}  # (a snapshot from before the terms)
+    with pytest.raises(StateError):
+        DailyRecurrence(days=3, slack=1, tol=3600.0, n_terms=2, short=1).set_state(old)
+    for bad in ({"days": 0}, {"tol": 43200.0}, {"slack": -1}, {"n_terms": 0}, {"short": 0}):
+        with pytest.raises(ConfigError):
+            DailyRecurrence(**bad)  # type: ignore[arg-type]
 
 def weekly_traffic(weeks: int, *, holiday_day: int | None = None, seed: int = 0
                    ) -> tuple[np.ndarray, np.ndarray]:

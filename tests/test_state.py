@@ -308,12 +308,14 @@ def test_other_score_settings_resume_the_learned_agent(tmp_path: Path) -> None:
     agent = got[0]
     assert sorted(d.split(":")[0] for d in agent.score_changes) == [
         "score.short", "score.som_weight", "score.suppress"]
-    # what was learned is kept; the likelihood's windows changed length, so it starts over
+    # what was learned is kept; the likelihood's windows changed length, so it
+    # starts over, and so do the daily recurrence's bins (short means of `short`)
     before, after = old.get_state(), agent.get_state()
     for k in before:
-        if not k.startswith("lik/") and k != "agent/meta":
+        if not k.startswith(("lik/", "echo/")) and k != "agent/meta":
             np.testing.assert_array_equal(before[k], after[k], err_msg=k)
     assert agent.likelihood.count == 0 and agent.step == 200
+    assert agent.echo is not None and agent.echo.ring.shape[0] == 3
     out = agent.process_many(X[200:])
     assert all(m.anomaly_likelihood == 0.5 for m in out[:50])
     assert [m.prediction for m in out] == [m.prediction for m in old.process_many(X[200:])]

@@ -410,6 +410,8 @@ class Agent:
         self._qe_avg = 0.0
         self._lvl_avg = 0.0
         self._n_err = 0
+        self._terms = np.zeros(3)  # the latest raw score's inputs (err, qe, level)
+        self._term_w = np.zeros(3)  # and each one's weight over its running mean
         self._pending = _Pending()
         self._plan: InferencePlan | None = None  # the forecast kernel's arrays
         self._batch_scale = 1.0  # learning-rate scale frozen for the micro-batch
@@ -657,12 +659,13 @@ class Agent:
                     if self.config.score.week_context:
                         context = week
             echo = self.echo
-            recurs = None if echo is None or t_r is None else partial(echo.recurs, t_r)
+            recurs = (None if echo is None or t_r is None
+                      else partial(echo.recurs, t_r, weights=self._term_w))
             lik = self.likelihood.score_one(
                 raw, excursion=outside or stuck, context=context,
                 recurs=recurs)
             if echo is not None and t_r is not None:
-                echo.observe(t_r, self.likelihood.level)
+                echo.observe(t_r, self._terms)
             if self._prev_pred is not None:
                 self.bio.observe_loss(loss)
                 self.recent_losses.append(loss)
@@ -726,8 +729,9 @@ class Agent:
         sc = self.config.score
         if not sc.recurrence_days:
             return None
-        return DailyRecurrence(days=sc.recurrence_days, tol=sc.recurrence_tol,
-                               ratio=sc.recurrence_ratio, bin_s=RECURRENCE_BIN)
+        return DailyRecurrence(days=sc.recurrence_days, slack=sc.recurrence_slack,
+                               tol=sc.recurrence_tol, ratio=sc.recurrence_ratio,
+                               bin_s=RECURRENCE_BIN, n_terms=3, short=sc.short)
 
     def _make_week(self) -> tuple[WeekProfile, AnomalyLikelihood]:
         # the weekly context's own likelihood has no rest and no budget of its own
@@ -748,6 +752,13 @@ class Agent:
         if self.fabric is not None:
             raw += self.config.score.som_weight * qe / (self._qe_avg + 1e-9)
         raw += self.config.score.level_weight * level / (self._lvl_avg + 1e-9)
+        # (for the daily recurrence: the terms' inputs, and today's yardstick)
+        terms, w = self._terms, self._term_w
+        terms[0], terms[1], terms[2] = err, qe, level
+        w[0] = self.config.score.err_weight / (self._err_avg + 1e-9)
+        w[1] = (self.config.score.som_weight / (self._qe_avg + 1e-9)
+                if self.fabric is not None else 0.0)
+        w[2] = self.config.score.level_weight / (self._lvl_avg + 1e-9)
         return float(raw)
 
     def _train_batch(self) -> None:

@@ -116,6 +116,7 @@ class ScoreSettings(_Model):
     stuck_factor: float = Field(2.0, ge=1)
     stuck_min_run: int = Field(10, ge=2)
     recurrence_days: int = Field(3, ge=0, le=14)
+    recurrence_slack: int = Field(1, ge=0, le=14)
     recurrence_tol: float = Field(5400.0, ge=0, lt=43200)
     recurrence_ratio: float = Field(0.8, gt=0)
     norm_alpha: float = Field(2e-3, gt=0, le=1)
