@@ -487,3 +487,22 @@ def test_one_unusual_day_does_not_make_a_daily_step_news_again() -> None:
     assert any(10.3 <= d < 10.7 for d in on)  # the unusual day alarms
     assert not any(d >= 12.0 for d in on)
     assert any(d >= 12.0 for d in off)
+
+
+def test_a_constant_channel_never_alarms() -> None:
+    # Its forecast wobbles by a fraction of a per mille of the value (the
+    # fabric's and the SOM's own state move it), and relative to the running
+    # mean of such wobbles a larger one looked like a 4x forecast miss: this
+    # stream alarmed on day 12. A channel that never changed has no forecast
+    # error to score.
+    ts = [1704067200.0 + 300.0 * i for i in range(14 * 288)]
+    ms = Agent(1, AgentConfig(seed=0)).process_many(np.full((len(ts), 1), 5.0), ts)
+    assert _alarm_days(ms, 0) == []
+    assert max(m.loss for m in ms) > 0.0  # (it is not that the forecast is exact)
+    # its first change is news (and an excursion beyond its range of zero)
+    more = [ts[-1] + 300.0 * (i + 1) for i in range(3)]
+    a = Agent(1, AgentConfig(seed=0))
+    a.process_many(np.full((len(ts), 1), 5.0), ts)
+    assert max(m.anomaly_likelihood for m in a.process_many(np.array([[5.0], [5.5], [5.5]]),
+                                                            more)) == 1.0
+

@@ -183,6 +183,20 @@ def test_stuck_sensor_flags_a_run_longer_than_any_before() -> None:
     assert not any(early.score_one(np.array([1.0])) for _ in range(50))
 
 
+def test_stuck_sensor_tells_the_channels_that_never_changed() -> None:
+    ss = StuckSensor(3)
+    assert ss.unchanged().all()  # (nothing seen yet)
+    for k in range(30):  # channel 1 never changes, channel 2 from frame 20 on
+        ss.score_one(np.array([float(k % 4), 5.0, 0.0 if k < 20 else 1.0]))
+    assert ss.unchanged().tolist() == [False, True, False]
+    # a change that comes back to the first value does not undo it
+    ss.score_one(np.array([0.0, 5.0, 0.0]))
+    assert ss.unchanged().tolist() == [False, True, False]
+    twin = StuckSensor(3)
+    twin.set_state(ss.get_state())  # (from the runs: nothing new in the state)
+    assert twin.unchanged().tolist() == [False, True, False]
+
+
 def test_likelihood_excursion_alarms_outside_rest_only() -> None:
     rng = np.random.default_rng(3)
     lik = AnomalyLikelihood(window=500, short=1, min_history=50, suppress=30, alarm=0.999)

@@ -633,13 +633,21 @@ class Agent:
         out: list[Metrics] = []
         for r in range(n):
             z = zs[r]
+            # (followed even when its alarm is off: it also tells the unchanged channels)
+            stuck = self.stuck.score_one(X[r]) and self.config.score.stuck_alarm
             if self._prev_pred is None:
                 loss, err = 0.0, 0.0
             else:
                 diff = z - self._prev_pred
                 nz = diff.size  # (sum / size: np.mean's bits, less overhead)
                 loss = float((diff * diff).sum() / nz)
-                err = float(np.abs(diff).sum() / nz)
+                miss = np.abs(diff)
+                still = self.stuck.unchanged()
+                if still.any():
+                    # a channel that never changed has no forecast error to score:
+                    # what moves its forecast is the fabric's and the SOM's own state
+                    miss[still] = 0.0
+                err = float(miss.sum() / nz)
                 if learns and self._prev_feat is not None and self._prev_last is not None:
                     self._pending.feats.append(self._prev_feat)
                     self._pending.lasts.append(self._prev_last)
@@ -649,8 +657,6 @@ class Agent:
             # on later finds the range seen so far)
             t_r = None if ts is None or (tr := ts[r]) is None else float(tr)
             outside = self.range.score_one(X[r], t_r) and self.config.score.range_alarm
-            # (followed even when off, as the range)
-            stuck = self.stuck.score_one(X[r]) and self.config.score.stuck_alarm
             context = 0.5
             if t_r is not None:  # (followed even when off)
                 dev = self.week.score_one(X[r], scales[r], t_r)

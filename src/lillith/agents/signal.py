@@ -424,7 +424,8 @@ class StuckSensor:
     flatline: a constant is easy to forecast and sits at the level. A
     channel whose readings repeat by nature (quantised, idle at zero)
     alarms at most a few times while its longest run grows, each time only
-    for a run ``factor`` times longer than any before.
+    for a run ``factor`` times longer than any before. :meth:`unchanged`
+    tells which channels have repeated their first value ever since.
 
     Parameters
     ----------
@@ -466,6 +467,12 @@ class StuckSensor:
                 self.run[:] = 0
         self.last[:] = x
         self.count += 1
+        return out
+
+    def unchanged(self) -> npt.NDArray[np.bool_]:
+        """Per channel (shape (C,)), whether every frame so far had the first
+        frame's value (True before the first frame)."""
+        out: npt.NDArray[np.bool_] = self.run >= self.count - 1
         return out
 
     def get_state(self) -> dict[str, npt.NDArray[Any]]:
