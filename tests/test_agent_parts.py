@@ -197,6 +197,30 @@ def test_stuck_sensor_tells_the_channels_that_never_changed() -> None:
     assert twin.unchanged().tolist() == [False, True, False]
 
 
+def test_likelihood_spread_is_floored_at_a_tenth_of_the_expected_level() -> None:
+    # raw scores far below their expected mean (terms that contribute nothing),
+    # then a jump that stays below it: news only without the floor
+    quiet = 0.2 + 0.001 * np.random.default_rng(4).standard_normal(300)
+    liks = {}
+    for expected in (0.0, 3.5):
+        lik = AnomalyLikelihood(window=500, short=1, min_history=50, expected=expected)
+        for v in quiet:
+            lik.score_one(float(v))
+        liks[expected] = lik.score_one(1.2)
+    assert liks[0.0] > 0.9999 and liks[3.5] < 0.999
+    # around the expected mean, a very steady window counts as varying by
+    # 0.35: a rise of 2.0 (5.7 of that) still alarms, one of 1.0 no longer does
+    steady = 3.5 + 0.01 * np.random.default_rng(5).standard_normal(300)
+    for rise, alarms in ((2.0, (True, True)), (1.0, (True, False))):
+        got = []
+        for expected in (0.0, 3.5):
+            lik = AnomalyLikelihood(window=500, short=1, min_history=50, expected=expected)
+            for v in steady:
+                lik.score_one(float(v))
+            got.append(lik.score_one(3.5 + rise) >= 0.9999)
+        assert tuple(got) == alarms, rise
+
+
 def test_likelihood_excursion_alarms_outside_rest_only() -> None:
     rng = np.random.default_rng(3)
     lik = AnomalyLikelihood(window=500, short=1, min_history=50, suppress=30, alarm=0.999)

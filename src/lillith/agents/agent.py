@@ -717,9 +717,12 @@ class Agent:
 
     def _make_likelihood(self) -> AnomalyLikelihood:
         sc = self.config.score
+        # (the raw score's mean by construction: each term over its running mean)
+        expected = sc.err_weight + sc.level_weight + (
+            sc.som_weight if self.fabric is not None else 0.0)
         return AnomalyLikelihood(window=sc.window, short=sc.short, min_history=sc.min_history,
                                  suppress=sc.suppress, alarm=sc.alarm, budget=sc.budget,
-                                 budget_period=sc.budget_period)
+                                 budget_period=sc.budget_period, expected=expected)
 
     def _make_range(self) -> RangeNovelty:
         sc = self.config.score

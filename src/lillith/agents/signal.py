@@ -122,7 +122,8 @@ class AnomalyLikelihood:
     As Numenta's anomaly likelihood: the current level is the mean of the
     last ``short`` raw scores; its distribution is estimated from the same
     short means over the last ``window`` steps before this one (their mean
-    and standard deviation, the latter floored at 5 % of the mean).
+    and standard deviation, the latter floored at 5 % of the mean and at
+    10 % of ``expected``).
     ``z = (level - mean) / std`` and ``likelihood = 1 / (1 + exp(-1.7 z))``,
     a logistic approximation of the normal CDF whose tail does not round to
     1.0 before z ~ 20, so strong anomalies stay ranked. Until ``min_history``
@@ -157,16 +158,23 @@ class AnomalyLikelihood:
         Alarms that can be given in a burst (0: no budget).
     budget_period : int
         Steps per token earned back.
+    expected : float
+        Mean of the raw scores by construction, if they have one (the
+        agent's: the sum of its terms' weights, each term being divided by
+        its running mean); 0 for none. A window far below it (terms that
+        contribute nothing, as for a channel that never changed) then does
+        not make a level still below it look like news.
     """
 
     def __init__(self, *, window: int = 2000, short: int = 3, min_history: int = 50,
                  suppress: int = 200, alarm: float = 0.9999, budget: int = 8,
-                 budget_period: int = 2000) -> None:
+                 budget_period: int = 2000, expected: float = 0.0) -> None:
         self.window = int(window)
         self.short = int(short)
         self.min_history = int(min_history)
         self.suppress = int(suppress)
         self.alarm = float(alarm)
+        self.expected = float(expected)
         self.rest = 0  # steps of the current rest period still to come
         self.budget = int(budget)
         self.refill = 1.0 / max(int(budget_period), 1)
@@ -204,7 +212,7 @@ class AnomalyLikelihood:
         if self.count > self.min_history and n > 0:
             mu = self.sum / n
             var = max(self.sumsq / n - mu * mu, 0.0)
-            sd = max(math.sqrt(var), 0.05 * abs(mu), 1e-12)
+            sd = max(math.sqrt(var), 0.05 * abs(mu), 0.1 * self.expected, 1e-12)
             z = (level - mu) / sd
             lik = 1.0 / (1.0 + math.exp(-1.7 * max(min(z, 400.0), -400.0)))
         # running sums over the window; recomputed exactly once per window so
