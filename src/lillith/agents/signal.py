@@ -412,7 +412,7 @@ class RangeNovelty:
             self.day = _NO_DAY
             self._seed = False
             d = int(state["day"])
-            if self.days > 0 and d != _NO_DAY:
+            if d != _NO_DAY:
                 self._enter_day(d)
         else:
             self.blk_day[:] = _NO_DAY
