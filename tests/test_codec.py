@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import struct
+import warnings
 
 import msgpack
 import numpy as np
@@ -92,6 +93,16 @@ def test_any_bytes_give_a_frame_or_a_reject(payload: bytes, ctype: str | None) -
         assert e.reason in REASONS
     else:
         assert np.all(np.isfinite(f.values)) and f.values.size >= 1
+
+
+def test_a_signalling_nan_in_float32_is_rejected_without_a_warning() -> None:
+    # 0x7f800001: a signalling NaN; its cast to float64 sets the invalid flag
+    payload = b"\x01\x00\x80\x7f" + b"\x00\x00\x80\x3f"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(RejectError) as e:
+            decode(payload, Schema(), content_type="application/x-float32le")
+    assert e.value.reason == "non_finite"
 
 
 @settings(max_examples=200, deadline=None)

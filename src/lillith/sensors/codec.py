@@ -246,7 +246,10 @@ def decode(payload: bytes, schema: Schema, *, content_type: str | None = None) -
         if len(payload) == 0 or len(payload) % 4:
             raise RejectError("malformed_binary", "raw float32 length is not a multiple of 4",
                          bytes=len(payload))
-        vals = np.frombuffer(payload, dtype="<f4").astype(np.float64)
+        # a signalling NaN raises the invalid flag in the cast (a RuntimeWarning,
+        # an exception under -W error); it stays NaN and is rejected as non_finite
+        with np.errstate(invalid="ignore"):
+            vals = np.frombuffer(payload, dtype="<f4").astype(np.float64)
         return _validated(vals.tolist(), None, schema)
     if ctype in MSGPACK_TYPES:
         import msgpack
