@@ -85,7 +85,7 @@ import torch
 
 from lillith.agents.agent import Agent, Metrics
 from lillith.agents.config import AgentConfig
-from lillith.agents.nab import NabStream, load_corpus, score_all_profiles
+from lillith.agents.nab import PROFILES, NabStream, load_corpus, score_all_profiles
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "nab"
 # seeds 0 .. N-1; N = 5 unless LILLITH_BENCH_SEEDS says otherwise (3 proved too few:
@@ -277,7 +277,7 @@ def _summary(res: dict[tuple[str, int, str], dict[str, Any]], streams: list[NabS
         out[key] = {**_ms(raw), "ratio_vs_off": _ms(ratio, 4),
                     "geomean_ratio_vs_off": _ms(geo, 4)}
     out["nab"] = {prof: _ms([nab[condition, seed][prof] for seed in SEEDS], 2)
-                  for prof in ("standard", "reward_low_FP_rate", "reward_low_FN_rate")}
+                  for prof in PROFILES}
     if condition == "off":
         return out
     turn: dict[str, Any] = {}

@@ -29,8 +29,7 @@ import torch
 
 from bench_nab import DEFAULT_DATA, run_config
 from lillith.agents.config import AgentConfig
-
-PROFILES = ("standard", "reward_low_FP_rate", "reward_low_FN_rate")
+from lillith.agents.nab import PROFILES
 
 
 def run(data: Path, seeds: list[int], values: list[int]) -> dict[str, Any]:

@@ -30,7 +30,7 @@ import torch
 
 from bench_nab import DEFAULT_DATA, run_config
 from lillith.agents.config import AgentConfig
-from lillith.agents.nab import load_corpus, score_all_profiles
+from lillith.agents.nab import PROFILES, load_corpus, score_all_profiles
 from lillith.agents.signal import AnomalyLikelihood, RobustNormalizer
 from lillith.sensors.csvfile import read_csv_stream
 
@@ -74,8 +74,7 @@ def run(data: Path) -> dict[str, Any]:
         for i, (name, score) in enumerate(runs.items()):
             r = run_config(AgentConfig.model_validate({"score": score}), data,
                            Path(tmp) / str(i))
-            results[name] = {k: round(r[k], 2) for k in
-                             ("standard", "reward_low_FP_rate", "reward_low_FN_rate")}
+            results[name] = {k: round(r[k], 2) for k in PROFILES}
     streams = load_corpus(data)
     cfg = AgentConfig()
     scores = {s.path: persistence_likelihood(read_csv_stream(data / "data" / s.path).values, cfg)

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 
 from lillith.agents.bio import BioConfig, BioSystem, ModeCycler
@@ -200,25 +201,20 @@ def test_stuck_sensor_tells_the_channels_that_never_changed() -> None:
 def test_likelihood_spread_is_floored_at_a_tenth_of_the_expected_level() -> None:
     # raw scores far below their expected mean (terms that contribute nothing),
     # then a jump that stays below it: news only without the floor
-    quiet = 0.2 + 0.001 * np.random.default_rng(4).standard_normal(300)
-    liks = {}
-    for expected in (0.0, 3.5):
+    def after(window: npt.NDArray[np.float64], x: float, expected: float) -> float:
         lik = AnomalyLikelihood(window=500, short=1, min_history=50, expected=expected)
-        for v in quiet:
+        for v in window:
             lik.score_one(float(v))
-        liks[expected] = lik.score_one(1.2)
-    assert liks[0.0] > 0.9999 and liks[3.5] < 0.999
+        return lik.score_one(x)
+
+    quiet = 0.2 + 0.001 * np.random.default_rng(4).standard_normal(300)
+    assert after(quiet, 1.2, 0.0) > 0.9999 and after(quiet, 1.2, 3.5) < 0.999
     # around the expected mean, a very steady window counts as varying by
     # 0.35: a rise of 2.0 (5.7 of that) still alarms, one of 1.0 no longer does
     steady = 3.5 + 0.01 * np.random.default_rng(5).standard_normal(300)
     for rise, alarms in ((2.0, (True, True)), (1.0, (True, False))):
-        got = []
-        for expected in (0.0, 3.5):
-            lik = AnomalyLikelihood(window=500, short=1, min_history=50, expected=expected)
-            for v in steady:
-                lik.score_one(float(v))
-            got.append(lik.score_one(3.5 + rise) >= 0.9999)
-        assert tuple(got) == alarms, rise
+        got = tuple(after(steady, 3.5 + rise, expected) >= 0.9999 for expected in (0.0, 3.5))
+        assert got == alarms, rise
 
 
 def test_likelihood_excursion_alarms_outside_rest_only() -> None:
