@@ -90,6 +90,8 @@ def inspect_store(store: SnapshotStore, *, stats: bool = True, lineage: bool = F
     dict
         ``snapshots``: list of ``{name, step, utc, bytes, ok, problems, ...}``,
         oldest first; ``latest``: the name ``LATEST`` gives (or None);
+        ``latest_problem``: what is wrong with ``LATEST`` (empty, naming a
+        snapshot that is not there), or None;
         ``newest_ok``: the newest intact snapshot; ``agent``: its statistics;
         with ``lineage``, also ``lineage`` and ``specialization`` (None
         without an intact snapshot).
@@ -97,7 +99,9 @@ def inspect_store(store: SnapshotStore, *, stats: bool = True, lineage: bool = F
     infos = store.snapshots(verify=True)
     report: dict[str, Any] = {"root": store.root,
                               "snapshots": [i.as_dict() for i in infos],
-                              "latest": store.latest_name(), "newest_ok": None, "agent": None}
+                              "latest": store.latest_name(),
+                              "latest_problem": store.latest_problem(),
+                              "newest_ok": None, "agent": None}
     good = [i for i in infos if i.ok]
     if lineage:
         report["lineage"] = report["specialization"] = None
@@ -120,6 +124,8 @@ def inspect_store(store: SnapshotStore, *, stats: bool = True, lineage: bool = F
 def render(report: dict[str, Any]) -> str:
     """Human-readable form of :func:`inspect_store`'s report."""
     lines = [f"state: {report['root']}", f"LATEST: {report['latest']}"]
+    if report.get("latest_problem"):
+        lines.append(f"BAD: {report['latest_problem']}")
     lines.append(f"{'snapshot':40} {'step':>10} {'MiB':>8}  integrity")
     for s in report["snapshots"]:
         status = "ok" if s["ok"] else "BAD: " + "; ".join(s["problems"])

@@ -45,6 +45,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
+import structlog
 import zarr
 import zarr.api.asynchronous as za
 from zarr.storage import FsspecStore, LocalStore
@@ -63,7 +64,18 @@ JSON_KEYS = ("agent/meta",)
 
 _NAME_RE = re.compile(r"^(\d{12})-(\d{8}T\d{12}Z)$")
 _TMP_PREFIX = ".tmp-"
+_TRASH_PREFIX = ".trash-"
 _PACKED = "packed"
+
+FREE_MARGIN = 1 << 20
+"""Bytes a snapshot leaves free on a local disk: a write that would leave
+less is refused before it starts."""
+
+DIR_MODE = 0o700
+FILE_MODE = 0o600
+"""Snapshots are private to the daemon's user whatever its umask (local stores)."""
+
+log = structlog.get_logger(component="snapshot")
 
 Arrays = dict[str, npt.NDArray[Any]]
 T = TypeVar("T")
@@ -142,7 +154,9 @@ class _Backend:
     def rename(self, src: str, dst: str) -> None:
         raise NotImplementedError
 
-    def remove_tree(self, path: str) -> None:
+    def remove_tree(self, path: str) -> list[str]:
+        """Remove ``path`` and everything under it; return what could not be
+        removed (``"path: error"``), nothing when all went."""
         raise NotImplementedError
 
     def size(self, path: str) -> int:
@@ -183,7 +197,9 @@ class _LocalBackend(_Backend):
 
     def write_text_atomic(self, path: str, text: str) -> None:
         tmp = f"{path}.tmp-{os.getpid()}-{threading.get_ident()}"
-        with open(tmp, "w", encoding="utf-8") as f:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+        with open(fd, "w", encoding="utf-8") as f:
+            os.fchmod(fd, FILE_MODE)  # (an older file of that name kept its mode)
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
@@ -194,8 +210,16 @@ class _LocalBackend(_Backend):
         os.rename(src, dst)
         _fsync_dir(os.path.dirname(dst) or ".")
 
-    def remove_tree(self, path: str) -> None:
-        shutil.rmtree(path, ignore_errors=True)
+    def remove_tree(self, path: str) -> list[str]:
+        failed: list[str] = []
+
+        def onerror(fn: Any, p: str, exc: Any) -> None:
+            if not isinstance(exc[1], FileNotFoundError):
+                failed.append(f"{p}: {exc[1]}")
+
+        if os.path.lexists(path):
+            shutil.rmtree(path, onerror=onerror)
+        return failed
 
     def size(self, path: str) -> int:
         total = 0
@@ -206,19 +230,25 @@ class _LocalBackend(_Backend):
         return total
 
     def makedirs(self, path: str) -> None:
-        os.makedirs(path, exist_ok=True)
+        if not os.path.isdir(path):
+            os.makedirs(path, mode=DIR_MODE, exist_ok=True)
+            os.chmod(path, DIR_MODE)  # (the mode given to makedirs is masked by the umask)
 
     def zarr_store(self, path: str, *, read_only: bool) -> Any:
         return LocalStore(path, read_only=read_only)
 
     def sync_tree(self, path: str) -> None:
+        """fsync every file and directory, making them private (0600 / 0700) on
+        the way: zarr creates them by the process's umask."""
         for dirpath, _, files in os.walk(path, topdown=False):
             for f in files:
                 fd = os.open(os.path.join(dirpath, f), os.O_RDONLY)
                 try:
+                    os.fchmod(fd, FILE_MODE)
                     os.fsync(fd)
                 finally:
                     os.close(fd)
+            os.chmod(dirpath, DIR_MODE)
             _fsync_dir(dirpath)
 
     def free_bytes(self, path: str) -> int | None:
@@ -262,9 +292,14 @@ class _FsspecBackend(_Backend):
     def rename(self, src: str, dst: str) -> None:
         self.fs.mv(src, dst, recursive=True)
 
-    def remove_tree(self, path: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
+    def remove_tree(self, path: str) -> list[str]:
+        try:
             self.fs.rm(path, recursive=True)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            return [f"{path}: {e}"]
+        return []
 
     def size(self, path: str) -> int:
         try:
@@ -410,6 +445,24 @@ class SnapshotStore:
         name = b.read_text(self._latest).strip()
         return name or None
 
+    def latest_problem(self) -> str | None:
+        """What is wrong with ``LATEST``, or None: empty, or naming a snapshot
+        that is not there (a missing ``LATEST`` is not a problem: a crash
+        between a first snapshot's rename and ``LATEST`` leaves none, and
+        loading then takes the newest snapshot)."""
+        b = self._backend
+        if not b.exists(self._latest):
+            return None
+        try:
+            name = b.read_text(self._latest).strip()
+        except (OSError, UnicodeDecodeError) as e:
+            return f"LATEST unreadable: {e}"
+        if not name:
+            return "LATEST is empty"
+        if name not in self.names():
+            return f"LATEST names {name!r}, which is not a snapshot here"
+        return None
+
     def names(self) -> list[str]:
         """Complete snapshot names, oldest first by time taken (temporaries excluded).
 
@@ -438,18 +491,34 @@ class SnapshotStore:
 
     # ------------------------------------------------------------------ housekeeping
     def clean_temporaries(self) -> list[str]:
-        """Remove snapshots left half-written by a crash; returns their names."""
+        """Remove what a crash left behind (snapshots half-written, snapshots
+        half-deleted by retention, ``LATEST`` temporaries); returns the names
+        removed. What cannot be removed is logged (``leftover_remove_failed``)
+        and tried again at the next start."""
         b = self._backend
-        removed = [n for n in b.listdir(self._snapdir) if n.startswith(_TMP_PREFIX)]
-        for n in removed:
-            b.remove_tree(b.join(self._snapdir, n))
+        removed = []
+        for n in b.listdir(self._snapdir):
+            if n.startswith((_TMP_PREFIX, _TRASH_PREFIX)):
+                failed = b.remove_tree(b.join(self._snapdir, n))
+                if failed:
+                    log.warning("leftover_remove_failed", root=self.root, name=n,
+                                errors=failed[:5])
+                else:
+                    removed.append(n)
         for n in b.listdir(self._root):
             if n.startswith("LATEST.tmp"):
                 b.remove_tree(b.join(self._root, n))
         return removed
 
     def apply_retention(self) -> list[str]:
-        """Delete snapshots beyond the retention policy; never the one LATEST names."""
+        """Delete snapshots beyond the retention policy; never the one LATEST names.
+
+        Each goes in two steps: an atomic rename to a ``.trash-`` name (it is
+        no longer a snapshot from that instant), then the removal of the
+        files. A crash or an error in between leaves a ``.trash-`` directory
+        (never a half snapshot), logged as ``retention_delete_failed`` and
+        removed at the next start (:meth:`clean_temporaries`).
+        """
         names = self.names()
         latest = self.latest_name()
         keep = set(names[-self.keep_last:])
@@ -460,8 +529,19 @@ class SnapshotStore:
                 if n not in keep and self.info(n).seq % self.keep_every == 0:
                     keep.add(n)
         removed = [n for n in names if n not in keep]
+        b = self._backend
         for n in removed:
-            self._backend.remove_tree(self._backend.join(self._snapdir, n))
+            trash = b.join(self._snapdir, f"{_TRASH_PREFIX}{n}")
+            try:
+                b.rename(b.join(self._snapdir, n), trash)
+            except OSError as e:
+                log.warning("retention_delete_failed", root=self.root, snapshot=n,
+                            errors=[f"rename: {e}"])
+                continue
+            failed = b.remove_tree(trash)
+            if failed:
+                log.warning("retention_delete_failed", root=self.root, snapshot=n,
+                            leftover=trash, errors=failed[:5])
         return removed
 
     # ------------------------------------------------------------------ write
@@ -509,11 +589,13 @@ class SnapshotStore:
                 a = np.asarray(v)
                 arrays[k] = a if a.flags.c_contiguous else a.copy(order="C")
         total = sum(a.nbytes for a in arrays.values())
+        await run(b.makedirs, self._root)
         await run(b.makedirs, self._snapdir)
         free = await run(b.free_bytes, self._snapdir)
-        if free is not None and free < total + (1 << 20):
-            raise StateError("not enough free space for a snapshot", path=self._snapdir,
-                             needed_bytes=total, free_bytes=free)
+        if free is not None and free < total + FREE_MARGIN:
+            raise StateError("not enough free space for a snapshot (its data and a margin)",
+                             path=self._snapdir, needed_bytes=total + FREE_MARGIN,
+                             data_bytes=total, margin_bytes=FREE_MARGIN, free_bytes=free)
         seq = await run(self._next_seq)
         try:
             # zarr's async API encodes chunks (copies) on the loop that awaits it:
