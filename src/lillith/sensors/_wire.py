@@ -27,6 +27,7 @@ DISCONNECT = 14
 
 PINGREQ_PACKET = b"\xc0\x00"
 DISCONNECT_PACKET = b"\xe0\x00"  # 3.1.1, and 5 with reason 0 (normal, will discarded)
+DISCONNECT_WITH_WILL_PACKET = b"\xe0\x01\x04"  # 5 only: reason 0x04, the will is sent
 
 # MQTT 5 property identifiers used here
 CONTENT_TYPE = 0x03

@@ -41,12 +41,23 @@ REASONS = (
     "non_finite",
     "out_of_bounds",
     "bad_time",
+    "time_out_of_range",
+    "too_wide",
 )
 MSGPACK_TYPES = ("application/msgpack", "application/x-msgpack")
 _JSON = json.JSONDecoder()
 _MAX_T = 1.7976931348623157e308  # the largest float64
 FLOAT32_TYPES = ("application/octet-stream", "application/x-float32le")
 MAX_DEPTH = 8
+"""Default nesting limit of a decoded payload (``Schema.max_depth``)."""
+MAX_ABS_T = 1e11
+"""Default bound of ``|t|`` in seconds (about 3,170 years either side of 1970;
+``Schema.max_abs_t``). Stream times are seconds since the epoch; a time far
+beyond any clock is a broken sender, and the agent's calendar arithmetic
+(hours, days, time bins as 64-bit integers) is only defined within it."""
+MAX_WIDTH = 256
+"""Default largest number of values in a frame (``Schema.max_width``)."""
+_FRAME_KEYS = frozenset(("t", "values"))
 
 
 class RejectError(LillithError):
@@ -89,6 +100,13 @@ class Schema:
         Inclusive bounds of every value.
     max_bytes : int
         Largest accepted payload.
+    max_abs_t : float
+        Largest accepted ``|t|`` (seconds); beyond it ``time_out_of_range``.
+    max_width : int
+        Most values a frame may have (``too_wide`` beyond), whether or not
+        the width is fixed yet.
+    max_depth : int
+        Deepest nesting of the decoded payload, under any key (``too_deep``).
     """
 
     channels: Sequence[str] | None = None
@@ -96,6 +114,9 @@ class Schema:
     low: float = -1e12
     high: float = 1e12
     max_bytes: int = 65_536
+    max_abs_t: float = MAX_ABS_T
+    max_width: int = MAX_WIDTH
+    max_depth: int = MAX_DEPTH
 
     @property
     def expected_width(self) -> int | None:
@@ -126,7 +147,12 @@ def _number(v: Any, where: str) -> float:
     return float(v)
 
 
+def _too_deep(limit: int) -> RejectError:
+    return RejectError("too_deep", "payload nests too deeply", limit=limit)
+
+
 def _from_object(obj: Any, schema: Schema) -> Frame:
+    limit = schema.max_depth
     try:
         return _from_object_checked(obj, schema)
     except OverflowError:  # an integer literal beyond float64 (JSON and msgpack allow them)
@@ -134,8 +160,8 @@ def _from_object(obj: Any, schema: Schema) -> Frame:
     except RejectError as e:
         # a wrong type may be deep nesting: name the real problem (checked
         # only on this rare path, so valid frames pay nothing for it)
-        if e.reason == "wrong_type" and _depth(obj, MAX_DEPTH) > MAX_DEPTH:
-            raise RejectError("too_deep", "payload nests too deeply", limit=MAX_DEPTH) from None
+        if e.reason in ("wrong_type", "bad_time") and _depth(obj, limit) > limit:
+            raise _too_deep(limit) from None
         raise
 
 
@@ -144,6 +170,8 @@ def _plain(vals: list[Any], t: float | None, schema: Schema) -> Frame | None:
     width, as a frame; None for anything else (the checked path then names it)."""
     want = schema.expected_width
     if not vals or (want is not None and len(vals) != want):
+        return None
+    if len(vals) > schema.max_width:
         return None
     lo, hi = schema.low, schema.high
     for v in vals:
@@ -165,11 +193,20 @@ def _from_object_checked(obj: Any, schema: Schema) -> Frame:
         if "values" not in obj:
             raise RejectError("wrong_type", "object payload lacks 'values'",
                          keys=sorted(map(str, obj))[:8])
+        if len(obj) > 2 or not obj.keys() <= _FRAME_KEYS:
+            # other keys are carried along unread, but not nested without bound
+            limit = schema.max_depth
+            if _depth(obj, limit) > limit:
+                raise _too_deep(limit)
         if "t" in obj and obj["t"] is not None:
             tv = obj["t"]
             if (isinstance(tv, bool) or not isinstance(tv, int | float)
                     or not -_MAX_T <= tv <= _MAX_T):  # also NaN, inf and huge integers
                 raise RejectError("bad_time", "'t' must be a finite number")
+            bound = schema.max_abs_t
+            if not -bound <= tv <= bound:
+                raise RejectError("time_out_of_range", "'t' is beyond the configured bound",
+                                  t=float(tv), limit=bound)
             t = float(tv)
         vals = obj["values"]
         if type(vals) is list:
@@ -204,6 +241,9 @@ def _named(vals: Mapping[Any, Any], schema: Schema) -> list[float]:
 
 def _validated(raw: Sequence[float], t: float | None, schema: Schema) -> Frame:
     want = schema.expected_width
+    if len(raw) > schema.max_width and want is None:
+        raise RejectError("too_wide", "frame has more values than the configured maximum",
+                          length=len(raw), limit=schema.max_width)
     if len(raw) == 0 or (want is not None and len(raw) != want):
         raise RejectError("wrong_length", "frame has the wrong number of values",
                           length=len(raw), expected=want)
@@ -246,6 +286,9 @@ def decode(payload: bytes, schema: Schema, *, content_type: str | None = None) -
         if len(payload) == 0 or len(payload) % 4:
             raise RejectError("malformed_binary", "raw float32 length is not a multiple of 4",
                          bytes=len(payload))
+        if len(payload) // 4 > schema.max_width and schema.expected_width is None:
+            raise RejectError("too_wide", "frame has more values than the configured maximum",
+                              length=len(payload) // 4, limit=schema.max_width)
         # a signalling NaN raises the invalid flag in the cast (a RuntimeWarning,
         # an exception under -W error); it stays NaN and is rejected as non_finite
         with np.errstate(invalid="ignore"):
@@ -263,7 +306,7 @@ def decode(payload: bytes, schema: Schema, *, content_type: str | None = None) -
     try:
         obj = _JSON.decode(payload.decode("utf-8"))  # json.loads minus its type checks
     except RecursionError:
-        raise RejectError("too_deep", "payload nests too deeply", limit=MAX_DEPTH) from None
+        raise _too_deep(schema.max_depth) from None
     except (UnicodeDecodeError, ValueError) as e:
         raise RejectError("malformed_json", "payload is not valid JSON",
                      error=type(e).__name__) from None

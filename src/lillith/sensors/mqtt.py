@@ -26,7 +26,7 @@ from typing import Any, Literal, NamedTuple
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from lillith.sensors import _wire
 
@@ -48,14 +48,38 @@ class MqttSettings(BaseModel):
     session_expiry_s: int = Field(7 * 24 * 3600, ge=0)
     username: str | None = None
     password: str | None = None
+    tls: bool = False
+    """TLS with the system's trusted CAs (implied by any of the ``tls_*`` files)."""
     tls_ca: Path | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    plaintext_credentials: Literal["warn", "refuse"] = "warn"
+    """A password without TLS: logged as a warning, or refused at start."""
     keepalive: int = Field(30, ge=5)
     reconnect_min_s: float = Field(0.5, gt=0)
     reconnect_max_s: float = Field(30.0, gt=0)
     client: Literal["native", "paho", "aiomqtt"] = "native"
     receive_maximum: int = Field(64, ge=1, le=65535)
+
+    @property
+    def uses_tls(self) -> bool:
+        """TLS is on: ``tls``, or any of ``tls_ca``, ``tls_cert``, ``tls_key``."""
+        return self.tls or any(p is not None for p in (self.tls_ca, self.tls_cert,
+                                                        self.tls_key))
+
+    @model_validator(mode="after")
+    def _no_refused_plaintext(self) -> MqttSettings:
+        if self.plaintext_credentials == "refuse" and plaintext_credentials(self):
+            raise ValueError("a password without TLS is refused (plaintext_credentials = "
+                             "'refuse'): set tls = true or tls_ca")
+        if self.tls_key is not None and self.tls_cert is None:
+            raise ValueError("tls_key needs tls_cert (the client certificate)")
+        return self
+
+
+def plaintext_credentials(s: MqttSettings) -> bool:
+    """Would a password go over the network unencrypted?"""
+    return s.password is not None and not s.uses_tls
 
 
 class Incoming(NamedTuple):
@@ -84,10 +108,16 @@ class LastWill:
 
 
 def _tls_context(s: MqttSettings) -> ssl.SSLContext | None:
-    """The TLS context of the settings (CA, optional client certificate), or None."""
-    if s.tls_ca is None:
+    """The TLS context of the settings, or None (plaintext).
+
+    TLS is on when ``tls`` is set or any of ``tls_ca``, ``tls_cert``,
+    ``tls_key`` is: the broker's certificate is verified against ``tls_ca``,
+    or the system's trust store without it (a client certificate alone never
+    means plaintext); ``tls_cert`` / ``tls_key`` are the client's own.
+    """
+    if not s.uses_tls:
         return None
-    ctx = ssl.create_default_context(cafile=str(s.tls_ca))
+    ctx = ssl.create_default_context(cafile=None if s.tls_ca is None else str(s.tls_ca))
     if s.tls_cert is not None:
         ctx.load_cert_chain(str(s.tls_cert), None if s.tls_key is None else str(s.tls_key))
     return ctx
@@ -139,6 +169,11 @@ class MqttLink:
 
     async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
                         tb: TracebackType | None) -> None:
+        if et is not None:  # left by an exception: end without DISCONNECT (the will goes out)
+            sock = self._client._client.socket()
+            if isinstance(sock, socket.socket):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
         await self._client.__aexit__(et, e, tb)
 
     async def subscribe(self, topic_filter: str) -> None:
@@ -268,8 +303,19 @@ class PahoLink:
 
     async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
                         tb: TracebackType | None) -> None:
-        self._client.disconnect()
-        await asyncio.get_running_loop().run_in_executor(None, self._client.loop_stop)
+        loop = asyncio.get_running_loop()
+        if et is None:
+            self._client.disconnect()  # clean: the broker discards the will
+            await loop.run_in_executor(None, self._client.loop_stop)
+            return
+        # left by an exception: stop paho's thread (which would reconnect), then
+        # close the socket without DISCONNECT, so the broker publishes the will
+        await loop.run_in_executor(None, self._client.loop_stop)
+        sock = self._client.socket()
+        if isinstance(sock, socket.socket):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
 
     async def subscribe(self, topic_filter: str) -> None:
         """Subscribe with the configured QoS."""
@@ -431,12 +477,20 @@ class NativeLink(asyncio.Protocol):
         t = self._transport
         if t is not None and not t.is_closing():
             self._flush_acks()
-            t.write(_wire.DISCONNECT_PACKET)  # a clean end: the broker drops the will
+            if et is None:
+                t.write(_wire.DISCONNECT_PACKET)  # a clean end: the broker drops the will
+            elif self._v5:
+                # left by an exception (a crash, not a stop): the broker is told to
+                # publish the will, so the status does not stay "online"
+                t.write(_wire.DISCONNECT_WITH_WILL_PACKET)
+            else:
+                t.close()  # 3.1.1: a connection closed without DISCONNECT, same effect
             # the broker closes once it has read everything before DISCONNECT; our
             # closing first could reset the connection and lose acks still unread
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._closed.wait(), 5)
-            t.close()
+            if not t.is_closing():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._closed.wait(), 5)
+                t.close()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._closed.wait(), 5)
 
