@@ -9,6 +9,12 @@ previous one is still being written waits for the next occasion (live frames
 are not held back for storage); a run over a local source waits for the write
 instead (``due(step, while_busy=True)``), so its snapshots fall at the same
 steps however slow the disk is.
+
+A snapshot that fails (a full disk, a state that cannot be copied) is
+retried with exponential backoff (``retry_min_s`` doubling to
+``retry_max_s``), not at every occasion, and logged once per change of
+state: ``snapshot_failed`` when snapshots start failing (or fail for another
+reason), ``snapshot_recovered`` when one is written again.
 """
 
 from __future__ import annotations
@@ -37,14 +43,25 @@ class Checkpointer:
         Snapshot once this many frames were processed since the last one.
     every_seconds : float, optional
         Snapshot once this much time passed since the last one.
+    retry_min_s, retry_max_s : float
+        Backoff after a failed snapshot: the next attempt on the cadence
+        waits ``retry_min_s``, doubling with each failure in a row up to
+        ``retry_max_s``.
     """
 
     def __init__(self, store: SnapshotStore, *, agent: str = "default",
-                 every_frames: int | None = None, every_seconds: float | None = None) -> None:
+                 every_frames: int | None = None, every_seconds: float | None = None,
+                 retry_min_s: float = 1.0, retry_max_s: float = 60.0) -> None:
         self.store = store
         self.agent = agent
         self.every_frames = every_frames
         self.every_seconds = every_seconds
+        self.retry_min_s = retry_min_s
+        self.retry_max_s = retry_max_s
+        self.failing = 0  # failures in a row
+        self._retry_at = 0.0  # monotonic time before which the cadence does not retry
+        self._failed_since = 0.0
+        self._last_error: str | None = None
         self.last_step: int | None = None
         self.last_time = time.monotonic()
         self.last: SnapshotInfo | None = None
@@ -79,6 +96,8 @@ class Checkpointer:
         last = self._writing if self._writing is not None else self.last_step
         if (self.busy and not while_busy) or (step == last and not self._dirty):
             return False
+        if self.failing and time.monotonic() < self._retry_at:
+            return False
         since = step - (last or 0)
         if self.every_frames is not None and since >= self.every_frames:
             return True
@@ -104,11 +123,12 @@ class Checkpointer:
             try:
                 info = await self.store.awrite(state, step=step)
             except StateError as e:
-                self.failures += 1
-                log.error("snapshot_failed", agent=self.agent, step=step, reason=reason,
-                          error=e.message, **e.fields)
-                self.last_time = time.monotonic()  # retry at the next occasion, not at once
                 self._dirty = self._dirty or dirty
+                self.failed(step, reason, e.message, **e.fields)
+                return None
+            except OSError as e:  # beyond what the store turns into a StateError
+                self._dirty = self._dirty or dirty
+                self.failed(step, reason, "snapshot write failed", detail=repr(e))
                 return None
             finally:
                 self._writing = None
@@ -118,7 +138,37 @@ class Checkpointer:
             log.info("snapshot_written", agent=self.agent, name=info.name, step=step,
                      bytes=info.bytes, seconds=round(time.perf_counter() - t0, 4),
                      reason=reason)
+            if self.failing:
+                log.warning("snapshot_recovered", agent=self.agent, name=info.name, step=step,
+                            failures=self.failing,
+                            seconds_failing=round(time.monotonic() - self._failed_since, 1))
+                self.failing = 0
+                self._last_error = None
             return info
+
+    def failed(self, step: int, trigger: str, error: str, **fields: object) -> None:
+        """Count a failed snapshot at ``step`` (taken for ``trigger``: cadence,
+        command, shutdown), back off, and log it if it is news (the first
+        failure in a row, or another error than the last one): the event
+        ``snapshot_failed`` with ``error`` and ``fields`` (the store's: sizes,
+        ``reason`` such as "disk full", path)."""
+        now = time.monotonic()
+        self.failures += 1
+        if not self.failing:
+            self._failed_since = now
+        self.failing += 1
+        delay = min(self.retry_min_s * 2.0 ** (self.failing - 1), self.retry_max_s)
+        self._retry_at = now + delay
+        self.last_time = now
+        if error != self._last_error:
+            self._last_error = error
+            own = {"agent", "step", "trigger", "error", "retry_in_s", "event"}
+            log.error("snapshot_failed", agent=self.agent, step=step, trigger=trigger,
+                      error=error, retry_in_s=round(delay, 3),
+                      **{k: v for k, v in fields.items() if k not in own})
+        else:
+            log.debug("snapshot_failed_again", agent=self.agent, step=step,
+                      failures=self.failing, retry_in_s=round(delay, 3))
 
     async def wait(self) -> None:
         """Wait until no write is in progress."""

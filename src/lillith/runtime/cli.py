@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lillith.errors import LillithError
+from lillith.errors import ConfigError, LillithError
 
 BENCHMARKS = ("fabric", "som", "conv4d", "agent", "nab", "ingest", "latency", "checkpoint",
               "evolution")
@@ -83,14 +83,83 @@ def cmd_replay(args: argparse.Namespace) -> int:
         state = ReplayState(args.state, fresh=args.fresh, every=args.checkpoint_every,
                             keep_last=st.keep_last, keep_every=st.keep_every,
                             storage_options=st.storage_options or None)
-    results = replay_paths([Path(p) for p in args.inputs], Path(args.out), settings.agent,
-                           timestamp_column=args.timestamp_column, value_columns=cols,
-                           show_progress=not args.quiet, state=state)
+    from contextlib import nullcontext
+
+    from lillith.state.lock import StateLock
+
+    with StateLock(str(args.state)) if args.state is not None else nullcontext():
+        results = replay_paths([Path(p) for p in args.inputs], Path(args.out), settings.agent,
+                               timestamp_column=args.timestamp_column, value_columns=cols,
+                               show_progress=not args.quiet, state=state)
     for r in results:
         print(json.dumps({"source": str(r.source), "output": str(r.output), "rows": r.rows,
                           "mean_loss": r.mean_loss, "start_step": r.start_step,
                           "snapshot": r.snapshot}))
     return 0
+
+
+def parse_mqtt_url(source: str) -> tuple[str | None, int | None, str]:
+    """``mqtt://HOST[:PORT][/FILTER]`` as (host or None, port or None, filter or "").
+
+    The topic filter is everything after ``HOST:PORT/``, taken literally (a URL
+    parser would cut ``#``, MQTT's multi-level wildcard, off as a fragment).
+
+    Raises
+    ------
+    ConfigError
+        A port that is not a number in 1..65535, or an authority that is not
+        ``HOST[:PORT]`` (``[v6 address]:PORT`` for IPv6).
+    """
+    from urllib.parse import urlsplit
+
+    authority, _, topic = source.removeprefix("mqtt://").partition("/")
+    try:
+        url = urlsplit(f"mqtt://{authority}")
+        port = url.port
+    except ValueError as e:
+        what = ("the port must be a number in 1..65535" if "port" in str(e).lower()
+                else "expected mqtt://HOST[:PORT][/FILTER]")
+        raise ConfigError(f"invalid MQTT URL: {what}", source=source, detail=str(e)) from None
+    if port is not None and not 1 <= port <= 65535:
+        raise ConfigError("invalid MQTT URL: the port must be in 1..65535", source=source,
+                          port=port)
+    if url.username is not None or url.password is not None:
+        raise ConfigError("invalid MQTT URL: credentials go in [mqtt] username / password "
+                          "(or LILLITH_MQTT__PASSWORD), not in the URL", source=source)
+    return url.hostname or None, port, topic
+
+
+def _stop_on_signals(loop: Any, stop: Any) -> None:
+    """SIGTERM / SIGINT: a graceful stop (``stop`` is set). Repeating SIGTERM
+    changes nothing (supervisors and ``timeout`` may send it to the whole
+    group, or twice): the drain and final snapshot go on. A second SIGINT
+    (Ctrl-C twice) forces the exit at once (code 130)."""
+    import signal
+
+    from lillith.runtime.logging import get_logger
+
+    ints = {"n": 0}
+
+    def on_term() -> None:
+        if stop.is_set():
+            get_logger("run").warning("shutdown_in_progress", signal="SIGTERM",
+                                      detail="already stopping; SIGINT twice forces the exit")
+        stop.set()
+
+    def on_int() -> None:
+        ints["n"] += 1
+        if ints["n"] > 1:
+            os._exit(130)  # Ctrl-C twice: forced exit
+        stop.set()
+
+    loop.add_signal_handler(signal.SIGTERM, on_term)
+    loop.add_signal_handler(signal.SIGINT, on_int)
+
+
+def _state_lock(settings: Any) -> Any:
+    from lillith.state.lock import StateLock
+
+    return StateLock(str(settings.state.dir))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -101,12 +170,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     MQTT daemon. Both resume from the newest snapshot unless ``--fresh``.
     """
     import asyncio
-    import signal
-
-    import torch
 
     from lillith.runtime.config import load_settings
-    from lillith.runtime.local import open_source, run_local
     from lillith.runtime.logging import configure_logging
 
     settings = load_settings(args.config, env=os.environ)
@@ -114,53 +179,47 @@ def cmd_run(args: argparse.Namespace) -> int:
         settings = settings.model_copy(update={"state": settings.state.model_copy(
             update={"dir": args.state})})
     configure_logging(settings.log.level, settings.log.format)
-    torch.set_num_threads(settings.torch_threads)
     if args.source.startswith("mqtt://"):
-        return _run_daemon(settings, args.source, args.config, fresh=args.fresh,
-                           checkpoint_every=args.checkpoint_every)
-    src = open_source(args.source, settings.agent.seed)
+        parse_mqtt_url(args.source)  # a bad URL fails before anything else
+    with _state_lock(settings):  # one process per state directory
+        import torch
 
-    async def main() -> int:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        hits = {"n": 0}
+        from lillith.runtime.local import open_source, run_local
 
-        def on_signal() -> None:
-            hits["n"] += 1
-            if hits["n"] > 1:
-                os._exit(130)  # second signal: forced exit
-            stop.set()
+        torch.set_num_threads(settings.torch_threads)
+        if args.source.startswith("mqtt://"):
+            return _run_daemon(settings, args.source, args.config, fresh=args.fresh,
+                               checkpoint_every=args.checkpoint_every)
+        src = open_source(args.source, settings.agent.seed)
 
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, on_signal)
-        await run_local(settings, src, stop, max_frames=args.max_frames,
-                        until_step=args.until_step, duration=args.duration, fresh=args.fresh,
-                        checkpoint_every=args.checkpoint_every)
-        return 0
+        async def main() -> int:
+            stop = asyncio.Event()
+            _stop_on_signals(asyncio.get_running_loop(), stop)
+            await run_local(settings, src, stop, max_frames=args.max_frames,
+                            until_step=args.until_step, duration=args.duration,
+                            fresh=args.fresh, checkpoint_every=args.checkpoint_every)
+            return 0
 
-    return asyncio.run(main())
+        return asyncio.run(main())
 
 
 def _run_daemon(settings: Any, source: str, config_path: Path | None = None, *,
                 fresh: bool = False, checkpoint_every: int | None = None) -> int:
     """``lillith run --source mqtt://HOST:PORT[/FILTER]``: the asyncio daemon.
 
-    SIGTERM / SIGINT stop intake, drain and publish offline status; a second
-    signal forces exit. SIGHUP reloads the configuration (file and
-    environment) and applies what can change live (see ``Daemon.reload``).
+    SIGTERM / SIGINT stop intake, drain and publish offline status; a
+    repeated SIGTERM changes nothing, a second SIGINT forces exit. SIGHUP
+    reloads the configuration (file and environment) and applies what can
+    change live (see ``Daemon.reload``).
     """
     import asyncio
     import signal
-    from urllib.parse import urlsplit
 
     from lillith.runtime.daemon import Daemon
 
-    # the topic filter is everything after HOST:PORT/, taken literally: a URL
-    # parser would cut '#' (MQTT's multi-level wildcard) off as a fragment
-    authority, _, topic = source.removeprefix("mqtt://").partition("/")
-    url = urlsplit(f"mqtt://{authority}")
-    mqtt = settings.mqtt.model_copy(update={"host": url.hostname or settings.mqtt.host,
-                                            "port": url.port or settings.mqtt.port})
+    host, port, topic = parse_mqtt_url(source)
+    mqtt = settings.mqtt.model_copy(update={"host": host or settings.mqtt.host,
+                                            "port": port or settings.mqtt.port})
     bindings = list(settings.agents)
     if topic:
         bindings[0] = bindings[0].model_copy(update={"topics": [topic]})
@@ -168,18 +227,11 @@ def _run_daemon(settings: Any, source: str, config_path: Path | None = None, *,
     if checkpoint_every is not None:
         state = state.model_copy(update={"checkpoint_every_frames": checkpoint_every})
     daemon = Daemon(mqtt, bindings, settings.agent, metrics_port=settings.metrics_port,
-                    state=state, fresh=fresh)
+                    state=state, fresh=fresh, commands=settings.commands)
 
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
-        hits = {"n": 0}
-
-        def on_signal() -> None:
-            hits["n"] += 1
-            if hits["n"] > 1:
-                os._exit(130)  # second signal: forced exit
-            stop.set()
 
         def on_hup() -> None:
             from lillith.runtime.config import load_settings
@@ -193,8 +245,7 @@ def _run_daemon(settings: Any, source: str, config_path: Path | None = None, *,
             configure_logging(fresh.log.level, fresh.log.format)
             daemon.reload(fresh.agents)
 
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, on_signal)
+        _stop_on_signals(loop, stop)
         loop.add_signal_handler(signal.SIGHUP, on_hup)
         await daemon.run(stop)
 
@@ -206,8 +257,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     """List snapshots with integrity status and the newest agent's statistics
     (with ``--lineage``: also its lineage and specialization reports).
 
-    Exit status 1 with ``--verify`` when any snapshot is broken, 2 when there
-    is no snapshot at all.
+    Exit status 1 with ``--verify`` when any snapshot is broken or ``LATEST``
+    is (empty, or naming a snapshot that is not there), 2 when there is no
+    snapshot at all.
     """
     from lillith.state.inspect import inspect_store, render, render_lineage
     from lillith.state.snapshot import SnapshotStore
@@ -239,7 +291,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
         print("\n\n".join(f"[{n}]\n{text(r)}" if len(reports) > 1 else text(r)
                           for n, r in reports.items()))
-    bad = any(not s["ok"] for r in reports.values() for s in r["snapshots"])
+    bad = any(not s["ok"] for r in reports.values() for s in r["snapshots"]) or any(
+        r.get("latest_problem") for r in reports.values())
     return 1 if args.verify and bad else 0
 
 

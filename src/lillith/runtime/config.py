@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from lillith.agents.config import AgentConfig
 from lillith.errors import ConfigError
+from lillith.runtime.commands import CommandLimits
 from lillith.runtime.daemon import AgentBinding
 from lillith.sensors.mqtt import MqttSettings
 
@@ -49,6 +50,11 @@ class StateSettings(_Model):
     """Also keep every K-th snapshot (by sequence number); 0: none."""
     storage_options: dict[str, Any] = Field(default_factory=dict)
     """Passed to fsspec for URLs (credentials, endpoint, ...)."""
+    retry_min_s: float = Field(1.0, gt=0)
+    """After a failed snapshot the next attempt waits this long, doubling with
+    each failure in a row ..."""
+    retry_max_s: float = Field(60.0, gt=0)
+    """... up to this."""
 
 
 class Settings(_Model):
@@ -59,6 +65,7 @@ class Settings(_Model):
     mqtt: MqttSettings = Field(default_factory=MqttSettings)
     agents: list[AgentBinding] = Field(default_factory=lambda: [AgentBinding()])
     state: StateSettings = Field(default_factory=StateSettings)
+    commands: CommandLimits = Field(default_factory=CommandLimits)
     torch_threads: int = Field(1, ge=1, le=256)
     metrics_port: int | None = Field(None, ge=1, le=65535)
 

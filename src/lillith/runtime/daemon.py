@@ -27,12 +27,23 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from lillith.agents.agent import Agent
 from lillith.agents.config import AgentConfig
+from lillith.errors import ConfigError
 from lillith.runtime.checkpoint import Checkpointer, clean_and_log
+from lillith.runtime.commands import CommandLimits, parse_command
 from lillith.runtime.evolution import log_evolution, surgery_command
 from lillith.runtime.metrics import DaemonMetrics
 from lillith.runtime.worker import AgentWorker, Result
 from lillith.sensors.assemble import Assembled, Assembler
-from lillith.sensors.codec import Frame, RejectError, Schema, decode, excerpt
+from lillith.sensors.codec import (
+    MAX_ABS_T,
+    MAX_DEPTH,
+    MAX_WIDTH,
+    Frame,
+    RejectError,
+    Schema,
+    decode,
+    excerpt,
+)
 from lillith.state.agent_state import agent_store, resume_agent
 
 if TYPE_CHECKING:
@@ -44,11 +55,14 @@ from lillith.sensors.mqtt import (
     MqttError,
     MqttSettings,
     open_link,
+    plaintext_credentials,
     topic_matches,
 )
 
 log = structlog.get_logger(component="daemon")
 ROUTE_CACHE = 65_536  # topics remembered by the intake's router
+ROUTE_CACHE_BYTES = 4 << 20  # ... and their characters, at most
+TOPIC_EXCERPT = 512  # characters of a topic quoted in a dead letter
 _MISS = object()
 
 
@@ -70,6 +84,9 @@ class AgentBinding(BaseModel):
     low: float = -1e12
     high: float = 1e12
     max_bytes: int = Field(65_536, ge=16)
+    max_abs_t: float = Field(MAX_ABS_T, gt=0)
+    max_width: int = Field(MAX_WIDTH, ge=1)
+    max_depth: int = Field(MAX_DEPTH, ge=2)
     queue_size: int = Field(1024, ge=1)
     policy: Literal["backpressure", "drop_oldest"] = "backpressure"
     output_every: int = Field(1, ge=1)
@@ -82,6 +99,9 @@ class AgentBinding(BaseModel):
             raise ValueError("tick_s (one topic per channel) needs the channel names")
         if self.stale_s is not None and self.tick_s is None:
             raise ValueError("stale_s applies to per-channel topics (set tick_s)")
+        width = len(self.channels) if self.channels else self.width
+        if width is not None and width > self.max_width:
+            raise ValueError(f"the width ({width}) exceeds max_width ({self.max_width})")
         return self
 
 
@@ -92,7 +112,8 @@ class _AgentRuntime:
                  metrics: DaemonMetrics) -> None:
         self.binding = b
         self.schema = Schema(channels=b.channels, width=b.width, low=b.low, high=b.high,
-                             max_bytes=b.max_bytes)
+                             max_bytes=b.max_bytes, max_abs_t=b.max_abs_t,
+                             max_width=b.max_width, max_depth=b.max_depth)
         def put_all(rs: list[Result]) -> None:
             for r in rs:
                 results.put_nowait(r)
@@ -122,7 +143,7 @@ class _AgentRuntime:
         if b.tick_s is not None and b.channels:
             self.assembler = Assembler(b.channels, stale_s=b.stale_s or 3 * b.tick_s)
             self.channel_schema = Schema(width=1, low=b.low, high=b.high,
-                                         max_bytes=b.max_bytes)
+                                         max_bytes=b.max_bytes, max_depth=b.max_depth)
 
     @property
     def prefix(self) -> str:
@@ -136,8 +157,9 @@ class Daemon:
                  *, drain_timeout_s: float = 10.0, status_every_s: float = 10.0,
                  reject_log_window_s: float = 10.0, metrics_port: int | None = None,
                  lag_probe_s: float = 0.1, state: StateSettings | None = None,
-                 fresh: bool = False) -> None:
+                 fresh: bool = False, commands: CommandLimits | None = None) -> None:
         self.mqtt = mqtt
+        self.commands = commands or CommandLimits()
         self.bindings = bindings
         self.config = config
         self.drain_timeout_s = drain_timeout_s
@@ -145,6 +167,7 @@ class Daemon:
         self.reject_log_window_s = reject_log_window_s
         self.agents: list[_AgentRuntime] = []
         self._routes: dict[str, tuple[_AgentRuntime, bool] | None] = {}
+        self._route_chars = 0
         self._results: asyncio.Queue[Result] = asyncio.Queue()
         self._evolutions: asyncio.Queue[tuple[_AgentRuntime, dict[str, Any]]] = asyncio.Queue()
         self.metrics = DaemonMetrics()
@@ -159,36 +182,53 @@ class Daemon:
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until ``stop`` is set, reconnecting forever; then shut down in order."""
         loop = asyncio.get_running_loop()
+        if self.metrics_port is not None:  # first: a port in use fails before any work
+            try:
+                self.metrics.serve(self.metrics_port)
+            except OSError as e:
+                raise ConfigError("cannot serve metrics on this port", port=self.metrics_port,
+                                  error=e.strerror or str(e)) from None
+        plain = plaintext_credentials(self.mqtt)
+        if plain:
+            log.warning("mqtt_plaintext_credentials", host=self.mqtt.host, port=self.mqtt.port,
+                        detail="the password goes over the network unencrypted; set tls = "
+                               "true (or tls_ca), or plaintext_credentials = \"refuse\"")
         self.agents = [_AgentRuntime(b, self.config, self._results, loop, self._evolutions,
                                      self.metrics) for b in self.bindings]
         for a in self.agents:
             await self._resume(a)
             a.worker.start()
-        if self.metrics_port is not None:
-            self.metrics.serve(self.metrics_port)
         log.info("daemon_started", metrics_port=self.metrics_port,
                  agents=[a.binding.name for a in self.agents],
                  broker=f"{self.mqtt.host}:{self.mqtt.port}")
         backoff = self.mqtt.reconnect_min_s
         while not stop.is_set():
+            connected = False
             try:
+                # the broker publishes this if the connection ends without a clean
+                # DISCONNECT: the process died, or left the link by an exception
                 will = LastWill(f"{self.agents[0].prefix}/status",
-                                json.dumps({"state": "offline"}).encode())
+                                json.dumps({"state": "offline", "clean": False}).encode())
                 async with open_link(self.mqtt, will) as link:
+                    connected = True
                     backoff = self.mqtt.reconnect_min_s
                     log.info("broker_connected", host=self.mqtt.host, port=self.mqtt.port,
                              client=type(link).__name__)
                     await self._serve(link, stop)
                     return
             except (MqttError, ExceptionGroup) as e:
+                errors: list[BaseException] = [e]
                 if isinstance(e, ExceptionGroup):  # raised inside the task group
                     lost = e.subgroup(MqttError)
                     if lost is None or lost.exceptions != e.exceptions:
                         raise
+                    errors = list(lost.exceptions)
                 if stop.is_set():
                     break
                 delay = backoff * (0.5 + random.random())
-                log.warning("broker_unreachable", error=str(e), retry_in_s=round(delay, 2))
+                log.warning("broker_connection_lost" if connected else "broker_unreachable",
+                            error="; ".join(str(x) for x in errors),
+                            error_type=type(errors[0]).__name__, retry_in_s=round(delay, 2))
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), delay)
                 backoff = min(backoff * 2, self.mqtt.reconnect_max_s)
@@ -209,7 +249,8 @@ class Daemon:
         store = agent_store(st.dir, name, keep_last=st.keep_last, keep_every=st.keep_every,
                             storage_options=st.storage_options or None)
         a.checkpointer = Checkpointer(store, agent=name, every_frames=st.checkpoint_every_frames,
-                                      every_seconds=st.checkpoint_every_seconds)
+                                      every_seconds=st.checkpoint_every_seconds,
+                                      retry_min_s=st.retry_min_s, retry_max_s=st.retry_max_s)
         await asyncio.to_thread(clean_and_log, store, name)
         if self.fresh:
             log.info("state_fresh", agent=name, state_dir=st.dir)
@@ -232,12 +273,22 @@ class Daemon:
                         differences=agent.score_changes)
 
     async def _checkpoint(self, a: _AgentRuntime, reason: str) -> None:
-        """Copy the state on the worker (between frames), write it off the loop."""
+        """Copy the state on the worker (between frames), write it off the loop.
+
+        Never raises: a state that cannot be copied counts as a failed
+        snapshot (logged, retried with backoff) like one that cannot be written.
+        """
         cp = a.checkpointer
         if cp is None or a.worker.agent is None:
             return
         fut = a.worker.call(lambda ag: None if ag is None else (ag.step, ag.get_state()))
-        got = await asyncio.wrap_future(fut)
+        try:
+            got = await asyncio.wrap_future(fut)
+        except Exception as e:
+            ag = a.worker.agent
+            cp.failed(-1 if ag is None else ag.step, reason, "the agent's state could not be "
+                      "copied", detail=repr(e)[:500])
+            return
         if got is not None:
             await cp.write(got[1], got[0], reason=reason)
 
@@ -289,7 +340,12 @@ class Daemon:
                 log.error("final_snapshot_skipped", agent=a.binding.name,
                           reason="worker still busy after the drain timeout")
                 continue
-            state = await asyncio.to_thread(ag.get_state)
+            try:
+                state = await asyncio.to_thread(ag.get_state)
+            except Exception as e:
+                cp.failed(ag.step, "shutdown", "the agent's state could not be copied",
+                          detail=repr(e)[:500])
+                continue
             await cp.write(state, ag.step, reason="shutdown")
 
     async def _serve(self, link: Link, stop: asyncio.Event) -> None:
@@ -332,6 +388,8 @@ class Daemon:
         await self._final_checkpoints()
         for a in self.agents:
             await self._publish_status(link, a, "offline")
+        # (only now: the will, {"state": "offline", "clean": false}, is kept for
+        # a link left by an exception, and the clean DISCONNECT discards it)
         log.info("daemon_stopped", **{a.binding.name: a.frames_out for a in self.agents})
 
     async def _drain(self) -> None:
@@ -381,8 +439,9 @@ class Daemon:
         """Which agent a topic is for, and whether it is that agent's command topic.
 
         Topics repeat, so the answer is cached (the cache is cleared when it
-        grows past :data:`ROUTE_CACHE`); topics and agents are fixed for the
-        daemon's run (a reload cannot change them).
+        grows past :data:`ROUTE_CACHE` topics or :data:`ROUTE_CACHE_BYTES`
+        characters: distinct long topics cannot hold memory); topics and
+        agents are fixed for the daemon's run (a reload cannot change them).
         """
         hit = self._routes.get(topic, _MISS)
         if hit is not _MISS:
@@ -395,9 +454,11 @@ class Daemon:
             if any(topic_matches(topic, f) for f in a.binding.topics):
                 target = (a, False)
                 break
-        if len(self._routes) >= ROUTE_CACHE:
+        if len(self._routes) >= ROUTE_CACHE or self._route_chars >= ROUTE_CACHE_BYTES:
             self._routes.clear()
+            self._route_chars = 0
         self._routes[topic] = target
+        self._route_chars += len(topic)
         return target
 
     async def _intake(self, link: Link, stop: asyncio.Event) -> None:
@@ -419,17 +480,25 @@ class Daemon:
     async def _reject(self, link: Link, a: _AgentRuntime, msg: Incoming, e: RejectError
                       ) -> None:
         """Count, log (rate-limited) and dead-letter a rejected payload; it is done with."""
-        a.rejects[e.reason] += 1
-        self.metrics.rejects.labels(a.binding.name, e.reason).inc()
-        now = time.monotonic()
-        if now - a.last_log.get(e.reason, -1e9) >= self.reject_log_window_s:
-            a.last_log[e.reason] = now
-            log.warning("payload_rejected", agent=a.binding.name, topic=msg.topic,
-                        reason=e.reason, count=a.rejects[e.reason])
-        dead = {"topic": msg.topic, "reason": e.reason, "detail": e.message,
-                "excerpt": excerpt(msg.payload)}
-        await link.publish(f"{a.prefix}/deadletter", json.dumps(dead).encode(), qos=0)
+        await self._dead_letter(link, a, msg.topic, msg.payload, e.reason, e.message,
+                                "payload_rejected")
         link.ack(msg)  # handled: rejected for good
+
+    async def _dead_letter(self, link: Link, a: _AgentRuntime, topic: str, payload: bytes,
+                           reason: str, detail: str, event: str, **fields: Any) -> None:
+        """Count ``reason``, log ``event`` (at most once per window and reason, with
+        the count) and publish the dead letter."""
+        a.rejects[reason] += 1
+        self.metrics.rejects.labels(a.binding.name, reason).inc()
+        now = time.monotonic()
+        if now - a.last_log.get(reason, -1e9) >= self.reject_log_window_s:
+            a.last_log[reason] = now
+            log.warning(event, agent=a.binding.name, topic=topic[:TOPIC_EXCERPT],
+                        reason=reason, detail=detail[:TOPIC_EXCERPT], count=a.rejects[reason],
+                        **fields)
+        dead = {"topic": topic[:TOPIC_EXCERPT], "reason": reason, "detail": detail,
+                "excerpt": excerpt(payload)}
+        await link.publish(f"{a.prefix}/deadletter", json.dumps(dead).encode(), qos=0)
 
     async def _accept_channel(self, link: Link, a: _AgentRuntime, msg: Incoming) -> None:
         """One channel's value (per-channel topics): validated, held for the next tick.
@@ -458,6 +527,8 @@ class Daemon:
             return
         if a.schema.expected_width is None:  # the first valid frame fixes the width
             a.schema = replace(a.schema, width=int(frame.values.size))
+            log.info("width_fixed", agent=a.binding.name, width=int(frame.values.size),
+                     topic=msg.topic[:TOPIC_EXCERPT])
         seq = a.seq + 1
         taken, lost = a.worker.offer(seq, frame)
         if not taken:  # backpressure: wait for room (and stop reading meanwhile)
@@ -511,8 +582,14 @@ class Daemon:
                 msg = a.unacked.pop(r.seq, None)
                 got = a.assembled.pop(r.seq, None)
                 if r.metrics is None:  # processing failed: counted by the worker
-                    if msg is not None:
+                    reason = r.reason or "agent_error"
+                    if msg is not None:  # dead-lettered like a rejected payload
+                        await self._dead_letter(link, a, msg.topic, msg.payload, reason,
+                                                r.error or "", "frame_failed", seq=r.seq)
                         link.ack(msg)
+                    else:  # an assembled frame: nothing to dead-letter but the log
+                        await self._dead_letter(link, a, f"{a.prefix}/assembled", b"", reason,
+                                                r.error or "", "frame_failed", seq=r.seq)
                     continue
                 a.frames_out += 1
                 name = a.binding.name
@@ -563,6 +640,8 @@ class Daemon:
                 "frames_out": a.frames_out, "max_loop_lag_ms": round(self.max_lag_s * 1e3, 3),
                 "queue_depth": a.worker.depth, "dropped": a.worker.dropped,
                 "rejects": dict(a.rejects), "errors": a.worker.errors}
+        if state == "offline":
+            body["clean"] = True
         if a.assembler is not None:
             body["channel_updates"] = a.assembler.updates
             body["ticks_skipped"] = a.ticks_skipped
@@ -570,18 +649,20 @@ class Daemon:
                            wait=state == "offline")
 
     async def _command(self, link: Link, a: _AgentRuntime, payload: bytes) -> None:
+        """Validate (size first, then fields: :mod:`lillith.runtime.commands`), run and
+        reply; a bad or failing command gets an error reply, never a crash."""
         reply: dict[str, Any]
         try:
-            cmd = json.loads(payload)
-            if not isinstance(cmd, dict) or not isinstance(cmd.get("cmd"), str):
-                raise ValueError("a command is an object with a string 'cmd'")
+            cmd = parse_command(payload, self.commands)
             reply = {"id": cmd.get("id"), "cmd": cmd["cmd"]}
             reply.update(await self._run_command(a, cmd))
             reply["ok"] = True
         except Exception as e:  # a bad command gets an error reply, never a crash
-            reply = {"ok": False, "error": str(e)}
+            reply = {"ok": False, "error": str(e)[:2000]}
             if isinstance(payload, bytes):
                 reply["excerpt"] = excerpt(payload)
+            log.warning("command_failed", agent=a.binding.name, error=str(e)[:500],
+                        bytes=len(payload))
         await link.publish(f"{a.prefix}/cmd/reply", json.dumps(reply).encode())
 
     async def _run_command(self, a: _AgentRuntime, cmd: dict[str, Any]) -> dict[str, Any]:

@@ -92,7 +92,8 @@ async def run_local(settings: Settings, src: LocalSource, stop: asyncio.Event, *
     worker = ThreadPoolExecutor(1, thread_name_prefix="agent-default")
     cp = Checkpointer(store, agent="default",
                       every_frames=checkpoint_every or st.checkpoint_every_frames,
-                      every_seconds=st.checkpoint_every_seconds)
+                      every_seconds=st.checkpoint_every_seconds,
+                      retry_min_s=st.retry_min_s, retry_max_s=st.retry_max_s)
     try:
         await loop.run_in_executor(worker, clean_and_log, store, "default")
         agent: Agent | None = None

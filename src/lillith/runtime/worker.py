@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
+import structlog
 
 from lillith.agents.agent import Agent, Metrics
 from lillith.agents.config import AgentConfig
@@ -28,6 +29,10 @@ from lillith.sensors.codec import Frame
 
 Policy = Literal["backpressure", "drop_oldest"]
 MAX_RUN = 256  # frames the worker takes off its queue at once
+AGENT_ERROR = "agent_error"
+"""Dead-letter reason of a valid frame that the agent failed to process."""
+
+log = structlog.get_logger(component="worker")
 
 
 class _Empty:
@@ -39,12 +44,19 @@ _NOTHING = _Empty()
 
 @dataclass(frozen=True)
 class Result:
-    """What the worker reports for one frame."""
+    """What the worker reports for one frame.
+
+    ``metrics`` is None when the frame could not be processed (counted in
+    ``AgentWorker.errors``); ``reason`` (:data:`AGENT_ERROR` or
+    ``wrong_length``) and ``error`` (the exception) then say why.
+    """
 
     agent: str
     seq: int
-    metrics: Metrics | None  # None: the frame could not be processed (counted)
+    metrics: Metrics | None
     seconds: float
+    reason: str | None = None
+    error: str | None = None
 
 
 @dataclass
@@ -204,7 +216,9 @@ class AgentWorker:
                 j += 1
             if j == i:  # frames[i] has the wrong width
                 self.errors += 1
-                self._on_results([Result(self.name, frames[i][0], None, 0.0)])
+                self._on_results([Result(self.name, frames[i][0], None, 0.0, "wrong_length",
+                                         f"{frames[i][1].values.size} values, the agent has "
+                                         f"{agent.n_channels} channels")])
                 i += 1
                 continue
             chunk = frames[i:j]
@@ -222,14 +236,38 @@ class AgentWorker:
                         chunk[done:done + len(part)], part, strict=True)])
                     done += len(part)
                     self.processed += len(part)
-            except Exception:
-                rest = chunk[done:]
-                self.errors += len(rest)
-                dt = (time.perf_counter() - t0) / max(len(rest), 1)
-                self._on_results([Result(self.name, seq, None, dt) for seq, _ in rest])
+            except Exception as e:
+                # one frame must not take the others with it: the rest of the run
+                # goes through the agent one frame at a time, and only the frames
+                # that fail alone are reported failed
+                log.warning("frame_run_failed", agent=self.name, frames=len(chunk) - done,
+                            error=repr(e)[:500])
+                self._carry += time.perf_counter() - t0
+                self._one_by_one(chunk[done:])
                 continue
             # a training step after the last part: counted in the next frame's time
             self._carry += time.perf_counter() - t0
+
+    def _one_by_one(self, frames: list[tuple[int, Frame]]) -> None:
+        """Process ``frames`` one call each (after a run failed); a frame that
+        fails is reported with ``reason`` :data:`AGENT_ERROR` and the exception."""
+        agent = self.agent
+        assert agent is not None
+        for seq, f in frames:
+            if agent.evolution_due():
+                self._evolve()
+            t0 = time.perf_counter()
+            try:
+                (m,) = agent.process_many(f.values.reshape(1, -1), [f.t])
+            except Exception as e:
+                self.errors += 1
+                r = Result(self.name, seq, None, time.perf_counter() - t0, AGENT_ERROR,
+                           repr(e)[:500])
+            else:
+                self.processed += 1
+                r = Result(self.name, seq, m, time.perf_counter() - t0 + self._carry)
+                self._carry = 0.0
+            self._on_results([r])
 
     def _evolve(self) -> None:
         """The evolution round due at this step, before its frame (so rounds fall
