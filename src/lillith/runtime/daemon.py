@@ -411,8 +411,8 @@ class Daemon:
     def reload(self, bindings: list[AgentBinding]) -> None:
         """Apply the parts of a new configuration that can change live.
 
-        Per agent (matched by name): value bounds, payload size limit,
-        output decimation and the queue policy. Topics, channels, widths and
+        Per agent (matched by name): value bounds, payload size, time, width
+        and nesting limits, output decimation and the queue policy. Topics, channels, widths and
         the agent's model need a restart; a change to them is logged and
         ignored.
         """
@@ -428,8 +428,15 @@ class Daemon:
                 log.warning("config_reload_needs_restart", agent=a.binding.name, fields=changed)
             a.binding = a.binding.model_copy(update={
                 "low": new.low, "high": new.high, "max_bytes": new.max_bytes,
-                "output_every": new.output_every, "policy": new.policy})
-            a.schema = replace(a.schema, low=new.low, high=new.high, max_bytes=new.max_bytes)
+                "max_abs_t": new.max_abs_t, "max_width": new.max_width,
+                "max_depth": new.max_depth, "output_every": new.output_every,
+                "policy": new.policy})
+            a.schema = replace(a.schema, low=new.low, high=new.high, max_bytes=new.max_bytes,
+                               max_abs_t=new.max_abs_t, max_width=new.max_width,
+                               max_depth=new.max_depth)
+            if a.assembler is not None:
+                a.channel_schema = replace(a.channel_schema, low=new.low, high=new.high,
+                                           max_bytes=new.max_bytes, max_depth=new.max_depth)
             a.worker.policy = new.policy
             log.info("config_reloaded", agent=a.binding.name, output_every=new.output_every,
                      low=new.low, high=new.high, max_bytes=new.max_bytes, policy=new.policy)

@@ -241,7 +241,7 @@ def _named(vals: Mapping[Any, Any], schema: Schema) -> list[float]:
 
 def _validated(raw: Sequence[float], t: float | None, schema: Schema) -> Frame:
     want = schema.expected_width
-    if len(raw) > schema.max_width and want is None:
+    if len(raw) > schema.max_width:
         raise RejectError("too_wide", "frame has more values than the configured maximum",
                           length=len(raw), limit=schema.max_width)
     if len(raw) == 0 or (want is not None and len(raw) != want):
@@ -286,7 +286,7 @@ def decode(payload: bytes, schema: Schema, *, content_type: str | None = None) -
         if len(payload) == 0 or len(payload) % 4:
             raise RejectError("malformed_binary", "raw float32 length is not a multiple of 4",
                          bytes=len(payload))
-        if len(payload) // 4 > schema.max_width and schema.expected_width is None:
+        if len(payload) // 4 > schema.max_width:
             raise RejectError("too_wide", "frame has more values than the configured maximum",
                               length=len(payload) // 4, limit=schema.max_width)
         # a signalling NaN raises the invalid flag in the cast (a RuntimeWarning,
