@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: venv install run test soak crash lint typecheck bench clean mosquitto
+.PHONY: venv install run test soak crash chaos lint typecheck bench clean mosquitto
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON)"; exit 1; }
@@ -40,6 +40,11 @@ soak: $(STAMP) mosquitto
 
 crash: $(STAMP)
 	$(PY) -m pytest -m crash
+
+# faults against a real mosquitto (broker restart, SIGKILL, a full tmpfs, a corrupted
+# snapshot, poison frames); each scenario prints its figures (CHAOS {...} lines)
+chaos: $(STAMP) mosquitto
+	$(PY) -m pytest -m chaos -s -p no:cacheprovider tests/test_chaos.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench
