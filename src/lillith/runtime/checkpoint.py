@@ -126,9 +126,10 @@ class Checkpointer:
                 self._dirty = self._dirty or dirty
                 self.failed(step, reason, e.message, **e.fields)
                 return None
-            except OSError as e:  # beyond what the store turns into a StateError
+            except Exception as e:  # beyond what the store turns into a StateError: a
+                # snapshot that cannot be written is a failed snapshot, never a crash
                 self._dirty = self._dirty or dirty
-                self.failed(step, reason, "snapshot write failed", detail=repr(e))
+                self.failed(step, reason, "snapshot write failed", detail=repr(e)[:500])
                 return None
             finally:
                 self._writing = None

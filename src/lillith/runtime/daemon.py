@@ -306,7 +306,10 @@ class Daemon:
         mark the agents' state changed for the next snapshot."""
         while True:
             a, report = await self._evolutions.get()
-            self._after_evolution(a, report, "schedule")
+            try:
+                self._after_evolution(a, report, "schedule")
+            except Exception as e:  # a report that cannot be logged must not stop the daemon
+                log.error("evolution_report_failed", agent=a.binding.name, error=repr(e)[:500])
 
     def _after_evolution(self, a: _AgentRuntime, report: dict[str, Any], reason: str) -> None:
         self._touch(a)
