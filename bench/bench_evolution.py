@@ -23,7 +23,7 @@ boundary (16):
 - ``prequential``: the original agent goes on over ``[split, n)``, learning and
   evolving; mean ``loss`` over the same rows (each row still predicted before
   it is seen). Its ``anomaly_likelihood`` column over the whole stream is what
-  NAB scores (v1.1 rules, ``lillith.agents.nab``), one threshold per profile
+  NAB scores (v1.1 rules, ``lillith.eval.nab``), one threshold per profile
   for the streams of the run, per seed and condition;
 - turnover at ``split`` and at the end: fraction of the fabric's slots whose
   neuron id is not an original one (``neuron_id >= n``), of all neurons and of
@@ -85,9 +85,9 @@ import torch
 
 from lillith.agents.agent import Agent, Metrics
 from lillith.agents.config import AgentConfig
-from lillith.agents.nab import PROFILES, NabStream, load_corpus, score_all_profiles
+from lillith.eval.nab import PROFILES, NabStream, load_corpus, score_all_profiles
+from lillith.eval.protocol import data_dir
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "nab"
 # seeds 0 .. N-1; N = 5 unless LILLITH_BENCH_SEEDS says otherwise (3 proved too few:
 # the held-out criterion is dominated by a few streams whose loss varies chaotically)
 SEEDS = tuple(range(int(os.environ.get("LILLITH_BENCH_SEEDS", "5"))))
@@ -317,7 +317,7 @@ def _summary(res: dict[tuple[str, int, str], dict[str, Any]], streams: list[NabS
 def run(*, quick: bool = False, data: Path | None = None) -> dict[str, Any]:
     """Off vs each regrowth strategy on NAB streams, seeds ``SEEDS`` (see the module docstring)."""
     torch.set_num_threads(1)
-    data = Path(data) if data else DEFAULT_DATA
+    data = data_dir(data, "nab")
     t0 = time.perf_counter()
     corpus = load_corpus(data)
     if quick:

@@ -59,31 +59,6 @@ def test_likelihood_high_only_for_unusual_levels() -> None:
     assert spike > 0.999 and spike > max(vals[100:])
 
 
-def test_likelihood_rests_after_an_alarm() -> None:
-    rng = np.random.default_rng(2)
-    noise = [float(abs(v)) for v in rng.standard_normal(600)]
-    lik = AnomalyLikelihood(window=500, short=1, min_history=50, suppress=30, alarm=0.999)
-    for v in noise:
-        lik.score_one(v)
-    assert lik.score_one(50.0) >= 0.999  # the onset alarms...
-    held = [lik.score_one(50.0 + i) for i in range(30)]  # ...what follows, growing, is rest
-    assert max(held) <= 0.25
-    # a restored likelihood finishes the same rest, then alarms again
-    twin = AnomalyLikelihood(window=500, short=1, min_history=50, suppress=30, alarm=0.999)
-    twin.set_state(lik.get_state())
-    after = [lik.score_one(500.0), twin.score_one(500.0)]
-    assert after[0] == after[1] >= 0.999
-    # with no rest period every row of the anomaly stays high
-    plain = AnomalyLikelihood(window=500, short=1, min_history=50, suppress=0)
-    for v in noise:
-        plain.score_one(v)
-    assert min(plain.score_one(50.0 + i) for i in range(5)) > 0.99
-    # a snapshot from before the countdown existed restores with no rest pending
-    old = {k: v for k, v in lik.get_state().items() if k != "rest"}
-    twin.set_state(old)
-    assert twin.rest == 0
-
-
 def test_range_novelty_flags_values_beyond_everything_seen() -> None:
     rn = RangeNovelty(2, tol=0.2, warm=5)
     frames = [[0.0, 10.0], [1.0, 12.0], [0.5, 11.0], [0.2, 10.5], [0.9, 11.5]]
@@ -215,96 +190,6 @@ def test_likelihood_spread_is_floored_at_a_tenth_of_the_expected_level() -> None
     for rise, alarms in ((2.0, (True, True)), (1.0, (True, False))):
         got = tuple(after(steady, 3.5 + rise, expected) >= 0.9999 for expected in (0.0, 3.5))
         assert got == alarms, rise
-
-
-def test_likelihood_excursion_alarms_outside_rest_only() -> None:
-    rng = np.random.default_rng(3)
-    lik = AnomalyLikelihood(window=500, short=1, min_history=50, suppress=30, alarm=0.999)
-    for v in np.abs(rng.standard_normal(300)):
-        lik.score_one(float(v))
-    ordinary = float(abs(rng.standard_normal()))
-    # an ordinary raw score on a frame beyond the range: certain, and a rest starts
-    assert lik.score_one(ordinary, excursion=True) == 1.0
-    assert lik.rest == 30
-    # during the rest, another excursion is damped like everything else
-    assert lik.score_one(ordinary, excursion=True) <= 0.25
-    assert lik.rest == 29
-
-
-def test_likelihood_alarm_budget_limits_the_alarm_rate() -> None:
-    def fresh() -> AnomalyLikelihood:
-        lik = AnomalyLikelihood(window=200, short=1, min_history=50, suppress=10, alarm=0.999,
-                                budget=2, budget_period=100)
-        rng = np.random.default_rng(4)
-        for v in np.abs(rng.standard_normal(60)):
-            lik.score_one(float(v))
-        return lik
-
-    def burst(lik: AnomalyLikelihood) -> float:
-        out = lik.score_one(1e6)  # far above anything in the window
-        for _ in range(10):  # quiet through the rest period
-            lik.score_one(0.5)
-        return out
-
-    lik = fresh()
-    # two alarms in a burst (60 quiet steps refilled nothing: the budget was full)
-    assert burst(lik) >= 0.999 and burst(lik) >= 0.999
-    # the third finds no token: damped, and no rest period starts
-    assert burst(lik) <= 0.25 and lik.rest == 0
-    # an excursion needs no token
-    assert lik.score_one(0.5, excursion=True) == 1.0
-    for _ in range(10):
-        lik.score_one(0.5)
-    # a token comes back every 100 steps: 33 steps since the third burst, not yet
-    assert lik.tokens < 1.0
-    for _ in range(70):
-        lik.score_one(0.5)
-    twin = AnomalyLikelihood(window=200, short=1, min_history=50, suppress=10, alarm=0.999,
-                             budget=2, budget_period=100)
-    twin.set_state(lik.get_state())
-    assert lik.tokens >= 1.0 and burst(lik) >= 0.999 and burst(twin) >= 0.999
-    # budget 0: no limit
-    free = AnomalyLikelihood(window=200, short=1, min_history=50, suppress=10, alarm=0.999,
-                             budget=0)
-    for v in np.abs(np.random.default_rng(4).standard_normal(60)):
-        free.score_one(float(v))
-    assert min(burst(free) for _ in range(6)) >= 0.999
-    # snapshots from before the budget restore with a full one
-    old = {k: v for k, v in lik.get_state().items() if k != "tokens"}
-    twin.set_state(old)
-    assert twin.tokens == 2.0
-
-
-
-def test_likelihood_recurring_level_is_damped_without_spending() -> None:
-    lik = AnomalyLikelihood(window=200, short=1, min_history=50, suppress=10, alarm=0.999,
-                            budget=2, budget_period=100)
-    for v in np.abs(np.random.default_rng(5).standard_normal(60)):
-        lik.score_one(float(v))
-    asked: list[float] = []
-
-    def always(level: float) -> bool:
-        asked.append(level)
-        return True
-
-    # asked only when the raw scores would alarm, and with the current level
-    lik.score_one(0.5, recurs=always)
-    assert asked == []
-    tokens = lik.tokens
-    assert lik.score_one(1e6, recurs=always) <= 0.25
-    assert asked == [1e6] and lik.level == 1e6
-    # no alarm: no token spent, no rest started
-    assert lik.rest == 0 and lik.tokens >= tokens
-    # the weekly context still alarms on a recurring level, and excursions are untouched
-    assert lik.score_one(1e6, context=0.9995, recurs=always) >= 0.999
-    assert lik.rest == 10
-    for _ in range(10):
-        lik.score_one(0.5)
-    assert lik.score_one(0.5, excursion=True, recurs=always) == 1.0
-    for _ in range(10):
-        lik.score_one(0.5)
-    # a level that did not recur alarms as before
-    assert lik.score_one(1e6, recurs=lambda level: False) >= 0.999
 
 
 def test_daily_recurrence_needs_the_level_on_most_of_the_last_days() -> None:
@@ -508,3 +393,41 @@ def test_replay_cli_writes_one_row_per_input_row(tmp_path: Path) -> None:
     preds = np.array([float(r["prediction"]) for r in rows[100:-1]])
     vals = np.array([float(r["value"]) for r in rows[101:]])
     assert np.mean(np.abs(preds - vals)) < 0.5  # forecasts are in the input's units
+
+
+def test_csv_reader_detects_the_delimiter_and_never_reads_labels(tmp_path: Path) -> None:
+    """A SKAB file as published: ``;``-separated, a ``datetime`` column and the
+    label columns ``anomaly`` and ``changepoint``, which are never input."""
+    f = tmp_path / "0.csv"
+    rows = ["datetime;Accelerometer1RMS;Current;Volume Flow RateRMS;anomaly;changepoint"]
+    for i in range(60):
+        rows.append(f"2020-03-09 10:{14 + i // 60:02d}:{i % 60:02d};0.026{i % 7};1.3{i % 5};"
+                    f"32.0;{int(i >= 40)}.0;{int(i == 40)}.0")
+    f.write_text("\n".join(rows) + "\n")
+    s = read_csv_stream(f, timestamp_column="datetime")
+    assert s.columns == ["Accelerometer1RMS", "Current", "Volume Flow RateRMS"]
+    assert s.values.shape == (60, 3) and s.t[1] - s.t[0] == 1.0
+    # named explicitly, a label column is read (the caller's choice)
+    assert read_csv_stream(f, timestamp_column="datetime",
+                           value_columns=["anomaly"]).values[:, 0].sum() == 20
+    # and an excluded column is left out
+    assert read_csv_stream(f, timestamp_column="datetime",
+                           exclude=("anomaly", "changepoint", "Current")).columns == [
+        "Accelerometer1RMS", "Volume Flow RateRMS"]
+    out = tmp_path / "out.csv"
+    done = subprocess.run([sys.executable, "-m", "lillith.runtime.cli", "replay", str(f),
+                           "--out", str(out), "--timestamp-column", "datetime", "--quiet"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    with out.open() as fh:
+        got = list(csv.DictReader(fh))
+    assert len(got) == 60 and "anomaly" not in got[0] and "alarm" in got[0]
+    assert {k for k in got[0] if k.startswith("prediction_")} == {
+        "prediction_Accelerometer1RMS", "prediction_Current", "prediction_Volume Flow RateRMS"}
+    done = subprocess.run([sys.executable, "-m", "lillith.runtime.cli", "replay", str(f),
+                           "--out", str(out), "--timestamp-column", "datetime", "--quiet",
+                           "--columns", "Current,Volume Flow RateRMS"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    with out.open() as fh:
+        assert next(csv.reader(fh))[1:3] == ["Current", "Volume Flow RateRMS"]

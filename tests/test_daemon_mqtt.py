@@ -670,3 +670,60 @@ def test_stop_while_the_intake_waits_for_room(mosquitto: int, tmp_path: Path) ->
             proc.kill()
         pub.loop_stop()
         col.close()
+
+
+def test_alarms_are_published_counted_and_their_edges_never_skipped(
+        mosquitto: int, tmp_path: Path) -> None:
+    """A spike beyond every value seen is an alarm (reason ``range``) on the
+    out topic, even when ``output_every`` skips its frame, and Prometheus
+    counts its onset by reason."""
+    uid = uuid.uuid4().hex[:8]
+    name = f"a{uid}"
+    prefix = f"lillith/{name}"
+    metrics_port = _free_port()
+    agents = [{"name": name, "topics": [f"test/{uid}/#"], "output_every": 7}]
+    env = agent_env(uid, name, tmp_path / "state", LILLITH_AGENTS=json.dumps(agents),
+                    LILLITH_METRICS_PORT=str(metrics_port))
+    col = Collector(mosquitto, f"{prefix}/#")
+    proc = start_daemon(tmp_path / "d.log", "--source", f"mqtt://127.0.0.1:{mosquitto}",
+                        env=env)
+    pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"pub-{uid}")
+    pub.connect("127.0.0.1", mosquitto)
+    pub.loop_start()
+    try:
+        assert col.wait(f"{prefix}/status", 1, 60), (tmp_path / "d.log").read_text()[-3000:]
+        rng = np.random.default_rng(1)
+        n, spike = 400, 302  # (302 % 7 != 1: output_every alone would skip it)
+        for i in range(n):
+            v = 100.0 if i == spike else float(rng.standard_normal())
+            pub.publish(f"test/{uid}/x", json.dumps({"t": 1.7e9 + 60 * i, "values": [v]}),
+                        qos=1).wait_for_publish(5)
+        deadline = time.monotonic() + 120
+        rows: list[dict[str, object]] = []
+        while time.monotonic() < deadline:
+            rows = [json.loads(o) for o in col.get(f"{prefix}/out")]
+            if rows and rows[-1]["seq"] >= n - 6:
+                break
+            time.sleep(0.1)
+        by_seq = {r["seq"]: r for r in rows}
+        hit = by_seq[spike + 1]
+        assert hit["alarm"] == 1 and hit["alarm_reason"] == "range", hit
+        assert all(set(r) >= {"alarm", "alarm_reason"} for r in rows)
+        # the frame the alarm went off is published too
+        after = [r for r in rows if r["seq"] > spike + 1]
+        assert after and after[0]["alarm"] == 0 and after[0]["alarm_reason"] == ""
+        assert all(r["alarm_reason"] == "" for r in rows if not r["alarm"])
+        scrape = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics",
+                                        timeout=10).read().decode()
+        onsets = re.findall(rf'lillith_alarms_total{{agent="{name}",reason="(\w+)"}} (\S+)',
+                            scrape)
+        assert ("range", "1.0") in onsets, scrape
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            pub.loop_stop()
+            col.close()

@@ -407,11 +407,10 @@ def test_1_2_poison_frames_are_dead_lettered_and_the_daemon_goes_on(
         _send(pub, f"{prefix}/cmd", json.dumps({"cmd": "checkpoint"}))
         reply = json.loads(col.wait(f"{prefix}/cmd/reply", 1, 30)[0])
         assert proc.poll() is None, log.read_text()[-3000:]
-        if not lifted:  # snapshots go on after the poison
-            assert reply["ok"] and reply["step"] == n, reply
-        else:  # 4e22 broke the agent's state: failed snapshots, logged once
-            failed = [e for e in _events(log) if e["event"] == "snapshot_failed"]
-            assert 1 <= len(failed) <= 2, failed
+        # snapshots go on after the poison: the agent refuses such times before
+        # anything changes (its own bound, |t| <= 1e15 s), so its state stays whole
+        assert reply["ok"] and reply["step"] == n, reply
+        assert not [e for e in _events(log) if e["event"] == "snapshot_failed"]
         assert _stop(proc) == 0, log.read_text()[-3000:]
         status = json.loads(col.get(f"{prefix}/status")[-1])
         assert status["state"] == "offline" and status["clean"] is True

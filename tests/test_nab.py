@@ -1,8 +1,9 @@
-"""Tests of lillith.agents.nab (NAB v1.1 scoring)."""
+"""Tests of lillith.eval.nab (NAB v1.1 scoring)."""
 
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lillith.agents.nab import (
+from lillith.eval.nab import (
     PROFILES,
     CostProfile,
     NabError,
@@ -26,7 +27,8 @@ from lillith.agents.nab import (
     window_ids,
 )
 
-NAB_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "nab"
+# the development corpus, where $LILLITH_DATA points (the project does not ship it)
+NAB_ROOT = Path(os.environ.get("LILLITH_DATA", "/nonexistent")) / "nab"
 REFERENCE = {"standard": 36.71, "reward_low_FP_rate": 21.40, "reward_low_FN_rate": 45.17}
 
 
@@ -121,7 +123,7 @@ def _spikes(n: int, rows: list[int]) -> npt.NDArray[np.float64]:
 @pytest.fixture(scope="module")
 def corpus() -> list[NabStream]:
     if not (NAB_ROOT / "labels_windows.json").is_file():
-        pytest.skip(f"NAB data not found at {NAB_ROOT}")
+        pytest.skip(f"NAB data not found at {NAB_ROOT} (set LILLITH_DATA)")
     return load_corpus(NAB_ROOT)
 
 

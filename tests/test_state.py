@@ -314,8 +314,8 @@ def test_other_score_settings_resume_the_learned_agent(tmp_path: Path) -> None:
     for k in before:
         if not k.startswith(("lik/", "echo/")) and k != "agent/meta":
             np.testing.assert_array_equal(before[k], after[k], err_msg=k)
-    assert agent.likelihood.count == 0 and agent.step == 200
-    assert agent.echo is not None and agent.echo.ring.shape[0] == 3
+    assert agent.detector.likelihood.count == 0 and agent.step == 200
+    assert agent.detector.echo is not None and agent.detector.echo.ring.shape[0] == 3
     out = agent.process_many(X[200:])
     assert all(m.anomaly_likelihood == 0.5 for m in out[:50])
     assert [m.prediction for m in out] == [m.prediction for m in old.process_many(X[200:])]
@@ -325,7 +325,7 @@ def test_other_score_settings_resume_the_learned_agent(tmp_path: Path) -> None:
     other = Agent(2, same_windows)
     other.set_state(store.load().state)
     assert other.score_changes == ["score.suppress: 100 != 50"]
-    assert other.likelihood.count == 200
+    assert other.detector.likelihood.count == 200
     # anything else still refuses the snapshot, the normaliser's rate included:
     # the normalised frames are what the fabric and the predictor learn from
     with pytest.raises(StateError):

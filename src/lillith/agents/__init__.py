@@ -1,1 +1,1 @@
-"""lillith.agents (see ../shared/DESIGN.md)."""
+"""lillith.agents: the online learner (model and scores); see docs/agent.md."""

@@ -22,7 +22,6 @@ import math
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from functools import partial
 from typing import Any
 
 import numpy as np
@@ -34,14 +33,8 @@ from lillith.agents._infer import _predict_rows
 from lillith.agents._train import _adam, _fit_rows
 from lillith.agents.bio import BioConfig, BioSystem, ModeCycler
 from lillith.agents.config import AgentConfig
-from lillith.agents.signal import (
-    AnomalyLikelihood,
-    DailyRecurrence,
-    RangeNovelty,
-    RobustNormalizer,
-    StuckSensor,
-    WeekProfile,
-)
+from lillith.agents.scores.detector import SECTIONS, Detector, FrameTerms
+from lillith.agents.signal import RobustNormalizer
 from lillith.agents.surgery import TileSurgeryPolicy
 from lillith.agents.tiles import SparseLookupFFNv2, _np
 from lillith.errors import LillithError, StateError
@@ -64,6 +57,9 @@ PROFILE_GRID = 4
 SEGMENT_MAX = 64
 # kinds in the birth / death records
 FABRIC, TILE = 0, 1
+# largest |stream time| accepted (s): the time-based scores count hours, days and
+# 10-minute bins in int64, with margin (the MQTT edge has its own, smaller bound)
+MAX_ABS_T = 1e15
 
 
 class AgentError(LillithError):
@@ -87,7 +83,16 @@ class Metrics:
         Raw anomaly score (relative prediction error plus weighted relative
         SOM quantisation error), >= 0.
     anomaly_likelihood : float
-        Likelihood in [0, 1] that the recent raw scores are unusual.
+        Likelihood in [0, 1] that the recent raw scores are unusual: high
+        at news, damped during the rest that follows (docs/agent.md).
+    alarm : bool
+        The agent considers this frame anomalous now (for as long as the
+        condition that raised the alarm lasts).
+    alarm_reason : str
+        What raised the current alarm: ``forecast``, ``novelty``, ``level``,
+        ``range``, ``stuck``, ``context`` or ``shift``; empty when no alarm.
+    alarm_onset : bool
+        This frame started an alarm.
     prediction : list of float
         Forecast of the next frame, in the input's units.
     bmu : int
@@ -112,6 +117,9 @@ class Metrics:
     learning_drive: float
     mood: float
     skipped: bool
+    alarm: bool = False
+    alarm_reason: str = ""
+    alarm_onset: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         """Plain dict (JSON-serialisable)."""
@@ -311,6 +319,50 @@ class _Pending:
     targets: list[F32] = field(default_factory=list)
 
 
+class FrameLog:
+    """Counts frames whose stream time goes back or repeats (they are processed
+    in the order given: every time-based feature takes a time going back as the
+    latest time, see the scores).
+
+    Attributes
+    ----------
+    back : int
+        Frames whose time is earlier than the latest time before them.
+    repeated : int
+        Frames whose time equals the latest time.
+    latest : float
+        Latest stream time seen (``-inf`` before any).
+    """
+
+    def __init__(self) -> None:
+        self.back = 0
+        self.repeated = 0
+        self.latest = -math.inf
+
+    def observe(self, t: float | None) -> None:
+        """Count frame time ``t`` (None: a frame without time, not counted)."""
+        if t is None:
+            return
+        if t < self.latest:
+            self.back += 1
+        elif t == self.latest:
+            self.repeated += 1
+        else:
+            self.latest = t
+
+    def as_array(self) -> npt.NDArray[np.float64]:
+        """``[back, repeated, latest, 1 if a time was seen else 0]``, float64 (finite)."""
+        seen = math.isfinite(self.latest)
+        return np.array([self.back, self.repeated, self.latest if seen else 0.0, float(seen)],
+                        dtype=np.float64)
+
+    def load(self, a: npt.NDArray[Any]) -> None:
+        """Restore from :meth:`as_array`."""
+        v = np.asarray(a, dtype=np.float64)
+        self.back, self.repeated = int(v[0]), int(v[1])
+        self.latest = float(v[2]) if v.size > 3 and v[3] > 0 else -math.inf
+
+
 class Agent:
     """Continuous learner bound to ``n_channels`` sensor channels.
 
@@ -378,11 +430,7 @@ class Agent:
         n_fab = self.fabric.n_features if self.fabric is not None else 0
         self.feat_dim = self.n_channels * self.history + n_fab + som_dims
         self.normalizer = RobustNormalizer(self.n_channels, alpha=cfg.score.norm_alpha)
-        self.likelihood = self._make_likelihood()
-        self.range = self._make_range()
-        self.stuck = self._make_stuck()
-        self.week, self.week_lik = self._make_week()
-        self.echo = self._make_echo()
+        self.detector = self._make_detector()
         # score settings (``score.*``) that differed from the snapshot last restored
         self.score_changes: list[str] = []
         b = cfg.bio
@@ -406,12 +454,11 @@ class Agent:
         self._prev_pred: F64 | None = None
         self._prev_feat: F32 | None = None
         self._prev_last: F32 | None = None
-        self._err_avg = 0.0
-        self._qe_avg = 0.0
-        self._lvl_avg = 0.0
-        self._n_err = 0
-        self._terms = np.zeros(3)  # the latest raw score's inputs (err, qe, level)
-        self._term_w = np.zeros(3)  # and each one's weight over its running mean
+        self._qe_avg = 0.0  # running mean of the SOM error (a feature of the forecast)
+        self._n_qe = 0
+        self._frames = FrameLog()  # times out of order / repeated (counted, never refused)
+        # when a list: every frame's FrameTerms is appended (lillith.eval.record replays them)
+        self.term_log: list[FrameTerms] | None = None
         self._pending = _Pending()
         self._plan: InferencePlan | None = None  # the forecast kernel's arrays
         self._batch_scale = 1.0  # learning-rate scale frozen for the micro-batch
@@ -475,6 +522,11 @@ class Agent:
         self._forced_mode = mode
 
     @property
+    def frame_times(self) -> FrameLog:
+        """Frames whose stream time went back or repeated, counted (read-only use)."""
+        return self._frames
+
+    @property
     def at_boundary(self) -> bool:
         """True between micro-batches (a consistent point for snapshots)."""
         return self.step % self.config.predictor.batch_size == 0
@@ -536,8 +588,9 @@ class Agent:
         A runtime reports a micro-batch's last frame without waiting for its
         training step; the training step runs when the next part is asked for
         (or the iteration ends), so the iterator must be consumed to the end.
-        The frames are validated before the first part (errors raise here, at
-        the call).
+        The frames and times are validated before the first part (errors raise
+        here, at the call, before any state changes): frames must be finite,
+        times (seconds since the epoch) finite and within ``MAX_ABS_T``.
         """
         X = np.asarray(frames, dtype=np.float64)
         if X.ndim != 2 or X.shape[1] != self.n_channels:
@@ -545,8 +598,13 @@ class Agent:
                              n_channels=self.n_channels)
         if not np.all(np.isfinite(X)):
             raise AgentError("frames contain NaN or Inf")
-        if ts is not None and len(ts) != X.shape[0]:
-            raise AgentError("one time stamp per frame", frames=X.shape[0], times=len(ts))
+        if ts is not None:
+            if len(ts) != X.shape[0]:
+                raise AgentError("one time stamp per frame", frames=X.shape[0], times=len(ts))
+            for i, t in enumerate(ts):
+                if t is not None and not (math.isfinite(t) and abs(t) <= MAX_ABS_T):
+                    raise AgentError("frame time not finite or beyond the bound", index=i,
+                                     t=t, bound=MAX_ABS_T)
         return self._parts(X, ts, mode)
 
     def _parts(self, X: F64, ts: Sequence[float | None] | None, mode: str | None
@@ -633,45 +691,24 @@ class Agent:
         out: list[Metrics] = []
         for r in range(n):
             z = zs[r]
-            # (followed even when its alarm is off: it also tells the unchanged channels)
-            stuck = self.stuck.score_one(X[r]) and self.config.score.stuck_alarm
+            t_r = None if ts is None or (tr := ts[r]) is None else float(tr)
             if self._prev_pred is None:
-                loss, err = 0.0, 0.0
+                loss, miss = 0.0, None
             else:
                 diff = z - self._prev_pred
-                nz = diff.size  # (sum / size: np.mean's bits, less overhead)
-                loss = float((diff * diff).sum() / nz)
+                loss = float((diff * diff).sum() / diff.size)  # (np.mean's bits, less overhead)
                 miss = np.abs(diff)
-                still = self.stuck.unchanged()
-                if still.any():
-                    # a channel that never changed has no forecast error to score:
-                    # what moves its forecast is the fabric's and the SOM's own state
-                    miss[still] = 0.0
-                err = float(miss.sum() / nz)
                 if learns and self._prev_feat is not None and self._prev_last is not None:
                     self._pending.feats.append(self._prev_feat)
                     self._pending.lasts.append(self._prev_last)
                     self._pending.targets.append(z.astype(np.float32))
-            raw = self._raw_score(err, float(qes[r]), float(np.abs(z).sum() / z.size))
-            # (the range is followed even when its alarm is off, so switching it
-            # on later finds the range seen so far)
-            t_r = None if ts is None or (tr := ts[r]) is None else float(tr)
-            outside = self.range.score_one(X[r], t_r) and self.config.score.range_alarm
-            context = 0.5
-            if t_r is not None:  # (followed even when off)
-                dev = self.week.score_one(X[r], scales[r], t_r)
-                if dev is not None:
-                    week = self.week_lik.score_one(dev + 1e-6)
-                    if self.config.score.week_context:
-                        context = week
-            echo = self.echo
-            recurs = (None if echo is None or t_r is None
-                      else partial(echo.recurs, t_r, weights=self._term_w))
-            lik = self.likelihood.score_one(
-                raw, excursion=outside or stuck, context=context,
-                recurs=recurs)
-            if echo is not None and t_r is not None:
-                echo.observe(t_r, self._terms)
+            self._n_qe += 1
+            self._qe_avg += max(1.0 / self._n_qe, 1e-3) * (float(qes[r]) - self._qe_avg)
+            self._frames.observe(t_r)
+            terms = FrameTerms(X[r], z, miss, float(qes[r]), scales[r], t_r)
+            if self.term_log is not None:
+                self.term_log.append(terms)
+            sc = self.detector.score(terms)
             if self._prev_pred is not None:
                 self.bio.observe_loss(loss)
                 self.recent_losses.append(loss)
@@ -688,7 +725,8 @@ class Agent:
             out.append(Metrics(
                 step=self.step, t=t_r,
                 loss=loss,
-                anomaly_score=raw, anomaly_likelihood=lik,
+                anomaly_score=sc.raw, anomaly_likelihood=sc.likelihood,
+                alarm=sc.alarm, alarm_reason=sc.reason, alarm_onset=sc.onset,
                 prediction=[float(v) for v in locs[r] + preds[r] * scales[r]],
                 bmu=int(bmus[r]), mode=modes[r], energy=mods["energy"],
                 learning_drive=mods["learning_drive"], mood=mods["mood"], skipped=not learns,
@@ -715,60 +753,8 @@ class Agent:
         out: F64 = pred.astype(np.float64)
         return out
 
-    def _make_likelihood(self) -> AnomalyLikelihood:
-        sc = self.config.score
-        # (the raw score's mean by construction: each term over its running mean)
-        expected = sc.err_weight + sc.level_weight + (
-            sc.som_weight if self.fabric is not None else 0.0)
-        return AnomalyLikelihood(window=sc.window, short=sc.short, min_history=sc.min_history,
-                                 suppress=sc.suppress, alarm=sc.alarm, budget=sc.budget,
-                                 budget_period=sc.budget_period, expected=expected)
-
-    def _make_range(self) -> RangeNovelty:
-        sc = self.config.score
-        return RangeNovelty(self.n_channels, tol=sc.range_tol, warm=sc.min_history,
-                            days=sc.range_days)
-
-    def _make_stuck(self) -> StuckSensor:
-        sc = self.config.score
-        return StuckSensor(self.n_channels, factor=sc.stuck_factor, min_run=sc.stuck_min_run,
-                           warm=sc.min_history)
-
-    def _make_echo(self) -> DailyRecurrence | None:
-        sc = self.config.score
-        if not sc.recurrence_days:
-            return None
-        return DailyRecurrence(days=sc.recurrence_days, slack=sc.recurrence_slack,
-                               tol=sc.recurrence_tol, ratio=sc.recurrence_ratio,
-                               bin_s=RECURRENCE_BIN, n_terms=3, short=sc.short)
-
-    def _make_week(self) -> tuple[WeekProfile, AnomalyLikelihood]:
-        # the weekly context's own likelihood has no rest and no budget of its own
-        # (the main likelihood applies both when it alarms)
-        return (WeekProfile(self.n_channels, rate=WEEK_RATE),
-                AnomalyLikelihood(window=WEEK_WINDOW, short=1, min_history=WEEK_MIN_HISTORY,
-                                  suppress=0, budget=0))
-
-    def _raw_score(self, err: float, qe: float, level: float) -> float:
-        """Prediction error, SOM quantisation error and level novelty, each relative to
-        its running mean (``level`` = mean |z| of the frame under the normaliser)."""
-        self._n_err += 1
-        rate = max(1.0 / self._n_err, 1e-3)
-        self._err_avg += rate * (err - self._err_avg)
-        self._qe_avg += rate * (qe - self._qe_avg)
-        self._lvl_avg += rate * (level - self._lvl_avg)
-        raw = self.config.score.err_weight * err / (self._err_avg + 1e-9)
-        if self.fabric is not None:
-            raw += self.config.score.som_weight * qe / (self._qe_avg + 1e-9)
-        raw += self.config.score.level_weight * level / (self._lvl_avg + 1e-9)
-        # (for the daily recurrence: the terms' inputs, and today's yardstick)
-        terms, w = self._terms, self._term_w
-        terms[0], terms[1], terms[2] = err, qe, level
-        w[0] = self.config.score.err_weight / (self._err_avg + 1e-9)
-        w[1] = (self.config.score.som_weight / (self._qe_avg + 1e-9)
-                if self.fabric is not None else 0.0)
-        w[2] = self.config.score.level_weight / (self._lvl_avg + 1e-9)
-        return float(raw)
+    def _make_detector(self) -> Detector:
+        return Detector(self.n_channels, self.config.score, som=self.fabric is not None)
 
     def _train_batch(self) -> None:
         p = self._pending
@@ -1098,18 +1084,15 @@ class Agent:
                                          if isinstance(v, torch.Tensor) else np.asarray(v))
         put("bio", self.bio.get_state())
         put("norm", self.normalizer.get_state())
-        put("lik", self.likelihood.get_state())
-        put("range", self.range.get_state())
-        put("stuck", self.stuck.get_state())
-        put("week", self.week.get_state())
-        put("wlik", self.week_lik.get_state())
-        if self.echo is not None:
-            put("echo", self.echo.get_state())
+        for section, sub in self.detector.get_state().items():
+            put(section, sub)
         d["agent/counters"] = np.array([self.step, self.total_updates, self.skipped_steps,
-                                        int(self.learning_enabled), self._n_err,
+                                        int(self.learning_enabled), self._n_qe,
                                         STATE_VERSION], dtype=np.int64)
-        d["agent/scores"] = np.array([self._err_avg, self._qe_avg, self._lvl_avg],
-                                     dtype=np.float64)
+        # (the running means of the raw score's terms: the SOM error's is a forecast feature)
+        means = self.detector.means
+        d["agent/scores"] = np.array([means[0], self._qe_avg, means[2]], dtype=np.float64)
+        d["agent/frames"] = self._frames.as_array()
         d["agent/hist"] = self._hist.copy()
         has_prev = self._prev_pred is not None
         d["agent/has_prev"] = np.array(int(has_prev), dtype=np.int64)
@@ -1233,33 +1216,20 @@ class Agent:
             self.optimizer.load_state_dict(opt)
             self.bio.set_state(sub("bio"))
             self.normalizer.set_state(sub("norm"))
-            try:
-                self.likelihood.set_state(sub("lik"))
-            except StateError:
-                if not score_changes:
-                    raise
-                self.likelihood = self._make_likelihood()  # windows of another length
-            self.range = self._make_range()
-            if "range/count" in state:  # (older snapshots: the range starts over)
-                self.range.set_state(sub("range"))
-            self.stuck = self._make_stuck()
-            if "stuck/count" in state:  # (older snapshots: the runs start over)
-                self.stuck.set_state(sub("stuck"))
-            self.week, self.week_lik = self._make_week()
-            if "week/prof" in state:  # (older snapshots: the weekly context starts over)
-                self.week.set_state(sub("week"))
-                self.week_lik.set_state(sub("wlik"))
-            self.echo = self._make_echo()
-            if self.echo is not None and "echo/ids" in state:
-                # (other days or tol: the bins start over; set_state checks before it changes)
-                with contextlib.suppress(StateError):
-                    self.echo.set_state(sub("echo"))
-            self.score_changes = score_changes
+            self.detector = self._make_detector()
             c = np.asarray(state["agent/counters"], dtype=np.int64)
+            scores = np.asarray(state["agent/scores"], dtype=np.float64)
+            sections = {name: sub(name) for name in SECTIONS}
+            if "means" not in sections["lik"]:  # (older snapshots: the agent kept them)
+                sections["lik"]["means"] = np.array([*scores, float(c[4])])
+            self.detector.set_state(sections, tolerant=bool(score_changes))
+            self.score_changes = score_changes
             self.step, self.total_updates, self.skipped_steps = int(c[0]), int(c[1]), int(c[2])
-            self.learning_enabled, self._n_err = bool(c[3]), int(c[4])
-            self._err_avg, self._qe_avg, self._lvl_avg = (
-                float(v) for v in state["agent/scores"])
+            self.learning_enabled, self._n_qe = bool(c[3]), int(c[4])
+            self._qe_avg = float(scores[1])
+            self._frames = FrameLog()
+            if "agent/frames" in state:
+                self._frames.load(state["agent/frames"])
             self._hist = np.asarray(state["agent/hist"], dtype=np.float32).copy()
             if int(state["agent/has_prev"]):
                 self._prev_pred = np.asarray(state["agent/prev_pred"], dtype=np.float64).copy()
@@ -1284,14 +1254,6 @@ class Agent:
         except KeyError as e:
             raise StateError("agent state lacks an array", missing=str(e)) from e
 
-
-# the weekly context (WeekProfile): update of an hour's usual value per hour of
-# data, and the window and warm-up of its likelihood (frames)
-WEEK_RATE = 0.2
-WEEK_WINDOW = 4000
-WEEK_MIN_HISTORY = 1000
-# the daily recurrence's time bins (s)
-RECURRENCE_BIN = 600.0
 
 # differences under this prefix (the scoring settings) do not block a restore,
 # except the normaliser's rate: the normalised frames are the model's input

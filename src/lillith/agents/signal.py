@@ -7,7 +7,6 @@ as plain numpy arrays for snapshots.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -65,7 +64,12 @@ class RobustNormalizer:
         return self.min_scale * (1.0 + np.abs(self.mean))
 
     def transform(self, x: F64) -> F64:
-        """Normalise ``x`` (shape (C,), input units) with the current statistics."""
+        """Normalise ``x`` (shape (C,), input units) with the current statistics
+        (zeros before the first frame has been learned: with no statistics yet,
+        a frame lies at its own location, so an untrained forecast of it is
+        persistence)."""
+        if self.count == 0:
+            return np.zeros(self.n_channels)
         z: F64 = (x - self.mean) / np.maximum(self.scale, self._floor())
         # (np.clip's values, without its per-call overhead)
         np.maximum(z, -self.z_max, out=z)
@@ -127,20 +131,8 @@ class AnomalyLikelihood:
     ``z = (level - mean) / std`` and ``likelihood = 1 / (1 + exp(-1.7 z))``,
     a logistic approximation of the normal CDF whose tail does not round to
     1.0 before z ~ 20, so strong anomalies stay ranked. Until ``min_history``
-    steps have been seen the likelihood is 0.5.
-
-    Rest period (as CAD OSE and other NAB detectors have): once the
-    likelihood reaches ``alarm``, the next ``suppress`` steps are damped to
-    ``0.5 * min(likelihood, 0.5)`` (below any alarm), so an anomaly alarms
-    once, at its onset, instead of on every row it lasts. The rest starts from
-    the undamped likelihood and is not extended by what happens during it.
-
-    Alarm budget: an alarm spends one of ``budget`` tokens, and a token comes
-    back every ``budget_period`` steps (at most ``budget`` held). With none
-    left, a likelihood that reaches ``alarm`` is damped as in a rest period
-    and starts no rest: a stream whose raw scores keep producing "rare"
-    levels (heavy tails, bursts) cannot alarm more often than that on
-    average. Range excursions (``excursion=True``) need no token.
+    steps have been seen the likelihood is 0.5. What is done with a high
+    likelihood (alarms, rest periods) is :class:`lillith.agents.scores.alarm.AlarmState`'s.
 
     Parameters
     ----------
@@ -150,14 +142,6 @@ class AnomalyLikelihood:
         Steps averaged for the current level.
     min_history : int
         Steps needed before the likelihood departs from 0.5.
-    suppress : int
-        Rest period in steps after an alarm (0: none).
-    alarm : float
-        Likelihood that starts a rest period, in (0.5, 1].
-    budget : int
-        Alarms that can be given in a burst (0: no budget).
-    budget_period : int
-        Steps per token earned back.
     expected : float
         Mean of the raw scores by construction, if they have one (the
         agent's: the sum of its terms' weights, each term being divided by
@@ -167,18 +151,11 @@ class AnomalyLikelihood:
     """
 
     def __init__(self, *, window: int = 2000, short: int = 3, min_history: int = 50,
-                 suppress: int = 200, alarm: float = 0.9999, budget: int = 8,
-                 budget_period: int = 2000, expected: float = 0.0) -> None:
+                 expected: float = 0.0) -> None:
         self.window = int(window)
         self.short = int(short)
         self.min_history = int(min_history)
-        self.suppress = int(suppress)
-        self.alarm = float(alarm)
         self.expected = float(expected)
-        self.rest = 0  # steps of the current rest period still to come
-        self.budget = int(budget)
-        self.refill = 1.0 / max(int(budget_period), 1)
-        self.tokens = float(self.budget)
         self.raw = np.zeros(self.short)
         self.buf = np.zeros(self.window)
         self.sum = 0.0
@@ -187,21 +164,9 @@ class AnomalyLikelihood:
         self.count = 0
         self.level = 0.0  # the latest step's level (short mean of raw scores)
 
-    def score_one(self, raw: float, *, excursion: bool = False, context: float = 0.5,
-                  recurs: Callable[[float], bool] | None = None) -> float:
-        """Add one raw score and return the likelihood of the current step.
-
-        ``excursion`` marks a frame outside every value seen so far
-        (:class:`RangeNovelty`): outside a rest period its likelihood is 1.0
-        and a rest period starts, whatever the raw scores say. ``context`` is
-        a second likelihood (the weekly context, :class:`WeekProfile`): when
-        it reaches ``alarm`` it alarms as the raw scores' likelihood would
-        (same rest, same budget), and the step reports the larger of the two.
-        ``recurs`` (:meth:`DailyRecurrence.recurs` at this step's time) is
-        asked, with the current level, only when the raw scores' likelihood
-        would alarm: when it answers True the level is one the last days had
-        at this time of day too, and the step is damped as over budget (no
-        alarm, no token spent, no rest). The level is kept in :attr:`level`."""
+    def score_one(self, raw: float) -> float:
+        """Add one raw score and return the likelihood of the current step's
+        level (kept in :attr:`level`) against the window before it."""
         self.raw[self.count % self.short] = raw
         self.count += 1
         m = min(self.count, self.short)
@@ -228,55 +193,36 @@ class AnomalyLikelihood:
         if self.pos == 0:
             self.sum = float(self.buf.sum())
             self.sumsq = float(np.dot(self.buf, self.buf))
-        if self.budget:
-            self.tokens = min(self.tokens + self.refill, float(self.budget))
-        if self.rest > 0:
-            # rest period: an alarm was just given; what follows repeats that news
-            self.rest -= 1
-            if lik > 0.5:
-                lik = 0.5 * min(lik, 0.5)
-        elif excursion:
-            lik = 1.0
-            self.rest = self.suppress
-        elif ((lik >= self.alarm and (recurs is None or not recurs(level)))
-              or context >= self.alarm):
-            if self.budget and self.tokens < 1.0:
-                lik = 0.5 * min(lik, 0.5)  # over budget: not an alarm
-            else:
-                if self.budget:
-                    self.tokens -= 1.0
-                self.rest = self.suppress
-                lik = max(lik, context)
-        elif lik >= self.alarm:  # the same level recurred at this time on the last days
-            lik = 0.5 * min(lik, 0.5)
         return lik
 
     def get_state(self) -> dict[str, npt.NDArray[Any]]:
         """Windows and counters as plain arrays."""
         return {"raw": self.raw.copy(), "buf": self.buf.copy(),
-                "rest": np.array(self.rest, dtype=np.int64),
-                "tokens": np.array(self.tokens),
                 "pos": np.array(self.pos, dtype=np.int64),
                 "count": np.array(self.count, dtype=np.int64),
                 "sums": np.array([self.sum, self.sumsq])}
 
     def set_state(self, state: dict[str, npt.NDArray[Any]]) -> None:
-        """Restore from :meth:`get_state`."""
+        """Restore from :meth:`get_state` (an older snapshot's rest period and
+        alarm tokens, kept here once, are ignored: :class:`AlarmState` reads them).
+
+        Raises
+        ------
+        StateError
+            When the windows have another length.
+        """
         buf = np.asarray(state["buf"], dtype=np.float64)
-        self.sum, self.sumsq = (float(v) for v in state["sums"])
         raw = np.asarray(state["raw"], dtype=np.float64)
         if buf.shape != (self.window,) or raw.shape != (self.short,):
             raise StateError("likelihood windows have another length", shape=buf.shape,
                              expected=(self.window,))
+        self.sum, self.sumsq = (float(v) for v in state["sums"])
         self.buf = buf.copy()
         self.raw = raw.copy()
-        # snapshots written before the rest period counted down have no "rest"
-        self.rest = int(state["rest"]) if "rest" in state else 0
-        # (snapshots from before the budget: a full one; a smaller budget caps it)
-        self.tokens = min(float(state["tokens"]), float(self.budget)) if "tokens" in state \
-            else float(self.budget)
         self.pos = int(state["pos"])
         self.count = int(state["count"])
+        m = min(self.count, self.short)
+        self.level = float(self.raw[:m].sum() / m) if m else 0.0
 
 
 _NO_DAY = -(1 << 62)  # (a day or time-bin number no stream time has)
@@ -456,6 +402,7 @@ class StuckSensor:
         self.last = np.zeros(self.n_channels)
         self.run = np.zeros(self.n_channels, dtype=np.int64)
         self.longest = np.zeros(self.n_channels, dtype=np.int64)
+        self.flagged = np.zeros(self.n_channels, dtype=bool)  # in a run that was flagged
         self.count = 0
 
     def score_one(self, x: F64) -> bool:
@@ -467,15 +414,23 @@ class StuckSensor:
             if same.any():
                 np.maximum(self.longest, np.where(same, 0, self.run), out=self.longest)
                 self.run = np.where(same, self.run + 1, 0)
+                self.flagged &= same
                 if self.count >= self.warm:
                     need = np.maximum(self.min_run, np.ceil(self.factor * self.longest))
-                    out = bool(np.any(same & (self.run == need)))
+                    hit = same & (self.run == need)
+                    out = bool(hit.any())
+                    self.flagged |= hit
             elif self.run.any():  # (the usual frame: nothing repeats, no run to end)
                 np.maximum(self.longest, self.run, out=self.longest)
                 self.run[:] = 0
+                self.flagged[:] = False
         self.last[:] = x
         self.count += 1
         return out
+
+    def stuck(self) -> bool:
+        """Whether a run that was flagged still goes on (the sensor is still stuck)."""
+        return bool(self.flagged.any())
 
     def unchanged(self) -> npt.NDArray[np.bool_]:
         """Per channel (shape (C,)), whether every frame so far had the first
@@ -486,7 +441,8 @@ class StuckSensor:
     def get_state(self) -> dict[str, npt.NDArray[Any]]:
         """Runs and counter as plain arrays."""
         return {"last": self.last.copy(), "run": self.run.copy(),
-                "longest": self.longest.copy(), "count": np.array(self.count, dtype=np.int64)}
+                "longest": self.longest.copy(), "flagged": self.flagged.copy(),
+                "count": np.array(self.count, dtype=np.int64)}
 
     def set_state(self, state: dict[str, npt.NDArray[Any]]) -> None:
         """Restore from :meth:`get_state`."""
@@ -497,6 +453,10 @@ class StuckSensor:
         self.last = last.copy()
         self.run = np.asarray(state["run"], dtype=np.int64).copy()
         self.longest = np.asarray(state["longest"], dtype=np.int64).copy()
+        # (older snapshots: no run counts as flagged)
+        flagged = np.asarray(state.get("flagged", np.zeros(self.n_channels)), dtype=bool)
+        self.flagged = flagged.copy() if flagged.shape == (self.n_channels,) else np.zeros(
+            self.n_channels, dtype=bool)
         self.count = int(state["count"])
 
 

@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from lillith.errors import ConfigError, LillithError
+from lillith.sensors.csvfile import LABEL_COLUMNS
 
-BENCHMARKS = ("fabric", "som", "conv4d", "agent", "nab", "ingest", "latency", "checkpoint",
-              "evolution")
+BENCHMARKS = ("fabric", "som", "conv4d", "agent", "nab", "skab", "ingest", "latency",
+              "checkpoint", "evolution")
 
 
 def bench_dir() -> Path:
@@ -74,7 +75,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     settings = load_settings(args.config, env=os.environ)
     torch.set_num_threads(settings.torch_threads)
-    cols = args.value_columns.split(",") if args.value_columns else None
+    cols = args.columns.split(",") if args.columns else None
+    exclude = ([c for c in args.exclude.split(",") if c] if args.exclude is not None
+               else list(LABEL_COLUMNS))
     state = None
     if args.state is not None:
         from lillith.runtime.replay import ReplayState
@@ -90,11 +93,12 @@ def cmd_replay(args: argparse.Namespace) -> int:
     with StateLock(str(args.state)) if args.state is not None else nullcontext():
         results = replay_paths([Path(p) for p in args.inputs], Path(args.out), settings.agent,
                                timestamp_column=args.timestamp_column, value_columns=cols,
-                               show_progress=not args.quiet, state=state)
+                               exclude=exclude, show_progress=not args.quiet, state=state)
     for r in results:
         print(json.dumps({"source": str(r.source), "output": str(r.output), "rows": r.rows,
                           "mean_loss": r.mean_loss, "start_step": r.start_step,
-                          "snapshot": r.snapshot}))
+                          "snapshot": r.snapshot, "times_back": r.times_back,
+                          "times_repeated": r.times_repeated}))
     return 0
 
 
@@ -319,15 +323,21 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("name", choices=BENCHMARKS)
     b.add_argument("--json", action="store_true", help="print one JSON object")
     b.add_argument("--quick", action="store_true", help="shorter timing windows")
-    b.add_argument("--data", default=None, help="data directory (nab)")
-    b.add_argument("--out", default=None, help="output directory (nab)")
+    b.add_argument("--data", default=None,
+                   help="data directory (nab, skab, evolution; default $LILLITH_DATA/NAME)")
+    b.add_argument("--out", default=None, help="output directory")
     b.set_defaults(func=cmd_bench)
     r = sub.add_parser("replay", help="stream CSV files through an agent, write per-row scores")
     r.add_argument("inputs", nargs="+", help="CSV files or directory trees (NAB layout)")
     r.add_argument("--out", required=True, help="output file, or directory for several inputs")
     r.add_argument("--config", type=Path, default=None, help="lillith.toml")
     r.add_argument("--timestamp-column", default="timestamp")
-    r.add_argument("--value-columns", default=None, help="comma-separated; default: all others")
+    r.add_argument("--columns", "--value-columns", dest="columns", default=None,
+                   help="comma-separated input columns; default: all but the time column and "
+                        "--exclude")
+    r.add_argument("--exclude", default=None,
+                   help="comma-separated columns never fed as input (default: label columns "
+                        f"{','.join(LABEL_COLUMNS)}); '' for none")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.add_argument("--state", default=None,
                    help="resume from / snapshot to this state directory (one per input file "

@@ -132,6 +132,7 @@ class _AgentRuntime:
         self.frames_in = 0
         self.frames_out = 0
         self.dropped_reported = 0
+        self.alarm_on = False  # the last published frame's alarm (edges are always published)
         self.unacked: dict[int, Incoming] = {}  # seq -> message, acked once processed
         self.checkpointer: Checkpointer | None = None
         self.rejects: Counter[str] = Counter()
@@ -608,15 +609,22 @@ class Daemon:
                 self.metrics.loss.labels(name).set(r.metrics.loss)
                 self.metrics.energy.labels(name).set(r.metrics.energy)
                 self.metrics.likelihood.labels(name).set(r.metrics.anomaly_likelihood)
+                self.metrics.alarm.labels(name).set(int(r.metrics.alarm))
+                if r.metrics.alarm_onset:
+                    self.metrics.alarms.labels(name, r.metrics.alarm_reason).inc()
                 dropped = a.worker.dropped - a.dropped_reported
                 if dropped:
                     self.metrics.drops.labels(name).inc(dropped)
                     a.dropped_reported += dropped
-                if r.seq % a.binding.output_every == 0:
-                    m = r.metrics
+                m = r.metrics
+                # (an alarm's first and last frames are published whatever output_every says)
+                edge = m.alarm != a.alarm_on
+                a.alarm_on = m.alarm
+                if edge or r.seq % a.binding.output_every == 0:
                     out: dict[str, Any] = {
                         "t": m.t, "seq": r.seq, "anomaly_score": m.anomaly_score,
-                        "anomaly_likelihood": m.anomaly_likelihood,
+                        "anomaly_likelihood": m.anomaly_likelihood, "alarm": int(m.alarm),
+                        "alarm_reason": m.alarm_reason,
                         "prediction": m.prediction, "loss": m.loss, "bmu": m.bmu,
                         "mode": m.mode, "energy": m.energy, "skipped": m.skipped}
                     if a.assembler is not None:  # what was held, and what had gone quiet

@@ -151,6 +151,10 @@ async def _loop(agent: Agent, src: LocalSource, stop: asyncio.Event, worker: Thr
             if to_evo and to_evo < values.shape[0]:
                 values, labels = values[:to_evo], labels[:to_evo]
             ms: list[Metrics] = await loop.run_in_executor(worker, agent.process_many, values)
+            for m in ms:
+                if m.alarm_onset:
+                    log.warning("alarm", step=m.step, reason=m.alarm_reason,
+                                likelihood=round(m.anomaly_likelihood, 6))
             if cp.due(agent.step, while_busy=True):
                 # a local source can wait for the previous write: snapshots then
                 # fall on the cadence's steps however slow the disk is

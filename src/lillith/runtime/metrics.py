@@ -33,6 +33,10 @@ class DaemonMetrics:
         self.energy = Gauge("lillith_energy", "BioSystem energy", ["agent"], registry=r)
         self.likelihood = Gauge("lillith_anomaly_likelihood", "Latest anomaly likelihood",
                                 ["agent"], registry=r)
+        self.alarms = Counter("lillith_alarms", "Alarm onsets, by what raised them",
+                              ["agent", "reason"], registry=r)
+        self.alarm = Gauge("lillith_alarm", "1 while the agent's alarm is on", ["agent"],
+                           registry=r)
 
     def serve(self, port: int, addr: str = "127.0.0.1") -> None:
         """Expose ``/metrics`` on ``addr:port`` (a background thread)."""

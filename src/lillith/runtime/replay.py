@@ -10,7 +10,8 @@ from typing import Any
 
 from lillith.agents.agent import Agent, Metrics
 from lillith.agents.config import AgentConfig
-from lillith.sensors.csvfile import CsvStream, find_csv_files, read_csv_stream
+from lillith.runtime.logging import get_logger
+from lillith.sensors.csvfile import LABEL_COLUMNS, CsvStream, find_csv_files, read_csv_stream
 from lillith.state.agent_state import resume_agent
 from lillith.state.snapshot import SnapshotStore
 
@@ -28,6 +29,8 @@ class ReplayResult:
     start_step: int = 0
     snapshot: str | None = None
     evolution_rounds: int = 0
+    times_back: int = 0
+    times_repeated: int = 0
 
 
 @dataclass(frozen=True)
@@ -54,14 +57,14 @@ def output_columns(stream: CsvStream) -> list[str]:
     """Header of the per-row output file of ``stream``."""
     preds = (["prediction"] if len(stream.columns) == 1
              else [f"prediction_{c}" for c in stream.columns])
-    return ["timestamp", *stream.columns, "anomaly_score", "anomaly_likelihood", *preds,
-            "loss", "bmu", "mode", "energy", "skipped"]
+    return ["timestamp", *stream.columns, "anomaly_score", "anomaly_likelihood", "alarm",
+            "alarm_reason", *preds, "loss", "bmu", "mode", "energy", "skipped"]
 
 
 def _row(stream: CsvStream, i: int, m: Metrics) -> list[str]:
     return [stream.timestamps[i], *(repr(float(v)) for v in stream.values[i]),
-            repr(m.anomaly_score), repr(m.anomaly_likelihood),
-            *(repr(p) for p in m.prediction), repr(m.loss), str(m.bmu), m.mode,
+            repr(m.anomaly_score), repr(m.anomaly_likelihood), str(int(m.alarm)),
+            m.alarm_reason, *(repr(p) for p in m.prediction), repr(m.loss), str(m.bmu), m.mode,
             repr(m.energy), str(int(m.skipped))]
 
 
@@ -83,6 +86,7 @@ def replay_stream(
     fall due (a chunk is cut there).
     """
     start_step = agent.step
+    back0, repeated0 = agent.frame_times.back, agent.frame_times.repeated
     since = 0
     rounds = 0
     snap: str | None = None
@@ -112,7 +116,13 @@ def replay_stream(
             lo = hi
     if store is not None:
         snap = store.write(agent.get_state(), step=agent.step).name
-    return ReplayResult(stream.path, out, n, total_loss / max(n, 1), start_step, snap, rounds)
+    back = agent.frame_times.back - back0
+    repeated = agent.frame_times.repeated - repeated0
+    if back or repeated:  # processed in file order; every time-based score takes the latest time
+        get_logger("replay").warning("stream_time_not_increasing", file=str(stream.path),
+                                     rows_back=back, rows_repeated=repeated)
+    return ReplayResult(stream.path, out, n, total_loss / max(n, 1), start_step, snap, rounds,
+                        back, repeated)
 
 
 def replay_paths(
@@ -122,11 +132,14 @@ def replay_paths(
     *,
     timestamp_column: str | None = "timestamp",
     value_columns: Sequence[str] | None = None,
+    exclude: Sequence[str] = LABEL_COLUMNS,
     show_progress: bool = True,
     state: ReplayState | None = None,
 ) -> list[ReplayResult]:
     """Replay files and directory trees, an agent per file (fresh, or resumed
-    from ``state``: a file's rows then continue the agent's stream).
+    from ``state``: a file's rows then continue the agent's stream). Each
+    file's delimiter is detected; ``exclude`` columns (labels) are never input
+    unless ``value_columns`` names them.
 
     ``out`` is a file when a single file is given and ``out`` does not name
     an existing directory; otherwise a directory mirroring the inputs' tree.
@@ -134,7 +147,8 @@ def replay_paths(
     files = find_csv_files(inputs)
     single = len(files) == 1 and not Path(inputs[0]).is_dir() and not out.is_dir()
     streams = [(read_csv_stream(f, timestamp_column=timestamp_column,
-                                value_columns=value_columns), rel) for f, rel in files]
+                                value_columns=value_columns, exclude=exclude), rel)
+               for f, rel in files]
     total = sum(s.values.shape[0] for s, _ in streams)
     bar = None
     if show_progress:

@@ -55,13 +55,29 @@ def _parse_time(s: str) -> float:
     return dt.timestamp()
 
 
+LABEL_COLUMNS = ("anomaly", "changepoint", "label", "labels", "is_anomaly")
+"""Column names taken for labels: never read as values unless named explicitly."""
+DELIMITERS = (",", ";", "\t", "|")
+"""Delimiters a CSV file may use (the header line's most frequent one is taken)."""
+
+
+def detect_delimiter(header_line: str) -> str:
+    """The delimiter of a CSV file from its header line: the most frequent of
+    :data:`DELIMITERS` (``,`` when none occurs)."""
+    counts = [(header_line.count(d), -i, d) for i, d in enumerate(DELIMITERS)]
+    n, _, d = max(counts)
+    return d if n > 0 else ","
+
+
 def read_csv_stream(
     path: Path,
     *,
     timestamp_column: str | None = "timestamp",
     value_columns: Sequence[str] | None = None,
+    exclude: Sequence[str] = LABEL_COLUMNS,
+    delimiter: str | None = None,
 ) -> CsvStream:
-    """Load a CSV file with a header row.
+    """Load a CSV file with a header row, its rows in file order.
 
     Parameters
     ----------
@@ -69,7 +85,14 @@ def read_csv_stream(
     timestamp_column : str or None
         Name of the time column; ``None`` or a missing column means none.
     value_columns : sequence of str, optional
-        Columns to read as values; default every other column.
+        Columns to read as values; default every other column but those in
+        ``exclude``.
+    exclude : sequence of str
+        Columns never read as values unless ``value_columns`` names them
+        (default: label columns such as SKAB's ``anomaly`` and ``changepoint``).
+    delimiter : str, optional
+        Field delimiter; default detected from the header line
+        (:func:`detect_delimiter`).
 
     Raises
     ------
@@ -83,13 +106,16 @@ def read_csv_stream(
     except OSError as e:
         raise CsvError("cannot open CSV file", path=str(path), error=str(e)) from e
     with fh:
-        reader = csv.reader(fh)
-        try:
-            header = [h.strip() for h in next(reader)]
-        except StopIteration as e:
-            raise CsvError("CSV file is empty", path=str(path)) from e
+        first = fh.readline()
+        if not first.strip():
+            raise CsvError("CSV file is empty", path=str(path))
+        delim = delimiter or detect_delimiter(first)
+        header = [h.strip() for h in next(csv.reader([first], delimiter=delim))]
+        reader = csv.reader(fh, delimiter=delim)
         tcol = timestamp_column if timestamp_column in header else None
-        cols = list(value_columns) if value_columns else [h for h in header if h != tcol]
+        skip = set(exclude)
+        cols = (list(value_columns) if value_columns
+                else [h for h in header if h != tcol and h not in skip])
         missing = [c for c in cols if c not in header]
         if missing or not cols:
             raise CsvError("CSV value columns not found", path=str(path), missing=missing,
@@ -98,7 +124,7 @@ def read_csv_stream(
         tidx = header.index(tcol) if tcol is not None else -1
         stamps: list[str] = []
         rows: list[list[float]] = []
-        for line, rec in enumerate(reader, start=2):
+        for line, rec in enumerate(reader, start=2):  # (the header was line 1)
             if not rec:
                 continue
             try:

@@ -1,6 +1,6 @@
 """NAB v1.1 scoring (Numenta Anomaly Benchmark), exact and vectorised.
 
-Implements the rules of ``shared/NAB_SCORING.md`` without depending on the NAB
+Implements the rules of NAB v1.1 (Lavin & Ahmad 2015, numenta/NAB) without depending on the NAB
 package:
 
 1. the first ``min(floor(0.15 * n), 750)`` rows of each file (probation) are
@@ -32,12 +32,13 @@ Choices where the rules leave room (they match NAB's ``Sweeper``):
   ``null``, so 0 is always "never fires". (NAB
   itself counts such windows in ``perfect`` but not in its null baseline; the
   31 development streams have no such window, so both agree there.)
-* label timestamps are resolved to rows with ``searchsorted``: a window runs
-  from the first row at or after its start to the first row equal to its end,
-  or else the last row before its end (NAB requires exact matches, which the
-  corpus has, and uses the first occurrence: timestamps may repeat, e.g. a DST
-  hour in ``ec2_disk_write_bytes_1ef3de.csv``, so they must only be
-  non-decreasing).
+* label timestamps are resolved to rows in file order: a window runs from
+  the first row at or after its start to the first row equal to its end, or
+  else the row before the first one after its end (NAB requires exact
+  matches, which the corpus has, and uses the first occurrence). Timestamps
+  may repeat (a DST hour in ``ec2_disk_write_bytes_1ef3de.csv``) or step back
+  (an hour in NAB's ``machine_temperature_system_failure.csv``): rows are
+  kept in file order, as a detector reads them.
 * after a window of width 1, ``p = |R' - i| / 0`` is taken as ``+inf`` (weight
   ``-fp``) where NAB would divide by zero.
 * ``NaN`` (and ``-inf``) scores are never detections; ``+inf`` is rejected
@@ -239,6 +240,12 @@ def _parse_times(texts: Sequence[str]) -> npt.NDArray[np.datetime64]:
         raise NabError("unparsable timestamp", detail=str(exc)) from None
 
 
+def _first(mask: npt.NDArray[np.bool_], default: int) -> int:
+    """Index of the first True of ``mask`` (``default`` when none)."""
+    i = int(np.argmax(mask))
+    return i if mask.size and bool(mask[i]) else default
+
+
 def _resolve_windows(
     timestamps: npt.NDArray[np.datetime64], limits: Iterable[Sequence[str]], path: str
 ) -> list[tuple[int, int]]:
@@ -248,8 +255,8 @@ def _resolve_windows(
         if len(pair) != 2:
             raise NabError("window is not a [start, end] pair", path=path, window=list(pair))
         start, end = _parse_times(pair)
-        left = int(np.searchsorted(timestamps, start, side="left"))
-        right = int(np.searchsorted(timestamps, end, side="left"))
+        left = _first(timestamps >= start, timestamps.size)
+        right = _first(timestamps >= end, timestamps.size)
         if right >= timestamps.size or timestamps[right] != end:
             right -= 1  # last row before the end; else the first row at the end
         if left > right:
@@ -292,8 +299,6 @@ def load_corpus(root: Path, labels_path: Path | None = None) -> list[NabStream]:
             raise NabError("labelled data file is missing", path=str(file))
         cols = _read_csv_columns(file, ("timestamp", "value"))
         ts = _parse_times(cols["timestamp"])
-        if ts.size > 1 and bool(np.any(ts[1:] < ts[:-1])):
-            raise NabError("timestamps are not sorted", path=rel)
         values = np.array(cols["value"], dtype=np.float64)
         streams.append(
             NabStream(
@@ -633,6 +638,34 @@ def _sum_at_or_above(
     return suffix[np.searchsorted(sorted_scores, thresholds, side="left")]
 
 
+def _at_threshold(prep: _Prepared, prof: CostProfile, threshold: float
+                  ) -> tuple[dict[str, float], int, int, int]:
+    """Exact per-file raw scores at ``threshold``, and the tp, fn, fp counts."""
+    per_file: dict[str, float] = {}
+    tp = fn = fp = 0
+    for stream, s, u, inside in zip(
+        prep.streams, prep.scores, prep.units, prep.inside, strict=True
+    ):
+        det = s >= threshold
+        out_det = det & ~inside
+        fp += int(np.count_nonzero(out_det))
+        file_raw = float(np.sum(u[out_det])) * prof.fp
+        prob = stream.probation
+        for left, right in stream.windows:
+            lo = max(left, prob)
+            if lo > right:
+                continue
+            hits = np.flatnonzero(det[lo : right + 1])
+            if hits.size:
+                tp += 1
+                file_raw += float(u[lo + hits[0]]) * prof.tp
+            else:
+                fn += 1
+                file_raw -= prof.fn
+        per_file[stream.path] = file_raw
+    return per_file, tp, fn, fp
+
+
 def _evaluate(prep: _Prepared, prof: CostProfile) -> CorpusScore:
     tp_scale = prof.tp
     null = -prof.fn * prep.n_windows
@@ -653,29 +686,7 @@ def _evaluate(prep: _Prepared, prof: CostProfile) -> CorpusScore:
     best = int(np.argmax(totals))  # first maximum: highest threshold
     threshold = float(thresholds[best])
 
-    # exact per-file evaluation at the chosen threshold
-    per_file: dict[str, float] = {}
-    tp = fn = fp = 0
-    for stream, s, u, inside in zip(
-        prep.streams, prep.scores, prep.units, prep.inside, strict=True
-    ):
-        det = s >= threshold
-        out_det = det & ~inside
-        fp += int(np.count_nonzero(out_det))
-        file_raw = float(np.sum(u[out_det])) * prof.fp
-        prob = stream.probation
-        for left, right in stream.windows:
-            lo = max(left, prob)
-            if lo > right:
-                continue
-            hits = np.flatnonzero(det[lo : right + 1])
-            if hits.size:
-                tp += 1
-                file_raw += float(u[lo + hits[0]]) * tp_scale
-            else:
-                fn += 1
-                file_raw -= prof.fn
-        per_file[stream.path] = file_raw
+    per_file, tp, fn, fp = _at_threshold(prep, prof, threshold)
     raw = float(sum(per_file.values()))
     span = perfect - null
     score = 100.0 * (raw - null) / span if span > 0 else 0.0
@@ -743,3 +754,38 @@ def score_all_profiles(
     """
     prep = _prepare(streams, scores_by_path)
     return {name: _evaluate(prep, prof)["score"] for name, prof in PROFILES.items()}
+
+
+class FixedThresholdScore(TypedDict):
+    """Result of :func:`score_at`."""
+
+    raw: float
+    null: float
+    perfect: float
+    tp: int
+    fn: int
+    fp: int
+
+
+def score_at(
+    streams: Sequence[NabStream],
+    scores_by_path: Mapping[str, npt.ArrayLike],
+    threshold: float,
+    profile: CostProfile | str = "standard",
+) -> FixedThresholdScore:
+    """Raw, null and perfect scores of a detector at a given threshold (no search).
+
+    Used to score held-out streams at a threshold chosen on other streams;
+    ``100 * (raw - null) / (perfect - null)`` normalises, summed over any
+    partition of a corpus.
+
+    Raises
+    ------
+    NabError
+        When a stream has no scores, or scores of the wrong shape.
+    """
+    prof = _as_profile(profile)
+    prep = _prepare(streams, scores_by_path)
+    per_file, tp, fn, fp = _at_threshold(prep, prof, threshold)
+    return FixedThresholdScore(raw=float(sum(per_file.values())), null=-prof.fn * prep.n_windows,
+                               perfect=prof.tp * prep.n_windows, tp=tp, fn=fn, fp=fp)

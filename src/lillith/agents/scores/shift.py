@@ -1,0 +1,131 @@
+"""Sustained shift of a frame's recent mean away from the stream's long-run baseline."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from lillith.errors import StateError
+
+F64 = npt.NDArray[np.float64]
+
+
+def chi2_likelihood(q: float, dof: int) -> float:
+    """``P(X <= q)`` for ``X ~ chi2(dof)``, by the Wilson-Hilferty cube-root
+    transform and the logistic form of the normal CDF the agent's likelihoods
+    use (``1 / (1 + exp(-1.7 z))``).
+
+    Parameters
+    ----------
+    q : float
+        Statistic, >= 0.
+    dof : int
+        Degrees of freedom, >= 1.
+
+    Returns
+    -------
+    float
+        In (0, 1).
+    """
+    k = float(dof)
+    c = 2.0 / (9.0 * k)
+    z = ((max(q, 0.0) / k) ** (1.0 / 3.0) - (1.0 - c)) / math.sqrt(c)
+    return 1.0 / (1.0 + math.exp(-1.7 * max(min(z, 400.0), -400.0)))
+
+
+class ShiftDetector:
+    """How far the recent mean of every channel lies from its long-run baseline.
+
+    Per channel c, a baseline location ``m_c`` and scale ``s_c`` follow the
+    frames as the agent's normaliser does (a Huber-clipped running mean and
+    mean absolute deviation) but slowly: their rate is ``1/(n+1)`` down to
+    ``1/memory``. Each frame's deviation ``d_c = (x_c - m_c) / s_c`` (clipped
+    to +-10) feeds an exponential moving average ``e_c`` of rate ``rate``
+    (memory ~ ``1/rate`` frames), and ``v_c``, the running mean of ``e_c^2``
+    (Huber-clipped at 9 v_c, rate as the baseline's), says how far ``e_c``
+    usually strays. The statistic ``q = sum_c e_c^2 / v_c`` is ~ chi2(C) while
+    nothing has changed, whatever each channel's own noise or wander (a
+    drifting channel strays far as a matter of course, so it counts less); a
+    shift of a quiet channel by a few of its usual deviations, held for
+    ``~1/rate`` frames, makes it large. :meth:`score_one` returns
+    ``P(chi2(C) <= q)`` (0.5 during the first ``warm`` frames).
+
+    Parameters
+    ----------
+    n_channels : int
+        Width of a frame, >= 1.
+    rate : float
+        Rate of the moving average of the deviations, in (0, 1].
+    memory : int
+        Frames the baseline remembers (its slowest rate is ``1/memory``), >= 1.
+    warm : int
+        Frames seen before the statistic is reported, >= 0.
+    """
+
+    def __init__(self, n_channels: int, *, rate: float = 0.02, memory: int = 2000,
+                 warm: int = 50) -> None:
+        self.n_channels = int(n_channels)
+        self.rate = float(rate)
+        self.memory = int(memory)
+        self.warm = int(warm)
+        self.loc = np.zeros(self.n_channels)
+        self.scale = np.ones(self.n_channels)
+        self.ewma = np.zeros(self.n_channels)
+        self.var = np.full(self.n_channels, self.rate / (2.0 - self.rate))
+        self.count = 0
+        self.stat = 0.0  # the latest q
+
+    def score_one(self, x: F64) -> float:
+        """Fold frame ``x`` (shape (C,), input units) in and return the
+        likelihood of the shift statistic after it, in (0, 1)."""
+        if self.count == 0:
+            self.loc = x.astype(np.float64).copy()
+            self.scale = np.maximum(np.abs(x) * 0.1, 1e-3 * (1.0 + np.abs(x)))
+            self.count = 1
+            self.stat = 0.0
+            return 0.5
+        s = np.maximum(self.scale, 1e-3 * (1.0 + np.abs(self.loc)))
+        d = (x - self.loc) / s
+        np.clip(d, -10.0, 10.0, out=d)
+        lam = self.rate
+        self.ewma += lam * (d - self.ewma)
+        e2 = self.ewma * self.ewma
+        floor = 1e-12 * lam / (2.0 - lam)
+        q = float((e2 / np.maximum(self.var, floor)).sum())
+        self.stat = q
+        r = max(1.0 / (self.count + 1), 1.0 / self.memory)
+        self.var += r * (np.minimum(e2, 9.0 * self.var) - self.var)
+        dev = np.clip(x - self.loc, -3.0 * s, 3.0 * s)
+        self.loc += r * dev
+        self.scale += r * (1.25 * np.abs(dev) - self.scale)
+        self.count += 1
+        if self.count <= self.warm:
+            return 0.5
+        return chi2_likelihood(q, self.n_channels)
+
+    def get_state(self) -> dict[str, npt.NDArray[Any]]:
+        """Baseline, averages and counter as plain arrays."""
+        return {"loc": self.loc.copy(), "scale": self.scale.copy(), "ewma": self.ewma.copy(),
+                "var": self.var.copy(), "count": np.array(self.count, dtype=np.int64),
+                "stat": np.array(self.stat)}
+
+    def set_state(self, state: dict[str, npt.NDArray[Any]]) -> None:
+        """Restore from :meth:`get_state`.
+
+        Raises
+        ------
+        StateError
+            When the arrays have another width.
+        """
+        arrs = {k: np.asarray(state[k], dtype=np.float64) for k in ("loc", "scale", "ewma",
+                                                                      "var")}
+        if any(a.shape != (self.n_channels,) for a in arrs.values()):
+            raise StateError("shift state has another width", expected=(self.n_channels,),
+                             shapes={k: a.shape for k, a in arrs.items()})
+        self.loc, self.scale = arrs["loc"].copy(), arrs["scale"].copy()
+        self.ewma, self.var = arrs["ewma"].copy(), arrs["var"].copy()
+        self.count = int(state["count"])
+        self.stat = float(state["stat"])

@@ -1,0 +1,1 @@
+"""lillith.eval: scoring against labelled corpora (NAB, SKAB) and the cross-validated protocol."""

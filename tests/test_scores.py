@@ -1,0 +1,253 @@
+"""The alarm state, the shift detector and the detector's replay (lillith.agents.scores)."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lillith.agents.agent import Agent
+from lillith.agents.config import AgentConfig, ScoreSettings
+from lillith.agents.scores.alarm import REASONS, AlarmState, Evidence
+from lillith.agents.scores.detector import Detector
+from lillith.agents.scores.shift import ShiftDetector, chi2_likelihood
+from lillith.errors import ConfigError, StateError
+from lillith.eval.record import decide, evidence, record
+
+
+def ev(lik: float = 0.5, **kw: Any) -> Evidence:
+    """Evidence of one frame: a raw-score likelihood, nothing else unless given."""
+    base: dict[str, Any] = {"raw": 1.0, "likelihood": lik, "source": 0, "recurs": False,
+                            "range": False, "stuck": False, "stuck_on": False,
+                            "context": 0.5, "shift": 0.5}
+    base.update(kw)
+    return Evidence(**base)
+
+
+def test_news_rests_after_an_alarm_and_the_state_lasts_while_the_level_does() -> None:
+    a = AlarmState(alarm=0.999, hold=0.9, suppress=30, budget=0)
+    d = a.step(ev(0.9995, source=1))
+    assert d.likelihood == 0.9995 and d.alarm and d.onset and d.reason == "novelty"
+    # what follows is rest: damped news, but the alarm stays on while the level is rare
+    held = [a.step(ev(0.99999)) for _ in range(10)]
+    assert max(h.likelihood for h in held) <= 0.25
+    assert all(h.alarm and not h.onset and h.reason == "novelty" for h in held)
+    # the condition ends: the alarm goes off, the rest goes on
+    off = a.step(ev(0.6))
+    assert not off.alarm and off.reason == "" and a.rest == 19
+    # a restored state finishes the same rest, then gives news again
+    twin = AlarmState(alarm=0.999, hold=0.9, suppress=30, budget=0)
+    twin.set_state(a.get_state())
+    for _ in range(19):
+        assert a.step(ev(0.9999)).likelihood == twin.step(ev(0.9999)).likelihood <= 0.25
+    assert a.step(ev(0.9999)).likelihood == twin.step(ev(0.9999)).likelihood == 0.9999
+    # no rest: every rare frame is news
+    plain = AlarmState(alarm=0.999, suppress=0, budget=0)
+    assert all(plain.step(ev(0.9995)).likelihood == 0.9995 for _ in range(5))
+
+
+def test_excursions_are_news_outside_a_rest_and_alarms_always() -> None:
+    a = AlarmState(alarm=0.999, suppress=30, budget=0)
+    d = a.step(ev(0.3, range=True))
+    assert d.likelihood == 1.0 and d.alarm and d.reason == "range" and a.rest == 30
+    # a range excursion lasts its frame
+    assert not a.step(ev(0.3)).alarm
+    # during the rest another excursion is damped news but still an alarm
+    d = a.step(ev(0.7, range=True))
+    assert d.likelihood <= 0.25 and d.alarm and d.reason == "range" and a.rest == 28
+    # an alarm keeps the reason that turned it on: a stuck run right after is 'range'
+    assert a.step(ev(0.3, stuck=True, stuck_on=True)).reason == "range"
+    assert not a.step(ev(0.3)).alarm
+    # a stuck run is an alarm for as long as it goes on
+    d = a.step(ev(0.3, stuck=True, stuck_on=True))
+    assert d.alarm and d.reason == "stuck"
+    assert a.step(ev(0.3, stuck_on=True)).alarm
+    assert not a.step(ev(0.3)).alarm
+    # switched off, neither is anything
+    quiet = AlarmState(range_alarm=False, stuck_alarm=False)
+    d = quiet.step(ev(0.3, range=True, stuck=True, stuck_on=True))
+    assert not d.alarm and d.likelihood == 0.3
+
+
+def test_the_budget_limits_news_and_refills() -> None:
+    a = AlarmState(alarm=0.999, hold=0.9, suppress=5, budget=2, budget_period=100)
+
+    def burst() -> float:
+        out = a.step(ev(0.99999)).likelihood
+        for _ in range(5):
+            a.step(ev(0.5))
+        return out
+
+    assert burst() >= 0.999 and burst() >= 0.999
+    # the third finds no token: damped, no rest, no alarm
+    d = a.step(ev(0.99999))
+    assert d.likelihood <= 0.25 and a.rest == 0 and not d.alarm
+    assert a.step(ev(0.5, range=True)).likelihood == 1.0  # excursions need none
+    for _ in range(5):
+        a.step(ev(0.5))
+    assert a.tokens < 1.0
+    for _ in range(90):
+        a.step(ev(0.5))
+    assert a.tokens >= 1.0 and burst() >= 0.999
+    free = AlarmState(alarm=0.999, suppress=5, budget=0)
+    assert all(free.step(ev(0.99999)).likelihood >= 0.999 for _ in range(30) if not free.rest)
+    # snapshots from before the budget, or of the likelihood that held it, restore
+    twin = AlarmState(budget=2)
+    twin.set_state({k: v for k, v in a.get_state().items() if k != "tokens"})
+    assert twin.tokens == 2.0
+
+
+def test_a_recurring_level_is_not_news_and_spends_nothing() -> None:
+    a = AlarmState(alarm=0.999, suppress=10, budget=2, budget_period=100)
+    tokens = a.tokens
+    d = a.step(ev(0.99999, recurs=True))
+    assert d.likelihood <= 0.25 and not d.alarm and a.rest == 0 and a.tokens >= tokens
+    # the weekly context still gives news on it, and excursions are untouched
+    d = a.step(ev(0.99999, recurs=True, context=0.9995))
+    assert d.likelihood >= 0.999 and d.reason == "context" and a.rest == 10
+    for _ in range(10):
+        a.step(ev(0.5))
+    assert a.step(ev(0.5, range=True, recurs=True)).likelihood == 1.0
+    # without the recurrence switch the level is news
+    b = AlarmState(alarm=0.999, recurrence=False)
+    assert b.step(ev(0.99999, recurs=True)).likelihood >= 0.999
+
+
+def test_a_shift_is_an_alarm_regardless_of_rests_and_news_only_when_asked() -> None:
+    a = AlarmState(alarm=0.999, hold=0.5, suppress=50, budget=0, shift_level=0.999)
+    a.step(ev(0.9995))  # news: a rest starts
+    a.step(ev(0.3))
+    d = a.step(ev(0.3, shift=0.9995))
+    assert d.alarm and d.onset and d.reason == "shift" and d.likelihood == 0.3
+    held = [a.step(ev(0.3, shift=s)) for s in (0.9, 0.7, 0.51)]
+    assert all(h.alarm and h.reason == "shift" for h in held)
+    assert not a.step(ev(0.3, shift=0.49)).alarm
+    # shift_news: a shift outside a rest is news too (its own likelihood), no token
+    n = AlarmState(alarm=0.999, suppress=50, budget=1, shift_level=0.999, shift_news=True)
+    n.tokens = 0.0
+    d = n.step(ev(0.4, shift=0.9995))
+    assert d.likelihood == 0.9995 and n.rest == 50
+    off = AlarmState(shift_alarm=False)
+    assert not off.step(ev(0.3, shift=0.99999)).alarm
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.floats(0, 1), st.booleans(), st.booleans(), st.floats(0, 1),
+                          st.floats(0, 1), st.integers(0, 2)), min_size=1, max_size=80),
+       st.integers(0, 79))
+def test_alarm_state_round_trips_and_reasons_are_consistent(
+        rows: list[tuple[float, bool, bool, float, float, int]], cut: int) -> None:
+    evs = [ev(lik, range=r, stuck=s, stuck_on=s, context=c, shift=sh, source=src)
+           for lik, r, s, c, sh, src in rows]
+    a = AlarmState(alarm=0.99, hold=0.6, suppress=3, budget=2, budget_period=5,
+                   shift_level=0.99)
+    ds = []
+    twin = None
+    for i, e in enumerate(evs):
+        if i == cut:
+            twin = AlarmState(alarm=0.99, hold=0.6, suppress=3, budget=2, budget_period=5,
+                              shift_level=0.99)
+            twin.set_state(a.get_state())
+        d = a.step(e)
+        if twin is not None:
+            assert twin.step(e) == d
+        ds.append(d)
+        assert 0.0 <= d.likelihood <= 1.0
+        assert d.reason in REASONS and bool(d.reason) == d.alarm
+        assert not d.onset or d.alarm
+    # an onset starts every alarm period
+    for prev, d in zip([None, *ds], ds, strict=False):
+        if d.alarm and (prev is None or not prev.alarm):
+            assert d.onset
+
+
+def test_alarm_state_settings_are_checked() -> None:
+    for bad in ({"alarm": 0.5}, {"hold": 1.0}, {"shift_level": 0.4}):
+        with pytest.raises(ConfigError):
+            AlarmState(**bad)
+
+
+def test_chi2_likelihood_is_a_cdf() -> None:
+    # the Wilson-Hilferty median and tails, for small and large degrees of freedom
+    for k in (1, 8, 64):
+        qs = np.linspace(0, 5 * k, 200)
+        vals = [chi2_likelihood(float(q), k) for q in qs]
+        assert all(b >= a for a, b in itertools.pairwise(vals))
+        assert abs(chi2_likelihood(k * (1 - 2 / (9 * k)) ** 3, k) - 0.5) < 1e-12
+    # the 0.999 quantile of chi2(8), 26.12, maps to the logistic of the normal's (3.09),
+    # the scale of every likelihood of the agent
+    assert abs(chi2_likelihood(26.12, 8) - 1 / (1 + np.exp(-1.7 * 3.09))) < 2e-4
+
+
+def test_shift_detector_sees_a_sustained_shift_of_a_quiet_channel_only() -> None:
+    rng = np.random.default_rng(0)
+    n = 3000
+    quiet = 10.0 + 0.1 * rng.standard_normal(n)
+    wander = np.cumsum(rng.standard_normal(n)) * 0.5  # a channel that drifts by nature
+    x = np.stack([quiet, wander], axis=1)
+    x[2000:2400, 0] += 0.4  # four of its usual deviations, for 400 frames
+    sd = ShiftDetector(2, rate=0.05, memory=2000, warm=50)
+    lik = np.array([sd.score_one(r) for r in x])
+    assert lik[:50].tolist() == [0.5] * 50
+    assert np.mean(lik[300:2000] >= 0.9999) < 0.01  # the wander is not a shift
+    assert lik[2100:2300].min() > 0.999
+    assert np.mean(lik[2600:] >= 0.9999) < 0.05  # back to normal
+    twin = ShiftDetector(2, rate=0.05, memory=2000, warm=50)
+    twin.set_state(sd.get_state())
+    probe = x[:10] + 1.0
+    assert [twin.score_one(r) for r in probe] == [sd.score_one(r) for r in probe]
+    with pytest.raises(StateError):
+        ShiftDetector(3).set_state(sd.get_state())
+
+
+def _stream(n: int, seed: int) -> tuple[np.ndarray, list[float | None]]:
+    rng = np.random.default_rng(seed)
+    t = 1_600_000_000.0 + 300.0 * np.arange(n)
+    day = np.sin(2 * np.pi * np.arange(n) / 288)
+    x = np.stack([10 + 3 * day + rng.standard_normal(n), 5 + 0.2 * rng.standard_normal(n)],
+                 axis=1)
+    x[n // 2:n // 2 + 200, 1] += 1.5
+    x[n // 3, 0] += 30.0
+    return x, [float(v) for v in t]
+
+
+def test_recorded_terms_replay_to_the_agents_own_scores_under_any_settings() -> None:
+    """The scoring settings change nothing the model learns: replaying the
+    recorded terms under other settings gives what an agent run with them gives."""
+    x, ts = _stream(1500, 1)
+    cfg = AgentConfig(fabric={"shape": (3, 3, 4)})
+    ms, log = record(Agent(2, cfg), x, ts)
+    dec = decide(evidence(log, cfg.score, som=True), cfg.score)
+    assert np.array_equal(dec.likelihood, [m.anomaly_likelihood for m in ms])
+    assert np.array_equal(dec.alarm, [m.alarm for m in ms])
+    other = cfg.score.model_copy(update={"alarm": 0.999, "suppress": 50, "hold": 0.8,
+                                         "shift_rate": 0.1, "range_alarm": False})
+    twin = Agent(2, cfg.model_copy(update={"score": other}))
+    got = twin.process_many(x, ts)
+    dec = decide(evidence(log, other, som=True, recurs_floor=0.99), other)
+    assert np.array_equal(dec.likelihood, [m.anomaly_likelihood for m in got])
+    assert [REASONS[c] for c in dec.reason] == [m.alarm_reason for m in got]
+    assert any(m.alarm for m in got)
+
+
+def test_detector_state_round_trips_and_tolerates_changed_windows() -> None:
+    x, ts = _stream(600, 2)
+    sc = ScoreSettings()
+    a = Detector(2, sc, som=False)
+    from lillith.agents.scores.detector import FrameTerms
+
+    frames = [FrameTerms(x[i], (x[i] - 5) / 3, None if i == 0 else np.abs(x[i] - x[i - 1]),
+                         0.0, np.ones(2), ts[i]) for i in range(len(x))]
+    for f in frames[:400]:
+        a.score(f)
+    b = Detector(2, sc, som=False)
+    assert b.set_state(a.get_state()) == []
+    assert [b.score(f) for f in frames[400:]] == [a.score(f) for f in frames[400:]]
+    wider = Detector(2, sc.model_copy(update={"window": 3000}), som=False)
+    with pytest.raises(StateError):
+        wider.set_state(a.get_state())
+    assert wider.set_state(a.get_state(), tolerant=True) == ["lik"]
