@@ -5,7 +5,8 @@ learning online from row 0; the first 400 rows of each file are not scored;
 the ``alarm`` column is scored point by point, pooled over every file: F1,
 FAR and MAR (%). ``f1``/``far``/``mar``: the full agent with the shipped
 defaults; ``cv``: leave-one-file-out cross-validation of the alarm state's
-constants (``lillith.eval.cv.SKAB_GRID``, F1 within FAR <= 13.55 %). The
+constants (``lillith.eval.cv.SKAB_GRID``, each fold's pick by F1, SKAB's
+ranking; ``cv_far_bounded``: by F1 within FAR <= 13.55 % first). The
 fabric-ablated agent under ``ablated`` (``lillith.eval.protocol.run_skab``).
 Run: ``lillith bench skab --data DIR [--quick] --json`` (DIR: SKAB's ``data``
 folder, or ``$LILLITH_DATA/skab``).

@@ -101,12 +101,13 @@ def test_logo_skab_keeps_the_false_alarm_rate_first() -> None:
               for f in files}
     exact = {f.path: Decisions(np.zeros(n), f.anomaly.copy(), np.zeros(n, dtype=np.int64))
              for f in files}
-    r = cv.logo_skab(files, [always, exact], [{"hold": 0.1}, {"hold": 0.9}])
+    r = cv.logo_skab(files, [always, exact], [{"hold": 0.1}, {"hold": 0.9}], far_max=13.55)
     assert [f["pick"] for f in r["folds"]] == [{"hold": 0.9}] * 3
     assert r["f1"] == 1.0 and r["far"] == 0.0
-    assert cv.skab_objective({"f1": 0.9, "far": 20.0, "mar": 0, "tp": 0, "fp": 0, "fn": 0,
-                              "tn": 0}) < cv.skab_objective(
-        {"f1": 0.1, "far": 5.0, "mar": 0, "tp": 0, "fp": 0, "fn": 0, "tn": 0})
+    hi_far = skab.SkabScore(f1=0.9, far=20.0, mar=0, tp=0, fp=0, fn=0, tn=0)
+    lo_far = skab.SkabScore(f1=0.1, far=5.0, mar=0, tp=0, fp=0, fn=0, tn=0)
+    assert cv.skab_objective(hi_far, 13.55) < cv.skab_objective(lo_far, 13.55)
+    assert cv.skab_objective(hi_far) > cv.skab_objective(lo_far)  # F1 alone
 
 
 def _write_skab(root: Path, files: int, n: int = 900) -> None:

@@ -52,7 +52,7 @@ SKAB_GRID: dict[str, list[Any]] = {
 }
 """Grid of the SKAB protocol (the alarm state's constants)."""
 FAR_MAX = 13.55
-"""SKAB: the false-alarm rate (%) the selection must stay within (Conv-AE's)."""
+"""SKAB: Conv-AE's false-alarm rate (%), the bound of the constrained selection."""
 
 
 def grid(axes: Mapping[str, Sequence[Any]],
@@ -184,17 +184,20 @@ class SkabCV(TypedDict):
     folds: list[SkabFold]
 
 
-def skab_objective(s: skab.SkabScore, far_max: float = FAR_MAX) -> tuple[int, float]:
-    """Order of the SKAB selection: within ``far_max`` first, then by F1 (outside
-    it, by the lower false-alarm rate)."""
+def skab_objective(s: skab.SkabScore, far_max: float | None = None) -> tuple[int, float]:
+    """Order of the SKAB selection: by F1, SKAB's ranking (``far_max`` None); or
+    within ``far_max`` first, then by F1 (outside it, by the lower false-alarm rate)."""
+    if far_max is None:
+        return (1, s["f1"])
     return (1, s["f1"]) if s["far"] <= far_max else (0, -s["far"])
 
 
 def logo_skab(files: Sequence[skab.SkabFile], decisions: Sequence[Mapping[str, Decisions]],
-              points: Sequence[Mapping[str, Any]], *, far_max: float = FAR_MAX) -> SkabCV:
+              points: Sequence[Mapping[str, Any]], *, far_max: float | None = None) -> SkabCV:
     """Leave-one-file-out cross-validation on SKAB: for each file, the point
-    with the best :func:`skab_objective` on every other file decides its
-    alarms; the held-out alarms of all files are pooled and scored."""
+    with the best :func:`skab_objective` (F1; within ``far_max`` first when
+    given) on every other file decides its alarms; the held-out alarms of all
+    files are pooled and scored."""
     pooled: dict[str, npt.NDArray[np.bool_]] = {}
     folds: list[SkabFold] = []
     for f in files:
