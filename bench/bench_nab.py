@@ -4,7 +4,7 @@ A fresh agent per stream, one configuration for all streams, no look-ahead;
 the ``anomaly_likelihood`` column is scored with NAB v1.1 rules
 (``lillith.eval.nab``). The headline (``standard``) is the full agent's
 leave-one-category-out cross-validated score: every scoring constant of the
-grid (``lillith.eval.cv.NAB_GRID`` x ``NAB_SWITCHES``) chosen on the other
+grid (``lillith.eval.cv.NAB_GRID`` x ``switches``) chosen on the other
 categories only. In-sample figures (the shipped defaults on all streams)
 and the fabric-ablated agent are reported beside it
 (``lillith.eval.protocol.run_nab``).

@@ -65,7 +65,9 @@ def _restored(a: Agent, *, without: str | None = None) -> Agent:
 def test_likelihood_peaks_after_injected_anomaly(kind: str) -> None:
     n, t0, win = 6000, 4500, 100
     X = _inject(kind, periodic(n, seed=3), t0)
-    agent = Agent(1, AgentConfig(seed=2))
+    # (a flatline is news only with the stuck-sensor rule, which is opt-in)
+    agent = Agent(1, AgentConfig.model_validate(
+        {"seed": 2, **({"score": {"stuck_alarm": True}} if kind == "flatline" else {})}))
     lik = np.array([m.anomaly_likelihood for m in agent.process_many(X)])
     after = lik[t0:t0 + win].max()
     before = lik[1500:t0].max()  # after a learning period, before the anomaly
@@ -300,21 +302,26 @@ def test_a_value_beyond_its_history_alarms_once() -> None:
 
 
 
+STUCK = {"score": {"stuck_alarm": True}}  # (opt-in: docs/agent.md)
+
+
 def test_a_stuck_sensor_alarms_with_or_without_the_fabric() -> None:
     # a flatline is easy to forecast and sits at the level: the stuck-sensor
     # rule sees it, in the full agent and in the ablated one alike
     X = _inject("flatline", periodic(3000, seed=3), 2500)
     for ablate in (False, True):
-        on = Agent(1, AgentConfig(seed=1, ablate_fabric=ablate)).process_many(X)
-        off = Agent(1, AgentConfig.model_validate(
-            {"seed": 1, "ablate_fabric": ablate, "score": {"stuck_alarm": False}})).process_many(X)
+        on = Agent(1, AgentConfig.model_validate(
+            {"seed": 1, "ablate_fabric": ablate, **STUCK})).process_many(X)
+        off = Agent(1, AgentConfig(seed=1, ablate_fabric=ablate)).process_many(X)
         assert [m.prediction for m in on] == [m.prediction for m in off]
+        assert on[2500 + 10].alarm and on[2500 + 10].alarm_reason == "stuck"
+        assert all(m.alarm for m in on[2510:2600])  # for as long as it is stuck
         min_run = AgentConfig().score.stuck_min_run
         assert on[2500 + min_run].anomaly_likelihood == 1.0
         assert [m.anomaly_likelihood for m in on[:2500 + min_run]] == [
             m.anomaly_likelihood for m in off[:2500 + min_run]]
     # a snapshot from before the rule resumes with the runs starting over
-    a = Agent(1, AgentConfig(seed=1))
+    a = Agent(1, AgentConfig.model_validate({"seed": 1, **STUCK}))
     a.process_many(X[:2000])
     b = _restored(a, without="stuck/")
     assert b.detector.stuck.count == 0
@@ -327,7 +334,7 @@ def test_a_wide_agent_flags_one_stuck_channel_and_no_excursion_before() -> None:
     # on ordinary frames, and one channel sticking among eight is caught
     X = np.hstack([periodic(3000, seed=s) for s in range(8)])
     X[2500:2650, 3] = X[2500, 3]
-    ms = Agent(8, AgentConfig(seed=0)).process_many(X)
+    ms = Agent(8, AgentConfig.model_validate({"seed": 0, **STUCK})).process_many(X)
     assert max(m.anomaly_likelihood for m in ms[:2500]) < 1.0
     assert ms[2500 + AgentConfig().score.stuck_min_run].anomaly_likelihood == 1.0
 

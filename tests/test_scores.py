@@ -51,7 +51,7 @@ def test_news_rests_after_an_alarm_and_the_state_lasts_while_the_level_does() ->
 
 
 def test_excursions_are_news_outside_a_rest_and_alarms_always() -> None:
-    a = AlarmState(alarm=0.999, suppress=30, budget=0)
+    a = AlarmState(alarm=0.999, suppress=30, budget=0, stuck_alarm=True)
     d = a.step(ev(0.3, range=True))
     assert d.likelihood == 1.0 and d.alarm and d.reason == "range" and a.rest == 30
     # a range excursion lasts its frame
@@ -251,3 +251,56 @@ def test_detector_state_round_trips_and_tolerates_changed_windows() -> None:
     with pytest.raises(StateError):
         wider.set_state(a.get_state())
     assert wider.set_state(a.get_state(), tolerant=True) == ["lik"]
+
+
+def _shift_reference(x: np.ndarray, rate: float, memory: int) -> list[float]:
+    """The shift statistic in plain numpy, frame by frame (the kernel's reference)."""
+    n, c = x.shape
+    loc = x[0].copy()
+    scale = np.maximum(np.abs(x[0]) * 0.1, 1e-3 * (1.0 + np.abs(x[0])))
+    ewma = np.zeros(c)
+    var = np.full(c, rate / (2.0 - rate))
+    out = []
+    for i in range(1, n):
+        s = np.maximum(scale, 1e-3 * (1.0 + np.abs(loc)))
+        d = np.clip((x[i] - loc) / s, -10.0, 10.0)
+        ewma = ewma + rate * (d - ewma)
+        e2 = ewma * ewma
+        out.append(float(np.sum(e2 / np.maximum(var, 1e-12 * rate / (2.0 - rate)))))
+        r = max(1.0 / (i + 1), 1.0 / memory)
+        var = var + r * (np.minimum(e2, 9.0 * var) - var)
+        dev = np.clip(x[i] - loc, -3.0 * s, 3.0 * s)
+        loc = loc + r * dev
+        scale = scale + r * (1.25 * np.abs(dev) - scale)
+    return out
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 6), st.integers(2, 300), st.integers(0, 2**31 - 1),
+       st.sampled_from([0.01, 0.05, 0.3, 1.0]), st.integers(1, 500))
+def test_shift_kernel_matches_a_numpy_reference(c: int, n: int, seed: int, rate: float,
+                                                memory: int) -> None:
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, c)) * rng.choice([1e-3, 1.0, 1e3], size=c)
+    x[rng.random((n, c)) < 0.05] += 50.0  # outliers, clipped
+    sd = ShiftDetector(c, rate=rate, memory=memory, warm=0)
+    got = []
+    for row in x:
+        sd.score_one(row)
+        got.append(sd.stat)
+    np.testing.assert_allclose(got[1:], _shift_reference(x, rate, memory), rtol=1e-9,
+                               atol=1e-12)
+
+
+@pytest.mark.nojit
+def test_shift_kernel_without_jit_matches_the_compiled_one() -> None:
+    from .nojit import run_python
+
+    script = (
+        "import numpy as np\n"
+        "from lillith.agents.scores.shift import ShiftDetector\n"
+        "x = np.random.default_rng(3).standard_normal((400, 3))\n"
+        "x[200:260, 1] += 2.0\n"
+        "sd = ShiftDetector(3, rate=0.05, memory=100, warm=10)\n"
+        "print(repr([sd.score_one(r) for r in x]))\n")
+    assert run_python(script, jit=False) == run_python(script, jit=True)

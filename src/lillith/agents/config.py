@@ -112,7 +112,7 @@ class ScoreSettings(_Model):
     range_tol: float = Field(0.2, ge=0)
     range_days: int = Field(90, ge=0, le=3650)
     week_context: bool = True
-    stuck_alarm: bool = True
+    stuck_alarm: bool = False
     stuck_factor: float = Field(2.0, ge=1)
     stuck_min_run: int = Field(10, ge=2)
     recurrence_days: int = Field(3, ge=0, le=14)

@@ -403,6 +403,7 @@ class StuckSensor:
         self.run = np.zeros(self.n_channels, dtype=np.int64)
         self.longest = np.zeros(self.n_channels, dtype=np.int64)
         self.flagged = np.zeros(self.n_channels, dtype=bool)  # in a run that was flagged
+        self._stuck = False  # (flagged.any(), kept up to date)
         self.count = 0
 
     def score_one(self, x: F64) -> bool:
@@ -414,23 +415,29 @@ class StuckSensor:
             if same.any():
                 np.maximum(self.longest, np.where(same, 0, self.run), out=self.longest)
                 self.run = np.where(same, self.run + 1, 0)
-                self.flagged &= same
+                if self._stuck:
+                    self.flagged &= same
+                    self._stuck = bool(self.flagged.any())
                 if self.count >= self.warm:
                     need = np.maximum(self.min_run, np.ceil(self.factor * self.longest))
                     hit = same & (self.run == need)
                     out = bool(hit.any())
-                    self.flagged |= hit
+                    if out:
+                        self.flagged |= hit
+                        self._stuck = True
             elif self.run.any():  # (the usual frame: nothing repeats, no run to end)
                 np.maximum(self.longest, self.run, out=self.longest)
                 self.run[:] = 0
-                self.flagged[:] = False
+                if self._stuck:
+                    self.flagged[:] = False
+                    self._stuck = False
         self.last[:] = x
         self.count += 1
         return out
 
     def stuck(self) -> bool:
         """Whether a run that was flagged still goes on (the sensor is still stuck)."""
-        return bool(self.flagged.any())
+        return self._stuck
 
     def unchanged(self) -> npt.NDArray[np.bool_]:
         """Per channel (shape (C,)), whether every frame so far had the first
@@ -457,6 +464,7 @@ class StuckSensor:
         flagged = np.asarray(state.get("flagged", np.zeros(self.n_channels)), dtype=bool)
         self.flagged = flagged.copy() if flagged.shape == (self.n_channels,) else np.zeros(
             self.n_channels, dtype=bool)
+        self._stuck = bool(self.flagged.any())
         self.count = int(state["count"])
 
 

@@ -39,12 +39,19 @@ NAB_GRID: dict[str, list[Any]] = {
     "suppress": [100, 200, 300],
     "budget": [0, 8],
 }
-"""Grid of the NAB protocol, crossed with :data:`NAB_SWITCHES`."""
-NAB_SWITCHES: list[dict[str, Any]] = [
-    {}, {"range_alarm": False}, {"stuck_alarm": False}, {"week_context": False},
-    {"recurrence_days": 0}, {"shift_news": True},
-]
-"""Each source switched off in turn, shifts as news (and none of these)."""
+"""Grid of the NAB protocol, crossed with :func:`switches`."""
+SWITCHES = ("range_alarm", "stuck_alarm", "week_context", "shift_news")
+"""The sources' switches (ScoreSettings booleans), and ``recurrence_days`` 0 / 3."""
+
+
+def switches(base: ScoreSettings) -> list[dict[str, Any]]:
+    """Grid variants: ``base`` as it is, and each switch of :data:`SWITCHES` (and
+    the daily recurrence) turned the other way in turn."""
+    out: list[dict[str, Any]] = [{}]
+    out.extend({k: not getattr(base, k)} for k in SWITCHES)
+    out.append({"recurrence_days": 0 if base.recurrence_days else 3})
+    return out
+
 SKAB_GRID: dict[str, list[Any]] = {
     "hold": [0.3, 0.5, 0.7, 0.9],
     "shift_level": [0.99, 0.999, 0.9999],

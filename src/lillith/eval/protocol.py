@@ -77,7 +77,7 @@ def run_nab(data: Path, *, config: AgentConfig | None = None, quick: bool = Fals
     quick : bool
         Two streams of each category and a smaller grid.
     points : sequence of dict, optional
-        The grid (default :data:`lillith.eval.cv.NAB_GRID` x ``NAB_SWITCHES``).
+        The grid (default :data:`lillith.eval.cv.NAB_GRID` x :func:`~lillith.eval.cv.switches`).
     """
     torch.set_num_threads(1)
     config = config or AgentConfig()
@@ -88,8 +88,9 @@ def run_nab(data: Path, *, config: AgentConfig | None = None, quick: bool = Fals
             first.setdefault(s.category, []).append(s)
         streams = [s for group in first.values() for s in group[:2]]
     if points is None:
-        points = (cv.grid({"alarm": [0.9999], "suppress": [100, 200]}, cv.NAB_SWITCHES[:3])
-                  if quick else cv.grid(cv.NAB_GRID, cv.NAB_SWITCHES))
+        sw = cv.switches(config.score)
+        points = (cv.grid({"alarm": [0.9999], "suppress": [100, 200]}, sw[:3])
+                  if quick else cv.grid(cv.NAB_GRID, sw))
     out: dict[str, Any] = {"streams": len(streams), "grid_points": len(points),
                            "groups": sorted({s.category for s in streams})}
     for variant, cfg in _variants(config).items():

@@ -123,7 +123,7 @@ class AlarmState:
 
     def __init__(self, *, alarm: float = 0.9999, hold: float = 0.7, suppress: int = 200,
                  budget: int = 8, budget_period: int = 2000, range_alarm: bool = True,
-                 stuck_alarm: bool = True, context_alarm: bool = True,
+                 stuck_alarm: bool = False, context_alarm: bool = True,
                  shift_alarm: bool = True, shift_level: float = 0.999,
                  shift_news: bool = False, recurrence: bool = True) -> None:
         if not (0.5 < alarm <= 1.0 and 0.0 <= hold < 1.0 and 0.5 < shift_level <= 1.0):

@@ -134,6 +134,7 @@ class Detector:
         self.recurs_floor = sc.alarm if recurs_floor is None else float(recurs_floor)
         self.weights = np.array([sc.err_weight, sc.som_weight if som else 0.0,
                                  sc.level_weight])
+        self._w = [float(v) for v in self.weights]
         self.likelihood = AnomalyLikelihood(window=sc.window, short=sc.short,
                                             min_history=sc.min_history,
                                             expected=float(self.weights.sum()))
@@ -154,6 +155,7 @@ class Detector:
         self.means = np.zeros(3)  # running means of the terms (err, qe, level)
         self.n = 0
         self._terms = np.zeros(3)
+        self._still = True  # some channel may still be unchanged since the first frame
 
     def evidence(self, f: FrameTerms) -> Evidence:
         """Fold one frame into every source and return what they say of it."""
@@ -162,20 +164,28 @@ class Detector:
             err = 0.0
         else:
             miss = f.miss
-            still = self.stuck.unchanged()
-            if still.any():
-                # a channel that never changed has no forecast error to score:
-                # what moves its forecast is the fabric's and the SOM's own state
-                miss = miss.copy()
-                miss[still] = 0.0
+            if self._still:  # (once every channel has changed, none can be unchanged again)
+                still = self.stuck.unchanged()
+                self._still = bool(still.any())
+                if self._still:
+                    # a channel that never changed has no forecast error to score:
+                    # what moves its forecast is the fabric's and the SOM's own state
+                    miss = miss.copy()
+                    miss[still] = 0.0
             err = float(miss.sum() / miss.size)
         terms = self._terms
-        terms[0], terms[1], terms[2] = err, f.qe, float(np.abs(f.z).sum() / f.z.size)
+        lvl = float(np.abs(f.z).sum() / f.z.size)
+        terms[0], terms[1], terms[2] = err, f.qe, lvl
         self.n += 1
         rate = max(1.0 / self.n, 1e-3)
-        self.means += rate * (terms - self.means)
-        parts = self.weights * terms / (self.means + 1e-9)
-        raw = float(parts[0] + parts[1] + parts[2])
+        m, w = self.means, self._w
+        m0 = float(m[0]) + rate * (err - float(m[0]))
+        m1 = float(m[1]) + rate * (f.qe - float(m[1]))
+        m2 = float(m[2]) + rate * (lvl - float(m[2]))
+        m[0], m[1], m[2] = m0, m1, m2
+        p0, p1, p2 = w[0] * err / (m0 + 1e-9), w[1] * f.qe / (m1 + 1e-9), w[2] * lvl / (m2 + 1e-9)
+        raw = p0 + p1 + p2
+        source = 0 if p0 >= p1 and p0 >= p2 else (1 if p1 >= p2 else 2)
         lik = self.likelihood.score_one(raw)
         outside = self.range.score_one(f.x, f.t)
         context = 0.5
@@ -190,8 +200,8 @@ class Detector:
                                               weights=self.weights / (self.means + 1e-9))
                 self.echo.observe(f.t, terms)
         shift = self.shift.score_one(f.x)
-        return Evidence(raw, lik, int(np.argmax(parts)), recurs, outside, stuck,
-                        self.stuck.stuck(), context, shift)
+        return Evidence(raw, lik, source, recurs, outside, stuck, self.stuck.stuck(), context,
+                        shift)
 
     def score(self, f: FrameTerms) -> Score:
         """Fold one frame in and decide on it (:meth:`evidence`, then :class:`AlarmState`)."""
@@ -226,6 +236,7 @@ class Detector:
             When a section does not fit and ``tolerant`` is False.
         """
         fresh: list[str] = []
+        self._still = True
         lik = state.get("lik", {})
         means = lik.get("means")
         if means is not None:

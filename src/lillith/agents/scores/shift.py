@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from lillith.agents.scores._kernels import _shift_step
 from lillith.errors import StateError
 
 F64 = npt.NDArray[np.float64]
@@ -87,20 +88,10 @@ class ShiftDetector:
             self.count = 1
             self.stat = 0.0
             return 0.5
-        s = np.maximum(self.scale, 1e-3 * (1.0 + np.abs(self.loc)))
-        d = (x - self.loc) / s
-        np.clip(d, -10.0, 10.0, out=d)
-        lam = self.rate
-        self.ewma += lam * (d - self.ewma)
-        e2 = self.ewma * self.ewma
-        floor = 1e-12 * lam / (2.0 - lam)
-        q = float((e2 / np.maximum(self.var, floor)).sum())
-        self.stat = q
         r = max(1.0 / (self.count + 1), 1.0 / self.memory)
-        self.var += r * (np.minimum(e2, 9.0 * self.var) - self.var)
-        dev = np.clip(x - self.loc, -3.0 * s, 3.0 * s)
-        self.loc += r * dev
-        self.scale += r * (1.25 * np.abs(dev) - self.scale)
+        q = _shift_step(np.ascontiguousarray(x, dtype=np.float64), self.loc, self.scale,
+                        self.ewma, self.var, self.rate, r)
+        self.stat = q
         self.count += 1
         if self.count <= self.warm:
             return 0.5
