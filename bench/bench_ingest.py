@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,32 +30,12 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from lillith.agents.config import AgentConfig
-from lillith.runtime.daemon import AgentBinding, Daemon, _AgentRuntime
+from lillith.runtime.config import AgentBinding
+from lillith.runtime.daemon import Daemon, _AgentRuntime
 from lillith.sensors.mqtt import Link, MqttSettings, open_link
+from local_broker import free_port, start_mosquitto
 
 CLIENTS = ("native", "paho", "aiomqtt")  # the daemon's links (``mqtt.client``)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _broker(port: int, d: Path) -> subprocess.Popen[bytes]:
-    exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    conf = d / "m.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n"
-                    "max_queued_messages 0\nmax_inflight_messages 0\npersistence false\n")
-    p = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL)
-    for _ in range(200):
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.1):
-                return p
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError("mosquitto did not start")
 
 
 def _register(port: int, client_id: str, topic: str) -> None:
@@ -138,9 +117,9 @@ def run(*, quick: bool = False) -> dict[str, Any]:
     n = 20_000 if quick else 100_000
     repeats = 1 if quick else 3
     rates: dict[str, list[float]] = {k: [] for k in ("mosquitto_sub", *CLIENTS)}
-    port = _free_port()
+    port = free_port()
     with tempfile.TemporaryDirectory() as d:
-        broker = _broker(port, Path(d))
+        broker = start_mosquitto(port, Path(d), max_inflight=0)
         try:
             _register(port, "bench-sub", "bench/sub")
             for client in CLIENTS:

@@ -1,6 +1,6 @@
 """Benchmark: end-to-end message-to-output latency of the MQTT daemon (p50 / p99).
 
-Method. A local mosquitto (``bench_ingest._broker``) and the real daemon
+Method. A local mosquitto (``local_broker.start_mosquitto``) and the real daemon
 (``python -m lillith.runtime.cli run --fresh --source mqtt://HOST:PORT/FILTER``
 in a subprocess, state in a temporary directory, default settings otherwise:
 the small default agent, one channel, the default link with acknowledgement
@@ -66,8 +66,8 @@ import numpy as np
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from bench_ingest import _broker, _free_port
 from lillith.agents.config import AgentConfig
+from local_broker import free_port, start_mosquitto
 
 TARGET_P99_MS = 20.0
 
@@ -252,12 +252,12 @@ def run(*, quick: bool = False) -> dict[str, Any]:
     hop_topic = f"bench-hop/{uid}"
     batch = AgentConfig().predictor.batch_size
     load0 = os.getloadavg()[0]
-    port = _free_port()
-    metrics_port = _free_port()
+    port = free_port()
+    metrics_port = free_port()
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         log_path = tmp / "daemon.log"
-        broker = _broker(port, tmp)
+        broker = start_mosquitto(port, tmp, max_inflight=0)
         proc: subprocess.Popen[bytes] | None = None
         rx: _Receiver | None = None
         pub: mqtt.Client | None = None

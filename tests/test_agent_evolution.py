@@ -13,8 +13,8 @@ import torch
 
 from lillith.agents.agent import Agent, AgentError, Metrics
 from lillith.agents.config import AgentConfig
+from lillith.runtime.resume import resume_agent
 from lillith.state import SnapshotStore
-from lillith.state.agent_state import resume_agent
 
 torch.set_num_threads(1)
 

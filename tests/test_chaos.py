@@ -36,7 +36,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from .conftest import MOSQUITTO, _free_port, start_mosquitto
+from .conftest import MOSQUITTO, free_port, start_mosquitto
 from .test_daemon_broker_restart import SessionCollector
 from .test_daemon_mqtt import agent_env, start_daemon
 
@@ -61,7 +61,7 @@ class Chaos:
 
     def __init__(self, tmp: Path, state: Path | None = None, **env: str) -> None:
         self.tmp = tmp
-        self.port = _free_port()
+        self.port = free_port()
         (tmp / "broker").mkdir()
         self.broker = start_mosquitto(self.port, tmp / "broker", persistent=True)
         self.uid = uuid.uuid4().hex[:8]

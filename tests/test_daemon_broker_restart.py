@@ -28,7 +28,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from .conftest import MOSQUITTO, _free_port, start_mosquitto
+from .conftest import MOSQUITTO, free_port, start_mosquitto
 from .test_daemon_mqtt import Collector, agent_env, start_daemon, start_feeder
 
 
@@ -79,7 +79,7 @@ def test_qos1_nothing_lost_across_broker_restart(tmp_path: Path) -> None:
     if MOSQUITTO is None:
         pytest.skip("mosquitto is not installed")
     n = 10_000
-    port = _free_port()
+    port = free_port()
     broker_conf = f"log_dest file {tmp_path}/mosquitto.log\n"
     broker = start_mosquitto(port, tmp_path, persistent=True, extra=broker_conf)
     uid = uuid.uuid4().hex[:8]

@@ -20,7 +20,7 @@ import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
 
-from .conftest import MOSQUITTO, _free_port, start_mosquitto
+from .conftest import MOSQUITTO, free_port, start_mosquitto
 
 
 def start_daemon(log_path: Path, *args: str, env: dict[str, str] | None = None
@@ -98,7 +98,7 @@ class Collector:
 def test_publish_score_deadletter_command_and_sigterm(mosquitto: int, tmp_path: Path) -> None:
     uid = uuid.uuid4().hex[:8]
     name = f"t{uid}"
-    metrics_port = _free_port()
+    metrics_port = free_port()
     prefix = f"lillith/{name}"
     env = {**os.environ,
            "LILLITH_MQTT__CLIENT_ID": f"daemon-{uid}",
@@ -170,7 +170,7 @@ def test_publish_score_deadletter_command_and_sigterm(mosquitto: int, tmp_path: 
 def test_broker_unreachable_at_start_then_serves(tmp_path: Path) -> None:
     if MOSQUITTO is None:
         pytest.skip("mosquitto is not installed")
-    port = _free_port()
+    port = free_port()
     uid = uuid.uuid4().hex[:8]
     name = f"u{uid}"
     env = {**os.environ, "LILLITH_MQTT__CLIENT_ID": f"daemon-{uid}",
@@ -335,7 +335,7 @@ def test_reconnects_after_broker_restart(tmp_path: Path) -> None:
     """The broker goes away mid-session: the daemon reconnects, resubscribes and serves."""
     if MOSQUITTO is None:
         pytest.skip("mosquitto is not installed")
-    port = _free_port()
+    port = free_port()
     broker = start_mosquitto(port, tmp_path)
     uid = uuid.uuid4().hex[:8]
     name = f"k{uid}"
@@ -680,7 +680,7 @@ def test_alarms_are_published_counted_and_their_edges_never_skipped(
     uid = uuid.uuid4().hex[:8]
     name = f"a{uid}"
     prefix = f"lillith/{name}"
-    metrics_port = _free_port()
+    metrics_port = free_port()
     agents = [{"name": name, "topics": [f"test/{uid}/#"], "output_every": 7}]
     env = agent_env(uid, name, tmp_path / "state", LILLITH_AGENTS=json.dumps(agents),
                     LILLITH_METRICS_PORT=str(metrics_port))

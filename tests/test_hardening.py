@@ -35,7 +35,7 @@ from lillith.runtime.worker import AgentWorker, Result
 from lillith.sensors.codec import REASONS, RejectError, Schema, decode
 from lillith.state import SnapshotStore
 
-from .conftest import MOSQUITTO, _free_port, start_mosquitto
+from .conftest import MOSQUITTO, free_port, start_mosquitto
 from .test_daemon_mqtt import Collector, agent_env, start_daemon
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -283,7 +283,8 @@ def test_16_snapshots_are_private_whatever_the_umask(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------- 6: the route cache
 def test_6_distinct_long_topics_do_not_stay_in_memory() -> None:
-    from lillith.runtime.daemon import AgentBinding, Daemon
+    from lillith.runtime.config import AgentBinding
+    from lillith.runtime.daemon import Daemon
     from lillith.sensors.mqtt import MqttSettings
 
     async def main() -> int:
@@ -507,7 +508,7 @@ def test_8_a_wide_first_frame_does_not_fix_the_width(mosquitto: int, tmp_path: P
 def test_12_a_lost_broker_is_logged_with_its_cause(tmp_path: Path) -> None:
     if MOSQUITTO is None:
         pytest.skip("mosquitto is not installed")
-    port = _free_port()
+    port = free_port()
     broker = start_mosquitto(port, tmp_path)
     uid = uuid.uuid4().hex[:8]
     env = {**agent_env(uid, f"l{uid}", tmp_path / "state"), "LILLITH_AGENT": TINY,
@@ -573,7 +574,7 @@ def test_10_bad_urls_and_a_busy_metrics_port_are_clear_errors(tmp_path: Path) ->
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        r = run(f"mqtt://127.0.0.1:{_free_port()}/x", LILLITH_METRICS_PORT=str(port))
+        r = run(f"mqtt://127.0.0.1:{free_port()}/x", LILLITH_METRICS_PORT=str(port))
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
     assert "metrics" in r.stderr and str(port) in r.stderr, r.stderr
 
@@ -639,7 +640,7 @@ def test_5_a_client_certificate_without_a_ca_is_tls_against_the_system_store(
             "-out", f"{who}.csr", "-subj", f"/CN={who}")
         run("openssl", "x509", "-req", "-in", f"{who}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
             "-CAcreateserial", "-out", f"{who}.pem", "-days", "2", "-extfile", "ext")
-    tls_port, plain_port = _free_port(), _free_port()
+    tls_port, plain_port = free_port(), free_port()
     tls = start_mosquitto(tls_port, tmp_path, extra=(
         f"cafile {tmp_path / 'ca.pem'}\ncertfile {tmp_path / 'server.pem'}\n"
         f"keyfile {tmp_path / 'server.key'}\nrequire_certificate true\n"))

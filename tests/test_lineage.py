@@ -19,8 +19,7 @@ from hypothesis import strategies as st
 
 from lillith.agents.agent import Agent
 from lillith.agents.config import AgentConfig
-from lillith.state import SnapshotStore
-from lillith.state.inspect import (
+from lillith.runtime.inspect_lineage import (
     _cosine_pairs,
     descendants,
     lineage_report,
@@ -28,6 +27,7 @@ from lillith.state.inspect import (
     spearman,
     specialization_report,
 )
+from lillith.state import SnapshotStore
 
 torch.set_num_threads(1)
 

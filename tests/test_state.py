@@ -20,8 +20,8 @@ from lillith.agents.agent import Agent
 from lillith.agents.config import AgentConfig
 from lillith.errors import StateError
 from lillith.runtime.checkpoint import Checkpointer
+from lillith.runtime.resume import resume_agent
 from lillith.state import SCHEMA_VERSION, SnapshotStore
-from lillith.state.agent_state import resume_agent
 from lillith.state.snapshot import crc32
 
 ROOT = Path(__file__).resolve().parents[1]

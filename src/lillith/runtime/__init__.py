@@ -1,1 +1,2 @@
-"""lillith.runtime: configuration, logging, CLI and (later) the asyncio daemon."""
+"""lillith.runtime: what runs agents: the CLI, the MQTT daemon, local runs and replays,
+their configuration, resume, snapshots' cadence, inspection, logging and metrics."""

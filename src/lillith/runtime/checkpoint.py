@@ -176,9 +176,3 @@ class Checkpointer:
         async with self._busy:
             pass
 
-
-def clean_and_log(store: SnapshotStore, agent: str) -> None:
-    """Remove snapshots a crash left half-written (at start)."""
-    removed = store.clean_temporaries()
-    if removed:
-        log.warning("partial_snapshots_removed", agent=agent, names=removed)

@@ -265,7 +265,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     is (empty, or naming a snapshot that is not there), 2 when there is no
     snapshot at all.
     """
-    from lillith.state.inspect import inspect_store, render, render_lineage
+    from lillith.runtime.inspect import inspect_store, render
+    from lillith.runtime.inspect_lineage import render_lineage
     from lillith.state.snapshot import SnapshotStore
 
     root = str(args.state)

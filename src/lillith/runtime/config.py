@@ -16,12 +16,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from lillith.agents.config import AgentConfig
 from lillith.errors import ConfigError
 from lillith.runtime.commands import CommandLimits
-from lillith.runtime.daemon import AgentBinding
+from lillith.sensors.codec import MAX_ABS_T, MAX_DEPTH, MAX_WIDTH
 from lillith.sensors.mqtt import MqttSettings
 
 ENV_PREFIX = "LILLITH_"
@@ -36,6 +36,43 @@ class LogConfig(_Model):
 
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["console", "json"] = "console"
+
+
+class AgentBinding(_Model):
+    """One agent: its topics, its frame schema, its queue.
+
+    With ``tick_s`` the agent reads one topic per channel (the last topic
+    level names the channel, one value per message) and assembles a frame
+    of the latest values every ``tick_s`` seconds (:mod:`lillith.sensors.assemble`);
+    a channel silent for ``stale_s`` (default three ticks) is marked stale.
+    """
+
+    name: str = "default"
+    topics: list[str] = Field(default_factory=lambda: ["sensors/#"])
+    channels: list[str] | None = None
+    width: int | None = None
+    low: float = -1e12
+    high: float = 1e12
+    max_bytes: int = Field(65_536, ge=16)
+    max_abs_t: float = Field(MAX_ABS_T, gt=0)
+    max_width: int = Field(MAX_WIDTH, ge=1)
+    max_depth: int = Field(MAX_DEPTH, ge=2)
+    queue_size: int = Field(1024, ge=1)
+    policy: Literal["backpressure", "drop_oldest"] = "backpressure"
+    output_every: int = Field(1, ge=1)
+    tick_s: float | None = Field(None, gt=0)
+    stale_s: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _per_channel_needs_channels(self) -> AgentBinding:
+        if self.tick_s is not None and not self.channels:
+            raise ValueError("tick_s (one topic per channel) needs the channel names")
+        if self.stale_s is not None and self.tick_s is None:
+            raise ValueError("stale_s applies to per-channel topics (set tick_s)")
+        width = len(self.channels) if self.channels else self.width
+        if width is not None and width > self.max_width:
+            raise ValueError(f"the width ({width}) exceeds max_width ({self.max_width})")
+        return self
 
 
 class StateSettings(_Model):

@@ -20,34 +20,28 @@ import random
 import time
 from collections import Counter
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any
 
 import structlog
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from lillith.agents.agent import Agent
 from lillith.agents.config import AgentConfig
 from lillith.errors import ConfigError
-from lillith.runtime.checkpoint import Checkpointer, clean_and_log
+from lillith.runtime.checkpoint import Checkpointer
 from lillith.runtime.commands import CommandLimits, parse_command
+from lillith.runtime.config import AgentBinding, StateSettings
 from lillith.runtime.evolution import log_evolution, surgery_command
 from lillith.runtime.metrics import DaemonMetrics
+from lillith.runtime.resume import agent_store, resume
 from lillith.runtime.worker import AgentWorker, Result
 from lillith.sensors.assemble import Assembled, Assembler
 from lillith.sensors.codec import (
-    MAX_ABS_T,
-    MAX_DEPTH,
-    MAX_WIDTH,
     Frame,
     RejectError,
     Schema,
     decode,
     excerpt,
 )
-from lillith.state.agent_state import agent_store, resume_agent
-
-if TYPE_CHECKING:
-    from lillith.runtime.config import StateSettings
 from lillith.sensors.mqtt import (
     Incoming,
     LastWill,
@@ -64,45 +58,6 @@ ROUTE_CACHE = 65_536  # topics remembered by the intake's router
 ROUTE_CACHE_BYTES = 4 << 20  # ... and their characters, at most
 TOPIC_EXCERPT = 512  # characters of a topic quoted in a dead letter
 _MISS = object()
-
-
-class AgentBinding(BaseModel):
-    """One agent: its topics, its frame schema, its queue.
-
-    With ``tick_s`` the agent reads one topic per channel (the last topic
-    level names the channel, one value per message) and assembles a frame
-    of the latest values every ``tick_s`` seconds (:mod:`lillith.sensors.assemble`);
-    a channel silent for ``stale_s`` (default three ticks) is marked stale.
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    name: str = "default"
-    topics: list[str] = Field(default_factory=lambda: ["sensors/#"])
-    channels: list[str] | None = None
-    width: int | None = None
-    low: float = -1e12
-    high: float = 1e12
-    max_bytes: int = Field(65_536, ge=16)
-    max_abs_t: float = Field(MAX_ABS_T, gt=0)
-    max_width: int = Field(MAX_WIDTH, ge=1)
-    max_depth: int = Field(MAX_DEPTH, ge=2)
-    queue_size: int = Field(1024, ge=1)
-    policy: Literal["backpressure", "drop_oldest"] = "backpressure"
-    output_every: int = Field(1, ge=1)
-    tick_s: float | None = Field(None, gt=0)
-    stale_s: float | None = Field(None, gt=0)
-
-    @model_validator(mode="after")
-    def _per_channel_needs_channels(self) -> AgentBinding:
-        if self.tick_s is not None and not self.channels:
-            raise ValueError("tick_s (one topic per channel) needs the channel names")
-        if self.stale_s is not None and self.tick_s is None:
-            raise ValueError("stale_s applies to per-channel topics (set tick_s)")
-        width = len(self.channels) if self.channels else self.width
-        if width is not None and width > self.max_width:
-            raise ValueError(f"the width ({width}) exceeds max_width ({self.max_width})")
-        return self
 
 
 class _AgentRuntime:
@@ -252,26 +207,14 @@ class Daemon:
         a.checkpointer = Checkpointer(store, agent=name, every_frames=st.checkpoint_every_frames,
                                       every_seconds=st.checkpoint_every_seconds,
                                       retry_min_s=st.retry_min_s, retry_max_s=st.retry_max_s)
-        await asyncio.to_thread(clean_and_log, store, name)
-        if self.fresh:
-            log.info("state_fresh", agent=name, state_dir=st.dir)
+        agent = await asyncio.to_thread(resume, store, self.config, name=name,
+                                        n_channels=a.worker.width, fresh=self.fresh, log=log)
+        if agent is None:
             return
-        got = await asyncio.to_thread(resume_agent, store, self.config,
-                                      n_channels=a.worker.width, name=name)
-        if got is None:
-            log.info("state_fresh", agent=name, state_dir=st.dir)
-            return
-        agent, loaded = got
-        for sk in loaded.skipped:
-            log.warning("snapshot_skipped", agent=name, name=sk.name, problems=sk.problems)
         a.worker.agent = agent
         a.worker.width = agent.n_channels
         a.schema = replace(a.schema, width=agent.n_channels)
         a.checkpointer.mark(agent.step)
-        log.info("state_resumed", agent=name, snapshot=loaded.info.name, step=agent.step)
-        if agent.score_changes:
-            log.warning("state_resumed_with_other_score_settings", agent=name,
-                        differences=agent.score_changes)
 
     async def _checkpoint(self, a: _AgentRuntime, reason: str) -> None:
         """Copy the state on the worker (between frames), write it off the loop.

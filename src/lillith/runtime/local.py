@@ -28,10 +28,10 @@ import structlog
 
 from lillith.agents.agent import Agent, Metrics
 from lillith.errors import LillithError
-from lillith.runtime.checkpoint import Checkpointer, clean_and_log
+from lillith.runtime.checkpoint import Checkpointer
 from lillith.runtime.config import Settings
 from lillith.runtime.evolution import log_evolution
-from lillith.state.agent_state import agent_store, resume_agent
+from lillith.runtime.resume import agent_store, resume
 
 log = structlog.get_logger(component="run")
 
@@ -95,24 +95,12 @@ async def run_local(settings: Settings, src: LocalSource, stop: asyncio.Event, *
                       every_seconds=st.checkpoint_every_seconds,
                       retry_min_s=st.retry_min_s, retry_max_s=st.retry_max_s)
     try:
-        await loop.run_in_executor(worker, clean_and_log, store, "default")
-        agent: Agent | None = None
-        if not fresh:
-            got = await loop.run_in_executor(
-                worker, lambda: resume_agent(store, settings.agent, n_channels=src.width))
-            if got is not None:
-                agent, loaded = got
-                for s in loaded.skipped:
-                    log.warning("snapshot_skipped", name=s.name, problems=s.problems)
-                log.info("state_resumed", snapshot=loaded.info.name, step=agent.step,
-                         schema_version=loaded.info.schema_version)
-                if agent.score_changes:
-                    log.warning("state_resumed_with_other_score_settings",
-                                differences=agent.score_changes)
-                cp.mark(agent.step)
-        if agent is None:
+        agent = await loop.run_in_executor(worker, lambda: resume(
+            store, settings.agent, n_channels=src.width, fresh=fresh, log=log))
+        if agent is not None:
+            cp.mark(agent.step)
+        else:
             agent = await loop.run_in_executor(worker, lambda: Agent(src.width, settings.agent))
-            log.info("state_fresh", state_dir=st.dir, fresh_flag=fresh)
         limit = until_step
         if max_frames is not None:
             limit = min(limit or 1 << 62, agent.step + max_frames)

@@ -11,8 +11,8 @@ from typing import Any
 from lillith.agents.agent import Agent, Metrics
 from lillith.agents.config import AgentConfig
 from lillith.runtime.logging import get_logger
+from lillith.runtime.resume import resume
 from lillith.sensors.csvfile import LABEL_COLUMNS, CsvStream, find_csv_files, read_csv_stream
-from lillith.state.agent_state import resume_agent
 from lillith.state.snapshot import SnapshotStore
 
 CHUNK = 512
@@ -161,11 +161,9 @@ def replay_paths(
             width = stream.values.shape[1]
             store = None if state is None else state.store(None if single else rel)
             agent = None
-            if store is not None:
-                store.clean_temporaries()
-                got = None if state is None or state.fresh else resume_agent(
-                    store, config, n_channels=width, name=rel.stem)
-                agent = None if got is None else got[0]
+            if store is not None and state is not None:
+                agent = resume(store, config, name=rel.stem, n_channels=width,
+                               fresh=state.fresh)
             if agent is None:
                 agent = Agent(width, config, name=rel.stem)
             dest = out if single else out / rel

@@ -1,4 +1,5 @@
-"""lillith.state: crash-safe zarr snapshots of agents (see docs/snapshots.md)."""
+"""lillith.state: crash-safe zarr snapshots of flat array dicts, and the state
+directory's lock (see docs/snapshots.md). Knows nothing of agents."""
 
 from lillith.state.snapshot import (
     MIGRATIONS,
