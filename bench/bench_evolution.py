@@ -14,7 +14,7 @@ Per stream of ``n`` rows, ``split`` = 70 % of ``n`` rounded down to a micro-batc
 boundary (16):
 
 - the agent learns on rows ``[0, split)`` with evolution rounds at the steps
-  they fall due (the runtime's rule: chunks cut at ``steps_to_evolution()``);
+  they fall due (the agent runs them inside ``process_many``);
 - ``heldout``: a copy taken at ``split`` (``Agent.from_state``) predicts rows
   ``[split, n)`` with learning off (``set_learning_mode(False)``) and no
   evolution rounds (frozen), so neither its weights nor its neurons have been
@@ -121,18 +121,16 @@ def make_config(condition: str, seed: int) -> AgentConfig:
 
 def _feed(agent: Agent, X: npt.NDArray[np.float64], lo: int, hi: int, *,
           evolve: bool) -> tuple[list[Metrics], int]:
-    """Rows ``[lo, hi)`` through ``agent``; due evolution rounds run at their step."""
+    """Rows ``[lo, hi)`` through ``agent`` in chunks; with ``evolve`` it runs its
+    due evolution rounds at their steps, without (a frozen copy) none."""
     out: list[Metrics] = []
-    rounds = 0
+    reports: list[dict[str, Any]] = []
     while lo < hi:
-        if evolve and agent.evolution_due():
-            agent.evolve()
-            rounds += 1
-        to_evo = agent.steps_to_evolution() if evolve else None
-        end = min(hi, lo + CHUNK, lo + to_evo if to_evo else hi)
-        out.extend(agent.process_many(X[lo:end]))
+        end = min(hi, lo + CHUNK)
+        out.extend(agent.process_many(X[lo:end], on_evolution=reports.append,
+                                      evolve=evolve))
         lo = end
-    return out, rounds
+    return out, len(reports)
 
 
 def _turnover(agent: Agent, eligible: npt.NDArray[np.bool_],

@@ -53,22 +53,13 @@ def periodic(n: int, *, seed: int = 0, width: int = 2) -> np.ndarray:
 
 def run(agent: Agent, X: np.ndarray, chunk: int | None = None
         ) -> tuple[list[Metrics], list[dict[str, Any]]]:
-    """What a runner does: cut chunks at ``steps_to_evolution()`` (and every ``chunk``
-    frames), run a round whenever one is due between chunks."""
+    """Frames through ``agent`` in calls of ``chunk`` frames (None: one call); the
+    agent runs its evolution rounds where they fall due and reports them."""
     out: list[Metrics] = []
     reports: list[dict[str, Any]] = []
-    i = 0
-    while i < X.shape[0]:
-        if agent.evolution_due():
-            reports.append(agent.evolve())
-        n = X.shape[0] - i
-        if chunk is not None:
-            n = min(n, chunk)
-        k = agent.steps_to_evolution()
-        if k:
-            n = min(n, k)
-        out += agent.process_many(X[i:i + n])
-        i += n
+    n = chunk or X.shape[0]
+    for i in range(0, X.shape[0], n):
+        out += agent.process_many(X[i:i + n], on_evolution=reports.append)
     return out, reports
 
 
@@ -144,9 +135,9 @@ def test_rounds_happen_at_warmup_then_every_steps(chunk: int | None) -> None:
     assert stats["births"] == h["births"].shape[0] > 0
 
 
-def test_rounds_happen_only_when_evolve_is_called() -> None:
+def test_no_round_with_evolve_false_and_a_late_round_moves_the_schedule() -> None:
     agent = Agent(2, small_config(evolving(every=10, warmup=5)))
-    agent.process_many(periodic(40))  # crosses several due steps: nothing happens
+    agent.process_many(periodic(40), evolve=False)  # crosses several due steps: no round
     assert agent.get_training_statistics()["evolution"]["rounds"] == 0
     assert agent.evolution_due() and agent.steps_to_evolution() == 0
     rep = agent.evolve()  # a late round: the next one is due `every` steps after it
@@ -155,6 +146,22 @@ def test_rounds_happen_only_when_evolve_is_called() -> None:
     now = Agent(2, small_config(evolving(every=10, warmup=0)))
     assert now.evolution_due() and now.steps_to_evolution() == 0
     assert now.evolve()["step"] == 0
+
+
+def test_a_round_that_fails_is_reported_and_the_frames_go_on(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    agent = Agent(2, small_config(evolving(every=10, warmup=5)))
+
+    def broken() -> dict[str, Any]:
+        raise RuntimeError("no round today")
+
+    monkeypatch.setattr(agent, "evolve", broken)
+    reports: list[dict[str, Any]] = []
+    out = agent.process_many(periodic(30), on_evolution=reports.append)
+    assert [m.step for m in out] == list(range(30))
+    assert [(r["step"], r["round"]) for r in reports] == [(5, 1), (15, 1), (25, 1)]
+    assert all("no round today" in r["error"] for r in reports)
+    assert agent.steps_to_evolution() == 5
 
 
 # ---------------------------------------------------------------------------
@@ -269,7 +276,7 @@ def test_preservation_round_equals_silencing_the_dead(
     for name, a in (("evolved", evolved), ("plain", plain), ("silenced", silenced)):
         a.force_mode("normal")
         a.set_learning_mode(False)
-        outs[name] = a.process_many(X[256:])
+        outs[name] = a.process_many(X[256:], evolve=False)  # no round: compared as they stand
         assert all(m.skipped for m in outs[name])
     pred = {k: np.array([m.prediction for m in v]) for k, v in outs.items()}
     scale = agent.normalizer.effective_scale()

@@ -59,8 +59,10 @@ def make_frames(k: int, seed: int, kind: str, t0: int) -> np.ndarray:
 def apply(agent: Agent, op: tuple[Any, ...]) -> Any:
     """One operation on an agent (the log replays them on a restored one)."""
     ffn = agent.predictor.ffn
-    if op[0] == "frames":
-        return [m.as_dict() for m in agent.process_many(op[1])]
+    if op[0] == "frames":  # the agent runs the rounds that fall due among them
+        rounds: list[dict[str, Any]] = []
+        ms = agent.process_many(op[1], on_evolution=rounds.append)
+        return {"metrics": [m.as_dict() for m in ms], "rounds": rounds}
     if op[0] == "evolve":
         return agent.evolve()
     if op[0] == "freeze":
@@ -133,10 +135,27 @@ class EvolvingAgent(RuleBasedStateMachine):
     # ------------------------------------------------------------------ rules
     @rule(k=st.integers(1, 40), seed=st.integers(0, 1000), kind=st.sampled_from(KINDS))
     def frames(self, k: int, seed: int, kind: str) -> None:
-        ms = self.do(("frames", make_frames(k, seed, kind, self.steps)))
+        out = self.do(("frames", make_frames(k, seed, kind, self.steps)))
+        ms = out["metrics"]
         assert [m["step"] for m in ms] == list(range(self.steps, self.steps + k))
         assert_finite(ms)
+        self.expect_rounds(k, out["rounds"])
         self.steps += k
+
+    def expect_rounds(self, k: int, rounds: list[dict[str, Any]]) -> None:
+        """The model of the rounds ``k`` frames run: one before the frame of
+        each step one falls due at."""
+        due = []
+        for s in range(self.steps, self.steps + k):
+            if s >= self.next_due:
+                due.append(s)
+                self.next_due = s + EVERY
+        assert [r["step"] for r in rounds] == due
+        for r in rounds:
+            self.rounds += 1
+            assert r["round"] == self.rounds and "error" not in r
+            json.dumps(r)  # JSON-serialisable
+            self.may_unfreeze = True
 
     @rule(force=st.booleans())
     def evolve(self, force: bool) -> None:
@@ -214,6 +233,7 @@ class EvolvingAgent(RuleBasedStateMachine):
         assert ours == theirs
         assert_states_equal(restored.get_state(), self.agent.get_state())
         self.agent = restored
+        self.expect_rounds(k, ours["rounds"])
         self.steps += k
         event(f"restore after {len(self.log) - 1} operations")
 

@@ -43,17 +43,8 @@ def row(m: Metrics) -> list[float]:
 
 def feed(agent: Agent, X: npt.NDArray[np.float64], ts: npt.NDArray[np.float64]
          ) -> list[Metrics]:
-    """Frames through ``agent`` as a runner feeds them (evolution rounds at their steps)."""
-    out: list[Metrics] = []
-    i = 0
-    while i < X.shape[0]:
-        if agent.evolution_due():
-            agent.evolve()
-        to = agent.steps_to_evolution()
-        j = X.shape[0] if not to else min(X.shape[0], i + to)
-        out += agent.process_many(X[i:j], list(ts[i:j]))
-        i = j
-    return out
+    """Frames through ``agent`` (it runs its evolution rounds at their steps)."""
+    return agent.process_many(X, list(ts))
 
 
 @pytest.mark.parametrize("name", ["tiny", "evolving"])

@@ -110,9 +110,7 @@ def test_frames_waiting_are_processed_in_runs_with_the_same_results() -> None:
 
     def one_by_one() -> None:  # on a thread of its own too: torch's thread count is
         ref = Agent(1, config, name="r")  # per thread, and other tests change the main one's
-        for i, x in enumerate(xs):
-            if ref.evolution_due():
-                ref.evolve()
+        for i, x in enumerate(xs):  # (the agent runs its rounds at their steps)
             want.append(ref.process([x], None if i % 7 == 0 else float(i)))
 
     t = threading.Thread(target=one_by_one)

@@ -20,7 +20,7 @@ import contextlib
 import json
 import math
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -60,6 +60,10 @@ FABRIC, TILE = 0, 1
 # largest |stream time| accepted (s): the time-based scores count hours, days and
 # 10-minute bins in int64, with margin (the MQTT edge has its own, smaller bound)
 MAX_ABS_T = 1e15
+
+
+EvolutionHook = Callable[[dict[str, Any]], None]
+"""Receives the report of an evolution round (:meth:`Agent.evolve`)."""
 
 
 class AgentError(LillithError):
@@ -532,7 +536,8 @@ class Agent:
         return self.step % self.config.predictor.batch_size == 0
 
     def process(self, frame: npt.ArrayLike, t: float | None = None, *,
-                mode: str | None = None) -> Metrics:
+                mode: str | None = None, on_evolution: EvolutionHook | None = None
+                ) -> Metrics:
         """Learn from one frame and return what was learned.
 
         Parameters
@@ -540,12 +545,16 @@ class Agent:
         frame : array_like, shape (n_channels,)
             Sensor values in their own units; must be finite.
         t : float, optional
-            Stream time (passed through to the metrics).
+            Stream time (s since the epoch).
         mode : str, optional
             Force the propagation mode of this step.
+        on_evolution : callable, optional
+            Called with the report of an evolution round run before the frame
+            (see :meth:`process_iter`).
         """
         return self.process_many(np.asarray(frame, dtype=np.float64).reshape(1, -1),
-                                 None if t is None else [t], mode=mode)[0]
+                                 None if t is None else [t], mode=mode,
+                                 on_evolution=on_evolution)[0]
 
     def train_step(self, frame: npt.ArrayLike, mode: str | None = None) -> dict[str, Any]:
         """Seed-003 name: process one frame, return the metrics as a dict."""
@@ -567,21 +576,24 @@ class Agent:
         return [float(v) for v in self.normalizer.inverse(self._prev_pred)]
 
     def process_many(self, frames: npt.ArrayLike, ts: Sequence[float | None] | None = None,
-                     *, mode: str | None = None) -> list[Metrics]:
+                     *, mode: str | None = None, on_evolution: EvolutionHook | None = None,
+                     evolve: bool = True) -> list[Metrics]:
         """Process frames in order; same results as calling :meth:`process` on each.
 
         The forecast of a run of frames inside one micro-batch is done in one
-        call, which is what makes replay fast. ``ts`` (one stream time
-        per frame, ``None`` for a frame without one) only passes through to
-        the metrics.
+        call, which is what makes replay fast. ``ts``: one stream time per
+        frame (s since the epoch), ``None`` for a frame without one.
+        ``on_evolution``, ``evolve``: see :meth:`process_iter`.
         """
         out: list[Metrics] = []
-        for part in self.process_iter(frames, ts, mode=mode):
+        for part in self.process_iter(frames, ts, mode=mode, on_evolution=on_evolution,
+                                      evolve=evolve):
             out.extend(part)
         return out
 
     def process_iter(self, frames: npt.ArrayLike, ts: Sequence[float | None] | None = None,
-                     *, mode: str | None = None) -> Iterator[list[Metrics]]:
+                     *, mode: str | None = None, on_evolution: EvolutionHook | None = None,
+                     evolve: bool = True) -> Iterator[list[Metrics]]:
         """:meth:`process_many` in parts: the metrics of each run of frames as soon
         as they are known, before the training step that may follow them.
 
@@ -591,6 +603,15 @@ class Agent:
         The frames and times are validated before the first part (errors raise
         here, at the call, before any state changes): frames must be finite,
         times (seconds since the epoch) finite and within ``MAX_ABS_T``.
+
+        With evolution on, each round runs here, before the frame of the step
+        it falls due at (:meth:`evolution_due`), so rounds fall on the same
+        steps however the stream is cut into calls, and across a snapshot and
+        a restart. ``on_evolution(report)`` is called with each round's report
+        (:meth:`evolve`); a round that raises is reported as ``{"step",
+        "round", "error"}`` instead, the frames go on and the next round falls
+        due ``evolution.every`` steps later. ``evolve=False`` runs no round
+        (they stay due): a copy evaluated as it stands.
         """
         X = np.asarray(frames, dtype=np.float64)
         if X.ndim != 2 or X.shape[1] != self.n_channels:
@@ -605,16 +626,21 @@ class Agent:
                 if t is not None and not (math.isfinite(t) and abs(t) <= MAX_ABS_T):
                     raise AgentError("frame time not finite or beyond the bound", index=i,
                                      t=t, bound=MAX_ABS_T)
-        return self._parts(X, ts, mode)
+        return self._parts(X, ts, mode, on_evolution, self.evolving and evolve)
 
-    def _parts(self, X: F64, ts: Sequence[float | None] | None, mode: str | None
+    def _parts(self, X: F64, ts: Sequence[float | None] | None, mode: str | None,
+               on_evolution: EvolutionHook | None, evolving: bool
                ) -> Iterator[list[Metrics]]:
         B = self.config.predictor.batch_size
         i = 0
         while i < X.shape[0]:
+            if evolving and self.step >= self._evo_next:
+                self._scheduled_round(on_evolution)
             if self.at_boundary:
                 self._begin_batch()
             j = min(X.shape[0], i + B - self.step % B, i + SEGMENT_MAX)
+            if evolving:  # a segment ends before the next round
+                j = min(j, i + self._evo_next - self.step)
             yield self._segment(X[i:j], None if ts is None else ts[i:j], mode)
             i = j
             if self.at_boundary:
@@ -833,14 +859,23 @@ class Agent:
     def steps_to_evolution(self) -> int | None:
         """Frames until the next evolution round is due (0: due now); None when off.
 
-        Runners that feed frames in chunks cut a chunk there, so rounds happen at
-        the same steps however the stream is chunked (and across restarts)."""
+        The round runs before the frame of that step, in :meth:`process_iter`."""
         return max(self._evo_next - self.step, 0) if self.evolving else None
 
     def evolution_due(self) -> bool:
-        """An evolution round is due: evolution on, warm-up over and ``every`` steps
-        since the last round. The runtime asks this at step boundaries."""
+        """An evolution round is due before the next frame: evolution on, warm-up
+        over and ``every`` steps since the last round."""
         return self.evolving and self.step >= self._evo_next
+
+    def _scheduled_round(self, on_evolution: EvolutionHook | None) -> None:
+        """The round due now (see :meth:`process_iter`), reported to ``on_evolution``."""
+        try:
+            report = self.evolve()
+        except Exception as e:  # reported; the frames go on
+            report = {"step": self.step, "round": self._evo_rounds + 1, "error": repr(e)}
+            self._evo_next = self.step + self.config.evolution.every
+        if on_evolution is not None:
+            on_evolution(report)
 
     def _fabric_strategies(self) -> dict[int, LayerStrategy]:
         ev = self.config.evolution

@@ -257,9 +257,6 @@ class Daemon:
 
     def _after_evolution(self, a: _AgentRuntime, report: dict[str, Any], reason: str) -> None:
         self._touch(a)
-        if "error" in report:
-            log.error("evolution_failed", agent=a.binding.name, reason=reason, **report)
-            return
         log_evolution(a.binding.name, report, reason)
 
     async def _evolve_now(self, a: _AgentRuntime) -> dict[str, Any]:

@@ -12,7 +12,11 @@ log = structlog.get_logger(component="evolution")
 
 
 def log_evolution(agent: str, report: dict[str, Any], reason: str) -> None:
-    """Log an evolution round: a summary event, one event per surgery operation."""
+    """Log an evolution round: a summary event, one event per surgery operation;
+    a round that failed (its report has ``error``) as ``evolution_failed``."""
+    if "error" in report:
+        log.error("evolution_failed", agent=agent, reason=reason, **report)
+        return
     fab = report.get("fabric") or {}
     tiles = report.get("tiles") or {}
     log.info("evolution_round", agent=agent, reason=reason, step=report["step"],

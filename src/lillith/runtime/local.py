@@ -7,9 +7,9 @@ background while the worker goes on with the next chunk. Chunks are aligned
 to absolute frame numbers, so a run that is stopped (or killed) and resumed
 from a snapshot makes exactly the calls an uninterrupted run makes: it
 continues bit-identically. The source is indexed by frame number, so a
-resumed run continues with the frame after the snapshot's last one. Evolution
-rounds (``agent.evolution``) run on the worker at the exact steps they fall
-due (a chunk is cut there), so they too are the same in a resumed run.
+resumed run continues with the frame after the snapshot's last one. The agent
+runs its evolution rounds (``agent.evolution``) at the steps they fall due,
+so they too are the same in a resumed run.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +110,10 @@ async def run_local(settings: Settings, src: LocalSource, stop: asyncio.Event, *
         worker.shutdown(wait=True)
 
 
+def _log_round(report: dict[str, Any]) -> None:
+    log_evolution("default", report, "schedule")
+
+
 async def _loop(agent: Agent, src: LocalSource, stop: asyncio.Event, worker: ThreadPoolExecutor,
                 cp: Checkpointer, limit: int | None, duration: float | None) -> int:
     loop = asyncio.get_running_loop()
@@ -130,15 +135,10 @@ async def _loop(agent: Agent, src: LocalSource, stop: asyncio.Event, worker: Thr
             values, labels = src.frames(step, n)
             if values.shape[0] == 0:
                 break
-            # a round due at this step runs before its frame (so never after the
-            # last one), at the same step in a resumed run; the chunk is cut at the next
-            if agent.evolution_due():
-                report = await loop.run_in_executor(worker, agent.evolve)
-                log_evolution("default", report, "schedule")
-            to_evo = agent.steps_to_evolution()
-            if to_evo and to_evo < values.shape[0]:
-                values, labels = values[:to_evo], labels[:to_evo]
-            ms: list[Metrics] = await loop.run_in_executor(worker, agent.process_many, values)
+            # the agent runs a round due at a step before its frame (so never after
+            # the last one), at the same step in a resumed run
+            ms: list[Metrics] = await loop.run_in_executor(
+                worker, partial(agent.process_many, values, on_evolution=_log_round))
             for m in ms:
                 if m.alarm_onset:
                     log.warning("alarm", step=m.step, reason=m.alarm_reason,

@@ -82,13 +82,13 @@ def replay_stream(
     The forecast in row i is the agent's prediction of row i + 1, in the
     input's units. No look-ahead: row i is scored before row i + 1 is read.
     With ``store`` the agent is snapshotted every ``every`` rows (at chunk
-    boundaries) and after the last row. Evolution rounds run at the steps they
-    fall due (a chunk is cut there).
+    boundaries) and after the last row. The agent runs its evolution rounds at
+    the steps they fall due.
     """
     start_step = agent.step
     back0, repeated0 = agent.frame_times.back, agent.frame_times.repeated
     since = 0
-    rounds = 0
+    reports: list[dict[str, Any]] = []
     snap: str | None = None
     out.parent.mkdir(parents=True, exist_ok=True)
     total_loss = 0.0
@@ -98,12 +98,9 @@ def replay_stream(
         w.writerow(output_columns(stream))
         lo = 0
         while lo < n:
-            if agent.evolution_due():  # at its exact step, however the file is cut
-                agent.evolve()
-                rounds += 1
-            to_evo = agent.steps_to_evolution()
-            hi = min(n, lo + CHUNK, lo + to_evo if to_evo else n)
-            metrics = agent.process_many(stream.values[lo:hi], list(stream.t[lo:hi]))
+            hi = min(n, lo + CHUNK)
+            metrics = agent.process_many(stream.values[lo:hi], list(stream.t[lo:hi]),
+                                         on_evolution=reports.append)
             for k, m in enumerate(metrics):
                 w.writerow(_row(stream, lo + k, m))
                 total_loss += m.loss
@@ -116,6 +113,11 @@ def replay_stream(
             lo = hi
     if store is not None:
         snap = store.write(agent.get_state(), step=agent.step).name
+    rounds = len(reports)
+    failed = [r for r in reports if "error" in r]
+    if failed:
+        get_logger("replay").warning("evolution_failed", file=str(stream.path),
+                                     rounds=len(failed), first=failed[0])
     back = agent.frame_times.back - back0
     repeated = agent.frame_times.repeated - repeated0
     if back or repeated:  # processed in file order; every time-based score takes the latest time

@@ -5,8 +5,9 @@ back with ``call_soon_threadsafe``; numba kernels release the GIL, so the loop
 stays responsive while the worker computes. Frames already waiting when the
 worker turns to its queue are processed in one run (up to :data:`MAX_RUN`),
 with the same results as one call per frame. Commands run on the worker
-between frames (a step boundary) and answer through a future. An evolution
-round that falls due runs on the worker before the frame of its step.
+between frames (a step boundary) and answer through a future. The agent runs
+an evolution round that falls due before the frame of its step; its report
+goes to ``on_evolution``.
 """
 
 from __future__ import annotations
@@ -197,7 +198,8 @@ class AgentWorker:
                     item.future.set_exception(e)
 
     def _process(self, frames: list[tuple[int, Frame]]) -> None:
-        """Process a run of frames in order; evolution rounds at their exact steps."""
+        """Process a run of frames in order (the agent runs its evolution rounds
+        at their steps, reported to ``on_evolution``)."""
         i = 0
         while i < len(frames):
             t0 = time.perf_counter()
@@ -205,14 +207,10 @@ class AgentWorker:
                 self.width = int(frames[i][1].values.size)
                 self.agent = Agent(self.width, self.config, name=self.name)
             agent = self.agent
-            if agent.evolution_due():
-                self._evolve()
-            # a chunk ends before the next evolution round and before a frame
-            # the agent cannot take (wrong width: an error for that frame alone)
-            to_evo = agent.steps_to_evolution()
+            # a chunk ends before a frame the agent cannot take (wrong width:
+            # an error for that frame alone)
             j = i
-            end = len(frames) if not to_evo else min(len(frames), i + to_evo)
-            while j < end and frames[j][1].values.size == agent.n_channels:
+            while j < len(frames) and frames[j][1].values.size == agent.n_channels:
                 j += 1
             if j == i:  # frames[i] has the wrong width
                 self.errors += 1
@@ -228,7 +226,8 @@ class AgentWorker:
             done = 0
             try:
                 for part in agent.process_iter(np.stack([f.values for _, f in chunk]),
-                                               [f.t for _, f in chunk]):
+                                               [f.t for _, f in chunk],
+                                               on_evolution=self._on_evolution):
                     now = time.perf_counter()
                     dt = (now - t0 + self._carry) / len(part)  # per frame
                     t0, self._carry = now, 0.0
@@ -254,11 +253,10 @@ class AgentWorker:
         agent = self.agent
         assert agent is not None
         for seq, f in frames:
-            if agent.evolution_due():
-                self._evolve()
             t0 = time.perf_counter()
             try:
-                (m,) = agent.process_many(f.values.reshape(1, -1), [f.t])
+                (m,) = agent.process_many(f.values.reshape(1, -1), [f.t],
+                                          on_evolution=self._on_evolution)
             except Exception as e:
                 self.errors += 1
                 r = Result(self.name, seq, None, time.perf_counter() - t0, AGENT_ERROR,
@@ -268,14 +266,3 @@ class AgentWorker:
                 r = Result(self.name, seq, m, time.perf_counter() - t0 + self._carry)
                 self._carry = 0.0
             self._on_results([r])
-
-    def _evolve(self) -> None:
-        """The evolution round due at this step, before its frame (so rounds fall
-        on the same steps however the frames arrive); reported to the loop."""
-        assert self.agent is not None
-        try:
-            report: dict[str, Any] = self.agent.evolve()
-        except Exception as e:  # reported; the frame is still processed
-            report = {"step": self.agent.step, "error": repr(e)}
-        if self._on_evolution is not None:
-            self._on_evolution(report)
