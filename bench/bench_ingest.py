@@ -4,7 +4,7 @@ Every consumer drains the same backlog: N QoS-1 JSON frames queued by a local
 mosquitto for a persistent session. Baseline: ``mosquitto_sub`` (C) reading
 the backlog of its own session. Ours: the daemon's intake (``Daemon._intake``:
 topic routing, ``decode`` and validation, counters, the agent's bounded queue)
-over each of the daemon's MQTT links (``mqtt.client``: native, paho, aiomqtt),
+over each of the daemon's MQTT links (``mqtt.client``: native, paho),
 with every message acknowledged once taken off the agent's queue (no agent
 processing, which ``lillith bench agent`` measures). One process each; the
 repeats of all consumers are interleaved and the best of each is reported.
@@ -35,7 +35,7 @@ from lillith.runtime.daemon import Daemon, _AgentRuntime
 from lillith.sensors.mqtt import Link, MqttSettings, open_link
 from local_broker import free_port, start_mosquitto
 
-CLIENTS = ("native", "paho", "aiomqtt")  # the daemon's links (``mqtt.client``)
+CLIENTS = ("native", "paho")  # the daemon's links (``mqtt.client``)
 
 
 def _register(port: int, client_id: str, topic: str) -> None:

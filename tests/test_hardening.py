@@ -310,7 +310,7 @@ def test_6_distinct_long_topics_do_not_stay_in_memory() -> None:
 
 # ---------------------------------------------------------------- 3: the last will on a crash
 def test_3_a_link_left_by_an_exception_gets_its_will_published(mosquitto: int) -> None:
-    from lillith.sensors.mqtt import LastWill, MqttLink, MqttSettings, NativeLink, PahoLink
+    from lillith.sensors.mqtt import LastWill, MqttSettings, NativeLink, PahoLink
 
     uid = uuid.uuid4().hex[:8]
     got: list[bytes] = []
@@ -327,7 +327,7 @@ def test_3_a_link_left_by_an_exception_gets_its_will_published(mosquitto: int) -
     watch.loop_start()
     try:
         for kind, protocol in ((NativeLink, 5), (NativeLink, 311), (PahoLink, 5),
-                               (PahoLink, 311), (MqttLink, 5)):
+                               (PahoLink, 311)):
             seen.clear()
             got.clear()
             topic = f"crash/{uid}/{kind.__name__}{protocol}"

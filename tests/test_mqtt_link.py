@@ -29,10 +29,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from paho.mqtt.enums import CallbackAPIVersion
 
-from lillith.sensors import _wire
-from lillith.sensors.mqtt import Incoming, LastWill, LinkError, MqttSettings, NativeLink
+from lillith.sensors.mqtt import Incoming, LastWill, LinkError, MqttSettings, NativeLink, wire
 
-from .conftest import MOSQUITTO, _free_port, start_mosquitto
+from .conftest import MOSQUITTO, free_port, start_mosquitto
 
 pytestmark = pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto is not installed")
 
@@ -40,45 +39,45 @@ pytestmark = pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto is not inst
 # ---------------------------------------------------------------- wire format
 @given(st.integers(0, 268_435_455))
 def test_varint_round_trip(n: int) -> None:
-    raw = _wire.varint(n)
+    raw = wire.varint(n)
     assert len(raw) == 1 + (n >= 128) + (n >= 16_384) + (n >= 2_097_152)
-    assert _wire.read_varint(raw + b"\x00", 0) == (n, len(raw))
+    assert wire.read_varint(raw + b"\x00", 0) == (n, len(raw))
 
 
 def test_varint_rejects_what_does_not_fit() -> None:
-    with pytest.raises(_wire.ProtocolError):
-        _wire.varint(268_435_456)
-    with pytest.raises(_wire.ProtocolError):
-        _wire.read_varint(b"\xff\xff\xff\xff\x01", 0)
-    with pytest.raises(_wire.ProtocolError):
-        _wire.read_varint(b"\x80", 0)
+    with pytest.raises(wire.ProtocolError):
+        wire.varint(268_435_456)
+    with pytest.raises(wire.ProtocolError):
+        wire.read_varint(b"\xff\xff\xff\xff\x01", 0)
+    with pytest.raises(wire.ProtocolError):
+        wire.read_varint(b"\x80", 0)
 
 
 def test_packets_golden() -> None:
     """Byte-exact packets, written out by hand from the MQTT 3.1.1 and 5 specifications."""
-    assert _wire.connect("ab", v5=False, clean=False, keepalive=30) == (
+    assert wire.connect("ab", v5=False, clean=False, keepalive=30) == (
         b"\x10\x0e\x00\x04MQTT\x04\x00\x00\x1e\x00\x02ab")
-    assert _wire.connect("ab", v5=False, clean=True, keepalive=60, username="u",
-                         password="p", will=_wire.Will("w", b"x")) == (
+    assert wire.connect("ab", v5=False, clean=True, keepalive=60, username="u",
+                         password="p", will=wire.Will("w", b"x")) == (
         b"\x10\x1a\x00\x04MQTT\x04\xee\x00\x3c\x00\x02ab\x00\x01w\x00\x01x\x00\x01u\x00\x01p")
-    assert _wire.connect("ab", v5=True, clean=False, keepalive=30, session_expiry=7,
+    assert wire.connect("ab", v5=True, clean=False, keepalive=30, session_expiry=7,
                          receive_maximum=64) == (
         b"\x10\x17\x00\x04MQTT\x05\x00\x00\x1e\x08\x11\x00\x00\x00\x07\x21\x00\x40\x00\x02ab")
-    assert _wire.subscribe(5, "a/#", 1, v5=False) == b"\x82\x08\x00\x05\x00\x03a/#\x01"
-    assert _wire.subscribe(5, "a/#", 1, v5=True) == b"\x82\x09\x00\x05\x00\x00\x03a/#\x01"
-    assert _wire.publish("t", b"hi", qos=1, retain=True, mid=258, v5=False) == (
+    assert wire.subscribe(5, "a/#", 1, v5=False) == b"\x82\x08\x00\x05\x00\x03a/#\x01"
+    assert wire.subscribe(5, "a/#", 1, v5=True) == b"\x82\x09\x00\x05\x00\x00\x03a/#\x01"
+    assert wire.publish("t", b"hi", qos=1, retain=True, mid=258, v5=False) == (
         b"\x33\x07\x00\x01t\x01\x02hi")
-    assert _wire.publish("t", b"hi", qos=0, retain=False, mid=0, v5=True) == (
+    assert wire.publish("t", b"hi", qos=0, retain=False, mid=0, v5=True) == (
         b"\x30\x06\x00\x01t\x00hi")
-    assert _wire.puback(0x1234) == b"\x40\x02\x12\x34"
+    assert wire.puback(0x1234) == b"\x40\x02\x12\x34"
 
 
 def _publish_v5(topic: str, payload: bytes, mid: int, props: bytes) -> bytes:
     head = struct.pack("!H", len(topic.encode())) + topic.encode()
     if mid:
         head += struct.pack("!H", mid)
-    body = head + _wire.varint(len(props)) + props + payload
-    return bytes((0x30 | (0x02 if mid else 0),)) + _wire.varint(len(body)) + body
+    body = head + wire.varint(len(props)) + props + payload
+    return bytes((0x30 | (0x02 if mid else 0),)) + wire.varint(len(body)) + body
 
 
 def _utf8(s: str) -> bytes:
@@ -369,7 +368,7 @@ def test_reading_pauses_when_the_inbox_is_full_and_resumes(mosquitto: int,
 
 
 def _private_broker(tmp: Path, extra: str = "") -> tuple[int, subprocess.Popen[bytes]]:
-    port = _free_port()
+    port = free_port()
     return port, start_mosquitto(port, tmp, extra=extra)
 
 
@@ -453,7 +452,7 @@ def tls_broker(tmp_path: Path) -> Iterator[tuple[int, Path]]:
     run("openssl", "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
         "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "ext")
     run("mosquitto_passwd", "-b", "-c", "passwd", "sensor", "s3cret")
-    port = _free_port()
+    port = free_port()
     broker = start_mosquitto(port, tmp_path, anonymous=False, extra=(
         f"password_file {tmp_path / 'passwd'}\ncafile {tmp_path / 'ca.pem'}\n"
         f"certfile {tmp_path / 'server.pem'}\nkeyfile {tmp_path / 'server.key'}\n"))
@@ -487,7 +486,7 @@ def test_tls_with_password_and_a_refused_login(tls_broker: tuple[int, Path]) -> 
     asyncio.run(main())
 
 
-class _Wire(asyncio.Transport):
+class _Transport(asyncio.Transport):
     """A transport that records what the link writes (for ordering tests)."""
 
     def __init__(self) -> None:
@@ -508,13 +507,13 @@ class _Wire(asyncio.Transport):
         self.paused = False
 
 
-def _attached(**kw: object) -> tuple[NativeLink, _Wire]:
+def _attached(**kw: object) -> tuple[NativeLink, _Transport]:
     link = NativeLink(MqttSettings(protocol=311, **kw))  # type: ignore[arg-type]
-    wire = _Wire()
+    sent = _Transport()
     link._loop = asyncio.get_running_loop()
     link._thread = threading.get_ident()
-    link.connection_made(wire)
-    return link, wire
+    link.connection_made(sent)
+    return link, sent
 
 
 def test_an_ack_never_overtakes_the_output_before_it() -> None:
@@ -522,19 +521,19 @@ def test_an_ack_never_overtakes_the_output_before_it() -> None:
     given after its output waits behind it, so a connection lost in between
     loses neither (the broker redelivers the frame instead)."""
     async def main() -> None:
-        link, wire = _attached()
+        link, sent = _attached()
         link._quota = 1
         await link.publish("o", b"out-1")
         await link.publish("o", b"out-2")  # beyond the window: queued
-        link.data_received(_wire.publish("in", b"x", qos=1, retain=False, mid=7, v5=False))
+        link.data_received(wire.publish("in", b"x", qos=1, retain=False, mid=7, v5=False))
         (msg,) = link._inbox
         assert msg is not None
         link.ack(msg)
         await asyncio.sleep(0)
-        assert b"out-2" not in wire.out and _wire.puback(7) not in wire.out
-        link.data_received(_wire.puback(1))  # the broker acknowledged out-1
+        assert b"out-2" not in sent.out and wire.puback(7) not in sent.out
+        link.data_received(wire.puback(1))  # the broker acknowledged out-1
         await asyncio.sleep(0)
-        assert wire.out.index(b"out-2") < wire.out.index(_wire.puback(7))
+        assert sent.out.index(b"out-2") < sent.out.index(wire.puback(7))
         assert link._inflight == 1 and not link._queued
 
     asyncio.run(main())
@@ -546,23 +545,23 @@ def test_reading_stops_when_the_inbox_is_full_but_not_while_a_reply_is_awaited(
     monkeypatch.setattr(NativeLink, "INBOX_LOW", 5)
 
     async def main() -> None:
-        link, wire = _attached()
-        stream = b"".join(_wire.publish("in", b"x", qos=1, retain=False, mid=k, v5=False)
+        link, sent = _attached()
+        stream = b"".join(wire.publish("in", b"x", qos=1, retain=False, mid=k, v5=False)
                           for k in range(1, 13))
         link.data_received(stream)
-        assert wire.paused and len(link._inbox) == 12  # one read may pass the mark
+        assert sent.paused and len(link._inbox) == 12  # one read may pass the mark
         sub = asyncio.ensure_future(link.subscribe("more/#"))
         await asyncio.sleep(0)
-        assert not wire.paused  # the SUBACK may be behind the messages: keep reading
+        assert not sent.paused  # the SUBACK may be behind the messages: keep reading
         link.data_received(b"\x90\x03\x00\x01\x01")  # SUBACK, packet id 1
         await sub
-        assert wire.paused
+        assert sent.paused
         got = []
         async for m in link.messages():
             got.append(m)
             if len(got) == 8:  # 4 left: below the low mark
                 break
-        assert not wire.paused
+        assert not sent.paused
 
     asyncio.run(main())
 
@@ -620,3 +619,29 @@ def test_shared_subscription_splits_the_messages(mosquitto: int) -> None:
         assert sorted(int(m.payload) for m in got_a + got_b) == list(range(200))
 
     asyncio.run(main())
+
+
+# ---------------------------------------------------------------- topic filters
+@pytest.mark.parametrize(("topic", "topic_filter", "match"), [
+    ("sensors/a", "sensors/#", True), ("sensors", "sensors/#", True),
+    ("sensors/a/b", "sensors/+", False), ("sensors/a/b", "sensors/+/b", True),
+    ("sensors/a/b", "#", True), ("other/a", "sensors/#", False),
+    ("sensors/a", "sensors/a", True), ("sensors/a", "sensors/b", False),
+    ("sensors/a", "$share/g/sensors/+", True), ("sensors/", "sensors/+", True),
+    ("a/b", "a/b/c", False), ("a/b/c", "a/b", False), ("/a", "+/a", True),
+])
+def test_topic_filters_match_as_mqtt_says(topic: str, topic_filter: str, match: bool) -> None:
+    from lillith.sensors.mqtt import topic_matches
+
+    assert topic_matches(topic, topic_filter) is match
+
+
+@pytest.mark.parametrize(("topic", "topic_filter"), [
+    ("a", ""), ("a", "a/#/b"), ("a", "a+"), ("a", "a/b#"), ("", "a"), ("a/+", "#"),
+    ("a/#", "#"),
+])
+def test_invalid_topics_and_filters_raise(topic: str, topic_filter: str) -> None:
+    from lillith.sensors.mqtt import topic_matches
+
+    with pytest.raises(ValueError):
+        topic_matches(topic, topic_filter)

@@ -309,14 +309,7 @@ class Daemon:
                      for a in self.agents if a.assembler is not None]
             await stop.wait()
             log.info("intake_stopping", pending=link.pending())
-            if link.acks_on_receipt:
-                # aiomqtt already acknowledged what it received: read and process
-                # it first; the intake returns once none is left, or is cancelled
-                # here while it waits on an empty queue
-                deadline = time.monotonic() + self.drain_timeout_s
-                while not intake.done() and link.pending() and time.monotonic() < deadline:
-                    await asyncio.sleep(0.005)
-            # (paho: unread messages are unacknowledged; the broker redelivers them)
+            # (unread messages are unacknowledged: the broker redelivers them)
             intake.cancel()
             for tick in ticks:
                 tick.cancel()
@@ -425,7 +418,7 @@ class Daemon:
                 await self._accept_channel(link, target[0], msg)
             else:
                 await self._accept(link, target[0], msg)
-            if stop.is_set() and (not link.acks_on_receipt or not link.pending()):
+            if stop.is_set():
                 return
 
     async def _reject(self, link: Link, a: _AgentRuntime, msg: Incoming, e: RejectError

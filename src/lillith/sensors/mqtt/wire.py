@@ -6,7 +6,7 @@ DISCONNECT. Encoders return whole packets as ``bytes``; decoders take the
 variable header and payload of one packet (``body``, after the fixed header)
 and raise :class:`ProtocolError` on anything malformed. The hot path (parsing
 PUBLISH packets out of a received chunk) lives in
-:meth:`lillith.sensors.mqtt.NativeLink` and uses :func:`publish_properties`
+:class:`lillith.sensors.mqtt.native_link.NativeLink` and uses :func:`publish_properties`
 only when a packet carries MQTT 5 properties.
 """
 

@@ -1,12 +1,6 @@
-"""The one module that talks to aiomqtt (2.5): connection settings and a thin link.
+"""lillith's own asyncio MQTT 3.1.1 / 5 client: the default link (``mqtt.client = "native"``).
 
-Everything MQTT-specific (protocol versions, persistent sessions, TLS, the
-last will, content types) is decided here; the runtime sees
-:class:`MqttLink` and plain :class:`Incoming` messages.
-
-Note on flow control: aiomqtt 2.x acknowledges QoS-1 messages as paho reads
-them, before application code sees them; a daemon that stops reading only
-stops *its* consumption, while paho keeps reading into aiomqtt's queue.
+docs/mqtt.md says why it exists (measured), what it speaks and what it does not.
 """
 
 from __future__ import annotations
@@ -15,360 +9,23 @@ import asyncio
 import collections
 import contextlib
 import socket
-import ssl
 import threading
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, NamedTuple
+from typing import Any
 
-import aiomqtt
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from lillith.sensors.mqtt import wire
+from lillith.sensors.mqtt.messages import Incoming, LastWill, LinkError
+from lillith.sensors.mqtt.settings import MqttSettings, tls_context
 
-from lillith.sensors import _wire
-
-MqttError = aiomqtt.MqttError
 _QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)  # Linux only
-
-
-class MqttSettings(BaseModel):
-    """Broker connection (one client per daemon)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    host: str = "localhost"
-    port: int = Field(1883, ge=1, le=65535)
-    client_id: str = "lillith"
-    protocol: Literal[5, 311] = 5
-    qos: Literal[0, 1] = 1
-    persistent_session: bool = True
-    session_expiry_s: int = Field(7 * 24 * 3600, ge=0)
-    username: str | None = None
-    password: str | None = None
-    tls: bool = False
-    """TLS with the system's trusted CAs (implied by any of the ``tls_*`` files)."""
-    tls_ca: Path | None = None
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-    plaintext_credentials: Literal["warn", "refuse"] = "warn"
-    """A password without TLS: logged as a warning, or refused at start."""
-    keepalive: int = Field(30, ge=5)
-    reconnect_min_s: float = Field(0.5, gt=0)
-    reconnect_max_s: float = Field(30.0, gt=0)
-    client: Literal["native", "paho", "aiomqtt"] = "native"
-    receive_maximum: int = Field(64, ge=1, le=65535)
-
-    @property
-    def uses_tls(self) -> bool:
-        """TLS is on: ``tls``, or any of ``tls_ca``, ``tls_cert``, ``tls_key``."""
-        return self.tls or any(p is not None for p in (self.tls_ca, self.tls_cert,
-                                                        self.tls_key))
-
-    @model_validator(mode="after")
-    def _no_refused_plaintext(self) -> MqttSettings:
-        if self.plaintext_credentials == "refuse" and plaintext_credentials(self):
-            raise ValueError("a password without TLS is refused (plaintext_credentials = "
-                             "'refuse'): set tls = true or tls_ca")
-        if self.tls_key is not None and self.tls_cert is None:
-            raise ValueError("tls_key needs tls_cert (the client certificate)")
-        return self
-
-
-def plaintext_credentials(s: MqttSettings) -> bool:
-    """Would a password go over the network unencrypted?"""
-    return s.password is not None and not s.uses_tls
-
-
-class Incoming(NamedTuple):
-    """One received message: topic, payload bytes, MQTT 5 content type if any.
-
-    ``mid``/``qos`` identify it for the link's ``ack`` (``mid`` 0: nothing to
-    acknowledge); a packet id is only meaningful on the connection (``link``)
-    that received the message. (A named tuple: built once per message on the
-    intake's hot path, where a frozen dataclass costs three times as much.)
-    """
-
-    topic: str
-    payload: bytes
-    content_type: str | None
-    mid: int = 0
-    qos: int = 0
-    link: int = 0  # id of the connection that received it
-
-
-@dataclass(frozen=True)
-class LastWill:
-    """Retained message the broker publishes if the daemon vanishes."""
-
-    topic: str
-    payload: bytes
-
-
-def _tls_context(s: MqttSettings) -> ssl.SSLContext | None:
-    """The TLS context of the settings, or None (plaintext).
-
-    TLS is on when ``tls`` is set or any of ``tls_ca``, ``tls_cert``,
-    ``tls_key`` is: the broker's certificate is verified against ``tls_ca``,
-    or the system's trust store without it (a client certificate alone never
-    means plaintext); ``tls_cert`` / ``tls_key`` are the client's own.
-    """
-    if not s.uses_tls:
-        return None
-    ctx = ssl.create_default_context(cafile=None if s.tls_ca is None else str(s.tls_ca))
-    if s.tls_cert is not None:
-        ctx.load_cert_chain(str(s.tls_cert), None if s.tls_key is None else str(s.tls_key))
-    return ctx
-
-
-def topic_matches(topic: str, topic_filter: str) -> bool:
-    """MQTT wildcard match (``+``, ``#``; a ``$share/group/`` prefix is ignored)."""
-    if topic_filter.startswith("$share/"):
-        topic_filter = topic_filter.split("/", 2)[2]
-    return aiomqtt.Topic(topic).matches(topic_filter)
-
-
-class MqttLink:
-    """aiomqtt connection; use as ``async with MqttLink(settings, will) as link``.
-
-    aiomqtt acknowledges QoS-1 messages on receipt, so :meth:`ack` does
-    nothing here: what it has received and lillith has not processed is lost
-    if the process dies. :class:`PahoLink` (the default) acknowledges after
-    processing instead.
-    """
-
-    acks_on_receipt = True
-
-    def __init__(self, settings: MqttSettings, will: LastWill | None = None) -> None:
-        self.settings = settings
-        s = settings
-        protocol = (aiomqtt.ProtocolVersion.V5 if s.protocol == 5
-                    else aiomqtt.ProtocolVersion.V311)
-        kwargs: dict[str, object] = {}
-        if s.protocol == 5:
-            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-            props.SessionExpiryInterval = s.session_expiry_s if s.persistent_session else 0
-            kwargs["properties"] = props
-            kwargs["clean_start"] = not s.persistent_session
-        else:
-            kwargs["clean_session"] = not s.persistent_session
-        tls = _tls_context(s)
-        self._client = aiomqtt.Client(
-            s.host, s.port, identifier=s.client_id, protocol=protocol,
-            username=s.username, password=s.password, keepalive=s.keepalive,
-            will=None if will is None else aiomqtt.Will(will.topic, will.payload, qos=1,
-                                                        retain=True),
-            tls_context=tls, **kwargs,  # type: ignore[arg-type]
-        )
-
-    async def __aenter__(self) -> MqttLink:
-        await self._client.__aenter__()
-        return self
-
-    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
-                        tb: TracebackType | None) -> None:
-        if et is not None:  # left by an exception: end without DISCONNECT (the will goes out)
-            sock = self._client._client.socket()
-            if isinstance(sock, socket.socket):
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-        await self._client.__aexit__(et, e, tb)
-
-    async def subscribe(self, topic_filter: str) -> None:
-        """Subscribe with the configured QoS (``$share/group/...`` works on MQTT 5)."""
-        await self._client.subscribe(topic_filter, qos=self.settings.qos)
-
-    async def publish(self, topic: str, payload: bytes, *, retain: bool = False,
-                      qos: int | None = None, wait: bool = False) -> None:
-        """Publish ``payload`` (QoS defaults to the configured one; aiomqtt always waits)."""
-        await self._client.publish(topic, payload, qos=self.settings.qos if qos is None else qos,
-                                   retain=retain)
-
-    def pending(self) -> int:
-        """Messages received (and, by aiomqtt, already acknowledged) but not yet read."""
-        return len(self._client.messages)
-
-    def ack(self, msg: Incoming) -> None:
-        """aiomqtt acknowledged ``msg`` when it arrived: nothing to do."""
-
-    async def messages(self) -> AsyncIterator[Incoming]:
-        """Received messages, in order."""
-        async for m in self._client.messages:
-            payload = m.payload if isinstance(m.payload, bytes | bytearray) else (
-                str(m.payload).encode() if m.payload is not None else b"")
-            ctype = getattr(m.properties, "ContentType", None) if m.properties else None
-            yield Incoming(str(m.topic), bytes(payload), ctype, int(m.mid), int(m.qos))
-
-
-class LinkError(MqttError):
-    """Connection to the broker failed or was lost (paho link)."""
-
-
-class PahoLink:
-    """paho-mqtt connection with manual acknowledgement (the default link).
-
-    paho's network loop runs in its own thread and hands messages to the event
-    loop with ``call_soon_threadsafe``. QoS-1 messages are acknowledged only
-    when the daemon says so (:meth:`ack`, after the agent processed the
-    frame), so a message the daemon never processed is redelivered by the
-    broker to the persistent session: at-least-once, end to end. The broker's
-    in-flight window (unacknowledged messages per client) then bounds how far
-    the broker runs ahead of the agents: backpressure, with the broker holding
-    the rest.
-    """
-
-    acks_on_receipt = False
-
-    def __init__(self, settings: MqttSettings, will: LastWill | None = None) -> None:
-        import paho.mqtt.client as paho
-        from paho.mqtt.enums import CallbackAPIVersion
-
-        self.settings = s = settings
-        self._paho = paho
-        v5 = s.protocol == 5
-        self._client = paho.Client(
-            CallbackAPIVersion.VERSION2, client_id=s.client_id,
-            protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
-            clean_session=None if v5 else not s.persistent_session, manual_ack=True)
-        # no in-flight cap on our publishes: paho would hold an output back in
-        # its own queue while the PUBACK of its frame went out at once, and a
-        # lost connection would then lose a frame the broker had forgotten
-        self._client.max_inflight_messages_set(0)
-        if s.username is not None:
-            self._client.username_pw_set(s.username, s.password)
-        ctx = _tls_context(s)
-        if ctx is not None:
-            self._client.tls_set_context(ctx)
-        if will is not None:
-            self._client.will_set(will.topic, will.payload, qos=1, retain=True)
-        # paho's thread appends here and wakes the loop only when the consumer
-        # is idle: one call_soon_threadsafe per burst, not per message
-        self._inbox: collections.deque[Incoming | None] = collections.deque()
-        self._armed = False
-        self._wake = asyncio.Event()
-        self._connected: asyncio.Future[None] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    async def __aenter__(self) -> PahoLink:
-        loop = asyncio.get_running_loop()
-        self._loop = loop
-        self._connected = loop.create_future()
-        connected = self._connected
-        c = self._client
-        s = self.settings
-
-        def on_connect(client: Any, ud: Any, flags: Any, rc: Any, props: Any = None) -> None:
-            ok = not rc.is_failure if hasattr(rc, "is_failure") else rc == 0
-            loop.call_soon_threadsafe(_resolve, connected, None if ok else LinkError(str(rc)))
-
-        def deliver(item: Incoming | None) -> None:  # on paho's thread
-            self._inbox.append(item)
-            if not self._armed:
-                self._armed = True
-                loop.call_soon_threadsafe(self._wake.set)
-
-        def on_disconnect(client: Any, ud: Any, flags: Any, rc: Any, props: Any = None) -> None:
-            deliver(None)
-
-        def on_message(client: Any, ud: Any, m: Any) -> None:
-            ctype = getattr(m.properties, "ContentType", None) if m.properties else None
-            deliver(Incoming(m.topic, bytes(m.payload), ctype, int(m.mid), int(m.qos),
-                             id(self)))
-
-        c.on_connect = on_connect
-        c.on_disconnect = on_disconnect
-        c.on_message = on_message
-        kwargs: dict[str, Any] = {}
-        if s.protocol == 5:
-            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-            props.SessionExpiryInterval = s.session_expiry_s if s.persistent_session else 0
-            # unacknowledged QoS-1 messages the broker may send us: beyond it the
-            # broker holds them (flow control; 3.1.1 relies on the broker's limit)
-            props.ReceiveMaximum = s.receive_maximum
-            kwargs = {"clean_start": not s.persistent_session, "properties": props}
-        try:
-            await loop.run_in_executor(
-                None, lambda: c.connect(s.host, s.port, s.keepalive, **kwargs))
-        except OSError as e:
-            raise LinkError(f"cannot connect to {s.host}:{s.port}: {e}") from e
-        c.loop_start()
-        try:
-            await asyncio.wait_for(connected, 30)
-        except BaseException:
-            c.loop_stop()
-            raise
-        return self
-
-    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
-                        tb: TracebackType | None) -> None:
-        loop = asyncio.get_running_loop()
-        if et is None:
-            self._client.disconnect()  # clean: the broker discards the will
-            await loop.run_in_executor(None, self._client.loop_stop)
-            return
-        # left by an exception: stop paho's thread (which would reconnect), then
-        # close the socket without DISCONNECT, so the broker publishes the will
-        await loop.run_in_executor(None, self._client.loop_stop)
-        sock = self._client.socket()
-        if isinstance(sock, socket.socket):
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-                sock.close()
-
-    async def subscribe(self, topic_filter: str) -> None:
-        """Subscribe with the configured QoS."""
-        rc, _ = self._client.subscribe(topic_filter, qos=self.settings.qos)
-        if rc != self._paho.MQTT_ERR_SUCCESS:
-            raise LinkError(f"subscribe failed: {rc}")
-
-    async def publish(self, topic: str, payload: bytes, *, retain: bool = False,
-                      qos: int | None = None, wait: bool = False) -> None:
-        """Queue ``payload`` for sending; ``wait`` blocks until the broker has it."""
-        info = self._client.publish(topic, payload,
-                                    qos=self.settings.qos if qos is None else qos, retain=retain)
-        if info.rc != self._paho.MQTT_ERR_SUCCESS:
-            raise LinkError(f"publish failed: {info.rc}")
-        if wait:
-            await asyncio.get_running_loop().run_in_executor(
-                None, lambda: info.wait_for_publish(10))
-
-    def ack(self, msg: Incoming) -> None:
-        """Acknowledge ``msg`` to the broker (QoS 1); safe from any thread.
-
-        A message received on an earlier connection is not acknowledged here:
-        its packet id may belong to another message now; the broker redelivers
-        it to the session instead (a QoS-1 duplicate, never a loss).
-        """
-        if msg.qos > 0 and msg.mid and msg.link == id(self):
-            self._client.ack(msg.mid, msg.qos)
-
-    def pending(self) -> int:
-        """Messages received but not yet read (none acknowledged yet)."""
-        return len(self._inbox)
-
-    async def messages(self) -> AsyncIterator[Incoming]:
-        """Received messages, in order; raises :class:`LinkError` on disconnect."""
-        inbox = self._inbox
-        while True:
-            while inbox:
-                m = inbox.popleft()
-                if m is None:
-                    raise LinkError("disconnected from the broker")
-                yield m
-            self._wake.clear()
-            self._armed = False
-            if inbox:  # appended between the last pop and disarming
-                continue
-            await self._wake.wait()
 
 
 class NativeLink(asyncio.Protocol):
     """lillith's own asyncio MQTT 3.1.1 / 5 client (the default link).
 
     The socket is read by the event loop itself: each received chunk is cut
-    into packets in one pass (:mod:`lillith.sensors._wire` holds the packet
+    into packets in one pass (:mod:`lillith.sensors.mqtt.wire` holds the packet
     formats), PUBLISH packets become :class:`Incoming` messages in an inbox
     that :meth:`messages` drains, and the acknowledgements the daemon gives
     (:meth:`ack`, after the agent processed the frame) are gathered and sent
@@ -393,7 +50,6 @@ class NativeLink(asyncio.Protocol):
     frame is never acknowledged before its output has gone out.
     """
 
-    acks_on_receipt = False
     INBOX_HIGH = 8192
     INBOX_LOW = 1024
     MAX_INFLIGHT = 64
@@ -403,7 +59,7 @@ class NativeLink(asyncio.Protocol):
     def __init__(self, settings: MqttSettings, will: LastWill | None = None) -> None:
         self.settings = settings
         self._v5 = settings.protocol == 5
-        self._will = None if will is None else _wire.Will(will.topic, will.payload)
+        self._will = None if will is None else wire.Will(will.topic, will.payload)
         self._inbox: collections.deque[Incoming | None] = collections.deque()
         self._buf = bytearray()  # the start of a packet not yet complete
         self._need = 0  # bytes of _buf needed before parsing is worth trying again
@@ -428,7 +84,7 @@ class NativeLink(asyncio.Protocol):
         self._sock: Any = None  # the TCP socket, when quick acknowledgements are available
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread = 0
-        self._connack: asyncio.Future[_wire.Connack] | None = None
+        self._connack: asyncio.Future[wire.Connack] | None = None
         self._wake = asyncio.Event()  # messages arrived
         self._writable = asyncio.Event()  # the socket takes writes
         self._writable.set()
@@ -442,7 +98,7 @@ class NativeLink(asyncio.Protocol):
         loop = self._loop = asyncio.get_running_loop()
         self._thread = threading.get_ident()
         self._connack = loop.create_future()
-        ctx = _tls_context(s)
+        ctx = tls_context(s)
         try:
             await asyncio.wait_for(loop.create_connection(
                 lambda: self, s.host, s.port, ssl=ctx,
@@ -450,7 +106,7 @@ class NativeLink(asyncio.Protocol):
         except (OSError, TimeoutError) as e:
             raise LinkError(f"cannot connect to {s.host}:{s.port}: {e}") from e
         assert self._transport is not None
-        self._transport.write(_wire.connect(
+        self._transport.write(wire.connect(
             s.client_id, v5=self._v5, clean=not s.persistent_session, keepalive=s.keepalive,
             username=s.username, password=s.password, will=self._will,
             session_expiry=(s.session_expiry_s if s.persistent_session else 0) if self._v5
@@ -464,10 +120,10 @@ class NativeLink(asyncio.Protocol):
         if not ack.ok:
             self._transport.close()
             raise LinkError(f"broker refused the connection: {ack.reason(self._v5)}")
-        quota = ack.properties.get(_wire.RECEIVE_MAXIMUM)
+        quota = ack.properties.get(wire.RECEIVE_MAXIMUM)
         if isinstance(quota, int) and quota > 0:
             self._quota = min(quota, self.MAX_INFLIGHT)
-        keepalive = ack.properties.get(_wire.SERVER_KEEP_ALIVE, s.keepalive)
+        keepalive = ack.properties.get(wire.SERVER_KEEP_ALIVE, s.keepalive)
         if isinstance(keepalive, int) and keepalive > 0:
             self._ping = loop.call_later(keepalive / 2, self._keepalive, keepalive / 2)
         return self
@@ -478,11 +134,11 @@ class NativeLink(asyncio.Protocol):
         if t is not None and not t.is_closing():
             self._flush_acks()
             if et is None:
-                t.write(_wire.DISCONNECT_PACKET)  # a clean end: the broker drops the will
+                t.write(wire.DISCONNECT_PACKET)  # a clean end: the broker drops the will
             elif self._v5:
                 # left by an exception (a crash, not a stop): the broker is told to
                 # publish the will, so the status does not stay "online"
-                t.write(_wire.DISCONNECT_WITH_WILL_PACKET)
+                t.write(wire.DISCONNECT_WITH_WILL_PACKET)
             else:
                 t.close()  # 3.1.1: a connection closed without DISCONNECT, same effect
             # the broker closes once it has read everything before DISCONNECT; our
@@ -559,7 +215,7 @@ class NativeLink(asyncio.Protocol):
         if t is None or t.is_closing():
             return
         self._pong_due = True
-        t.write(_wire.PINGREQ_PACKET)
+        t.write(wire.PINGREQ_PACKET)
         assert self._loop is not None
         self._ping = self._loop.call_later(every, self._keepalive, every)
 
@@ -576,7 +232,7 @@ class NativeLink(asyncio.Protocol):
             self._buf = bytearray()
         try:
             done = self._parse(data)
-        except (_wire.ProtocolError, IndexError, ValueError) as e:
+        except (wire.ProtocolError, IndexError, ValueError) as e:
             self._abort(LinkError(f"protocol error from the broker: {e}"))
             return
         if done < len(data):
@@ -623,7 +279,7 @@ class NativeLink(asyncio.Protocol):
                     self._need = end - pos + 1
                     return pos
                 if shift > 21:
-                    raise _wire.ProtocolError("remaining length over 4 bytes")
+                    raise wire.ProtocolError("remaining length over 4 bytes")
                 b = data[i]
                 length |= (b & 0x7F) << shift
                 shift += 7
@@ -632,7 +288,7 @@ class NativeLink(asyncio.Protocol):
             if stop > end:
                 self._need = stop - pos
                 return pos
-            if first >> 4 == _wire.PUBLISH:
+            if first >> 4 == wire.PUBLISH:
                 qos = (first >> 1) & 3
                 j = i + 2 + ((data[i] << 8) | data[i + 1])
                 topic = data[i + 2:j].decode("utf-8", "replace")
@@ -645,16 +301,16 @@ class NativeLink(asyncio.Protocol):
                     if data[j] == 0:
                         j += 1
                     else:
-                        ctype, alias, j = _wire.publish_properties(data, j)
+                        ctype, alias, j = wire.publish_properties(data, j)
                         if alias is not None:
                             if topic:
                                 self._aliases[alias] = topic
                             elif alias in self._aliases:
                                 topic = self._aliases[alias]
                             else:
-                                raise _wire.ProtocolError("unknown topic alias")
+                                raise wire.ProtocolError("unknown topic alias")
                 if j > stop or not topic:
-                    raise _wire.ProtocolError("PUBLISH without a topic, or its header "
+                    raise wire.ProtocolError("PUBLISH without a topic, or its header "
                                               "runs past the packet")
                 inbox.append(Incoming(topic, data[j:stop], ctype, mid, qos, link))
             else:
@@ -664,8 +320,8 @@ class NativeLink(asyncio.Protocol):
 
     def _control(self, first: int, body: bytes) -> None:
         kind = first >> 4
-        if kind == _wire.PUBACK:
-            mid, code = _wire.read_ack(body)
+        if kind == wire.PUBACK:
+            mid, code = wire.read_ack(body)
             if mid in self._publishes:
                 fut = self._publishes.pop(mid)
                 if fut is not None and not fut.done():
@@ -675,21 +331,21 @@ class NativeLink(asyncio.Protocol):
                         fut.set_result(None)
                 self._inflight -= 1
                 self._send_queued()
-        elif kind == _wire.PINGRESP:
+        elif kind == wire.PINGRESP:
             self._pong_due = False
-        elif kind == _wire.SUBACK:
-            mid, codes = _wire.read_suback(body, v5=self._v5)
+        elif kind == wire.SUBACK:
+            mid, codes = wire.read_suback(body, v5=self._v5)
             sub = self._subscribes.pop(mid, None)
             if sub is not None and not sub.done():
                 sub.set_result(codes)
-        elif kind == _wire.CONNACK:
+        elif kind == wire.CONNACK:
             if self._connack is not None and not self._connack.done():
-                self._connack.set_result(_wire.read_connack(body, v5=self._v5))
-        elif kind == _wire.DISCONNECT:
+                self._connack.set_result(wire.read_connack(body, v5=self._v5))
+        elif kind == wire.DISCONNECT:
             code = body[0] if body else 0
             self._abort(LinkError(f"the broker disconnected us (reason 0x{code:02x})"))
         else:
-            raise _wire.ProtocolError(f"unexpected packet type {kind}")
+            raise wire.ProtocolError(f"unexpected packet type {kind}")
 
     async def messages(self) -> AsyncIterator[Incoming]:
         """Received messages, in order; raises :class:`LinkError` once the connection is lost."""
@@ -725,9 +381,9 @@ class NativeLink(asyncio.Protocol):
             return
         mid = msg.mid
         if self._queued:  # behind the outputs still waiting for the window
-            self._queued.append((_wire.puback(mid), False))
+            self._queued.append((wire.puback(mid), False))
         else:
-            self._acks += _wire.puback(mid)
+            self._acks += wire.puback(mid)
             if not self._acks_due:
                 self._acks_due = True
                 self._loop.call_soon(self._flush_acks)
@@ -772,7 +428,7 @@ class NativeLink(asyncio.Protocol):
         fut: asyncio.Future[list[int]] = self._loop.create_future()
         self._subscribes[mid] = fut
         self._flow()
-        t.write(_wire.subscribe(mid, topic_filter, self.settings.qos, v5=self._v5))
+        t.write(wire.subscribe(mid, topic_filter, self.settings.qos, v5=self._v5))
         try:
             codes = await asyncio.wait_for(fut, self.TIMEOUT_S)
         except TimeoutError:
@@ -789,7 +445,7 @@ class NativeLink(asyncio.Protocol):
             await self._writable.wait()
             t = self._open_transport()
         if not q:
-            t.write(_wire.publish(topic, payload, qos=0, retain=retain, mid=0, v5=self._v5))
+            t.write(wire.publish(topic, payload, qos=0, retain=retain, mid=0, v5=self._v5))
             return
         while len(self._queued) >= self.MAX_QUEUED:
             self._room.clear()
@@ -799,7 +455,7 @@ class NativeLink(asyncio.Protocol):
         mid = self._new_mid()
         fut: asyncio.Future[None] | None = self._loop.create_future() if wait else None
         self._publishes[mid] = fut
-        self._queued.append((_wire.publish(topic, payload, qos=1, retain=retain, mid=mid,
+        self._queued.append((wire.publish(topic, payload, qos=1, retain=retain, mid=mid,
                                            v5=self._v5), True))
         self._send_queued()
         if fut is not None:
@@ -811,22 +467,3 @@ class NativeLink(asyncio.Protocol):
                 raise LinkError("publish not acknowledged by the broker") from None
             finally:
                 self._waiters -= 1
-
-
-def _resolve(fut: asyncio.Future[None], error: BaseException | None) -> None:
-    if fut.done():
-        return
-    if error is None:
-        fut.set_result(None)
-    else:
-        fut.set_exception(error)
-
-
-Link = NativeLink | PahoLink | MqttLink
-
-
-def open_link(settings: MqttSettings, will: LastWill | None = None) -> Link:
-    """The configured link implementation (``settings.client``)."""
-    if settings.client == "native":
-        return NativeLink(settings, will)
-    return PahoLink(settings, will) if settings.client == "paho" else MqttLink(settings, will)
