@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from lillith.errors import FabricError, StateError
-from lillith.fabric import som as som_mod
+from lillith.fabric import _som_kernels as som_mod
 from lillith.fabric.som import NEIGHBOURHOOD_CUTOFF, SelfOrganizingMap
 
 from .nojit import run_python
@@ -599,7 +599,7 @@ _NOJIT_PRUNED = textwrap.dedent(
     """
     import json, sys
     import numpy as np
-    from lillith.fabric import som as S
+    from lillith.fabric import _som_kernels as S
 
     rng = np.random.default_rng(5)
     c = rng.normal(0.0, 1.0, size=(3, 131))
