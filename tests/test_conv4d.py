@@ -438,10 +438,10 @@ _NOJIT_SCRIPT = textwrap.dedent(
     """
     import sys
     import numpy as np
-    from lillith.fabric import conv4d
+    from lillith.fabric import _conv4d_kernels, conv4d
 
     # with NUMBA_DISABLE_JIT=1 the kernels are the plain Python functions
-    assert not hasattr(conv4d._fwd_kernel, "signatures"), "JIT is active"
+    assert not hasattr(_conv4d_kernels._fwd_kernel, "signatures"), "JIT is active"
     d = np.load(sys.argv[1])
     s, p = tuple(d["stride"]), tuple(d["padding"])
     y = conv4d.conv4d_forward(d["x"], d["w"], d["b"], s, p, gain=d["gain"], backend="numba")
