@@ -1,6 +1,6 @@
 """The fabric step written as a vectorised torch-CPU program (benchmark baseline).
 
-Same equations and constants as ``lillith.fabric._kernels._step_impl``
+Same equations and constants as ``lillith.fabric._fabric_kernels._step_impl``
 (normal mode, plasticity on), expressed the way one would in torch: gathers
 over the synapse list, ``index_add_`` scatters into branches and segments,
 element-wise updates over neurons. Used by ``lillith bench fabric`` and by a

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lillith.errors import FabricError, StateError
-from lillith.fabric import _kernels as K
+from lillith.fabric import _fabric_kernels as K
 from lillith.fabric.neural_fabric import NeuralFabric3D
 from lillith.fabric.params import FabricParams
 from lillith.fabric.topology import index_of

@@ -1,5 +1,5 @@
 """The step kernel's chunked passes: equivalence with the numpy reference on
-fabrics that span several chunks (``_kernels.CHUNK``), serial and parallel.
+fabrics that span several chunks (``_fabric_kernels.CHUNK``), serial and parallel.
 
 The reference tests of test_fabric.py use fabrics smaller than one chunk; a
 neuron skipped or updated twice at a chunk boundary would pass them and also
@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from lillith.fabric import _kernels as K
+from lillith.fabric import _fabric_kernels as K
 from lillith.fabric.neural_fabric import NeuralFabric3D
 from lillith.fabric.wiring import Hierarchical, Local3D
 

@@ -21,12 +21,13 @@ PACKAGE = SRC / "lillith"
 
 LAYERS: dict[str, int] = {
     "lillith.errors": 0,
-    "lillith.fabric": 1,
-    "lillith.sensors": 1,
-    "lillith.state": 1,
-    "lillith.agents": 2,
-    "lillith.eval": 3,
-    "lillith.runtime": 4,
+    "lillith.records": 1,
+    "lillith.fabric": 2,
+    "lillith.sensors": 2,
+    "lillith.state": 2,
+    "lillith.agents": 3,
+    "lillith.eval": 4,
+    "lillith.runtime": 5,
 }
 """Each top-level part of the package and its floor: a module imports only from
 its own part and from parts on lower floors (``lillith/__init__.py``, the

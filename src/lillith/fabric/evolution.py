@@ -246,7 +246,7 @@ def _observe(
     """Update the per-neuron fitness EMAs in place (no allocation).
 
     ``act``, ``readout`` (n,) float32; ``grad`` (n_out,) float32, dLoss/dpooled;
-    the pooling groups are those of :func:`lillith.fabric._kernels._pool`.
+    the pooling groups are those of :func:`lillith.fabric._fabric_kernels._pool`.
     ``x <- keep * x + (1 - keep) * sample`` for importance ``|a r g / |f||``,
     ``a``, ``a^2`` and ``|a - slab mean|``.
     """

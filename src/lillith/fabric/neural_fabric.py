@@ -3,7 +3,7 @@
 All state is held as contiguous float32 arrays over neurons (one object owns
 them, as brian2 and norse hold neuron state); connectivity is CSR
 (:class:`~lillith.fabric.topology.Connectivity`) built by a wiring; one step
-is one call of a numba kernel (:mod:`lillith.fabric._kernels`). Evolution
+is one call of a numba kernel (:mod:`lillith.fabric._fabric_kernels`). Evolution
 (fitness, apoptosis, regrowth, lineage) works on the same arrays through
 :mod:`lillith.fabric.evolution`.
 """
@@ -18,10 +18,20 @@ import numpy as np
 import numpy.typing as npt
 
 from lillith.errors import FabricError, StateError
-from lillith.fabric import _kernels as K
+from lillith.fabric import _fabric_kernels as K
 from lillith.fabric import evolution as E
+from lillith.fabric.fabric_state import OPTIONAL, FabricState, legacy_defaults
+from lillith.fabric.fabric_state import spec as fabric_spec
 from lillith.fabric.params import FabricParams
-from lillith.fabric.topology import Connectivity, Shape3, index_of, n_neurons
+from lillith.fabric.topology import (
+    Connectivity,
+    Shape3,
+    feedback_start,
+    index_of,
+    n_neurons,
+    row_normalised,
+)
+from lillith.records import read_arrays
 
 F32 = npt.NDArray[np.float32]
 Mode = Literal["normal", "random", "intentional", "bidirectional"]
@@ -41,14 +51,6 @@ PARALLEL_THRESHOLD = 2048
 # below this the hotspot gain is folded into the stored traces
 HOT_GAIN_FLOOR = 1e-12
 
-_DYNAMIC = ("v", "m_na", "n_k", "c_ca", "vb", "cab", "hot", "ref", "adapt", "theta",
-            "act", "w")
-_TOPOLOGY = ("indptr", "indices", "polarity", "feedback",
-             "s_indptr", "s_indices", "s_wsigned", "tau", "population", "neuron_id")
-# evolution state: optional in set_state (snapshots from before it existed)
-_EVOLUTION = ("bptr", "gate", "gate_pairs", "gate_logit", "gate_val", "readout", "fitness",
-              "importance", "act_mean", "act_sq", "diversity", "parent_ids", "generation",
-              "birth_step", "next_id")
 # per-neuron arrays a preserving split copies from the parent
 _INHERITED = ("v", "m_na", "n_k", "c_ca", "vb", "cab", "hot", "ref", "adapt", "theta", "act",
               "_pending")
@@ -232,7 +234,7 @@ class NeuralFabric3D:
         # scratch of the step kernel (per-branch and per-soma input currents)
         self._branch_in = np.zeros(n * Kb, dtype=np.float32)
         self._soma_in = np.zeros(n, dtype=np.float32)
-        self.w = _row_normalised(self.indptr, weight0, self.polarity, self.params.g_inh)
+        self.w = row_normalised(self.indptr, weight0, self.polarity, self.params.g_inh)
         self.step_count = 0
         self._pending = np.zeros((n, Kb, S), dtype=np.float32)
         self._has_pending = False
@@ -260,7 +262,7 @@ class NeuralFabric3D:
 
     def _refresh_topology(self) -> None:
         """Arrays derived from the topology (after construction, evolution, restore)."""
-        self.fb_start = _feedback_start(self.indptr, self.feedback)
+        self.fb_start = feedback_start(self.indptr, self.feedback)
         self._gate_ptr, self._gate_pre, self._gate_post = E.gate_lists(
             self.indptr, self.indices, self.gate, self.n_gates)
 
@@ -458,29 +460,15 @@ class NeuralFabric3D:
         out: F32 = self.vb[self._index(neuron)].copy()
         return out
 
-    def dendrite_calcium(self, neuron: int | tuple[int, int, int]) -> F32:
-        """Branch calcium of one neuron, shape (n_branches,), in [0, 1]."""
-        out: F32 = self.cab[self._index(neuron)].copy()
-        return out
-
     def hotspots(self, neuron: int | tuple[int, int, int]) -> F32:
         """Segment activity traces of one neuron, shape (n_branches, n_segments)."""
         out: F32 = (self.hot[self._index(neuron)] * np.float32(self.hot_gain)).astype(np.float32)
         return out
 
-    @property
-    def hotspot_traces(self) -> F32:
-        """All segment activity traces, shape (n, n_branches, n_segments), float32 (a copy)."""
-        return (self.hot * np.float32(self.hot_gain)).astype(np.float32)
-
     def ion_channels(self, neuron: int | tuple[int, int, int]) -> dict[str, float]:
         """Gate states in [0, 1] of one neuron: ``{"Na": m, "K": n, "Ca": c}``."""
         i = self._index(neuron)
         return {"Na": float(self.m_na[i]), "K": float(self.n_k[i]), "Ca": float(self.c_ca[i])}
-
-    def membrane_potential(self) -> F32:
-        """Somatic voltages as a grid, shape (X, Y, Z), mV (a copy)."""
-        return self._to_map(self.v)
 
     @property
     def nnz(self) -> int:
@@ -719,167 +707,111 @@ class NeuralFabric3D:
                 "generation": self.generation.copy(), "birth_step": self.birth_step.copy()}
 
     # ------------------------------------------------------------------ state
+    def state(self) -> FabricState:
+        """The whole fabric as a :class:`FabricState` of copies: the dynamic
+        state, the plastic weights, the topology (which evolution may change:
+        rows, branch pointer, skip gates), the readout weights, the fitness
+        averages, the lineage, the constants and the step counter."""
+        own = {"pending": self._pending, "goal": self._goal, "params": self._p,
+               "step": np.array(self.step_count, dtype=np.int64),
+               "next_id": np.array(self.next_id, dtype=np.int64),
+               "hot_gain": np.array(self.hot_gain, dtype=np.float64),
+               "shape": np.array(self.shape, dtype=np.int64),
+               "sizes": np.array([self.n_inputs, self.n_branches, self.n_segments,
+                                  self.n_features, self.seed], dtype=np.int64),
+               "modes": np.array([self.noise_scale, self.intent_gain,
+                                  self.bidirectional_weight], dtype=np.float64)}
+        return FabricState(**{k: np.array(own[k] if k in own else getattr(self, k), copy=True)
+                              for k in FabricState._fields})
+
     def get_state(self) -> dict[str, npt.NDArray[Any]]:
-        """Whole fabric as a plain dict of numpy arrays (copies).
+        """:meth:`state` as a dict of arrays (the snapshot's ``fabric/`` keys)."""
+        return self.state()._asdict()
 
-        Holds the dynamic state, the plastic weights, the topology (which
-        evolution may change: rows, branch pointer, skip gates), the readout
-        weights, the fitness averages, the lineage, the constants and the
-        step counter.
-        """
-        d: dict[str, npt.NDArray[Any]] = {k: getattr(self, k).copy() for k in _DYNAMIC}
-        d.update({k: getattr(self, k).copy() for k in _TOPOLOGY})
-        d.update({k: np.array(getattr(self, k), copy=True) for k in _EVOLUTION
-                  if k != "next_id"})
-        d["next_id"] = np.array(self.next_id, dtype=np.int64)
-        d["pending"] = self._pending.copy()
-        d["goal"] = self._goal.copy()
-        d["step"] = np.array(self.step_count, dtype=np.int64)
-        d["hot_gain"] = np.array(self.hot_gain, dtype=np.float64)
-        d["shape"] = np.array(self.shape, dtype=np.int64)
-        d["sizes"] = np.array([self.n_inputs, self.n_branches, self.n_segments,
-                               self.n_features, self.seed], dtype=np.int64)
-        d["params"] = self._p.copy()
-        d["modes"] = np.array([self.noise_scale, self.intent_gain, self.bidirectional_weight],
-                              dtype=np.float64)
-        return d
-
-    def set_state(self, state: dict[str, npt.NDArray[Any]]) -> None:
+    def set_state(self, state: Mapping[str, npt.ArrayLike]) -> None:
         """Restore from :meth:`get_state`; the fabric then continues bit-identically.
 
-        The evolution arrays (branch pointer, skip gates, readout, fitness,
-        lineage) are optional: a state from before they existed restores with
-        the defaults of a fresh fabric (default branch layout, no gates,
-        readout 1, zero fitness, no parents).
+        Every array is checked against this fabric's sizes (the topology's
+        against the state's own synapse and gate counts), then the topology
+        and the constants are checked for consistency. Arrays added since a
+        state was written (evolution, skip gates, pending plasticity) take a
+        fresh fabric's defaults (:func:`~lillith.fabric.fabric_state.legacy_defaults`).
 
         Raises
         ------
         StateError
-            When keys are missing, or shapes / dtypes do not fit this fabric.
+            When arrays are missing, shapes or dtypes do not fit this fabric,
+            or the topology or constants are inconsistent. The fabric is left
+            unchanged.
         """
-        missing = sorted(set(_DYNAMIC + _TOPOLOGY + ("step", "shape", "sizes", "params"))
-                         - set(state))
-        if missing:
-            raise StateError("fabric state lacks arrays", missing=missing)
-        shape = tuple(int(s) for s in state["shape"])
-        sizes = [int(s) for s in state["sizes"]]
+        n, Kb, S = self.n, self.n_branches, self.n_segments
+        head = read_arrays(state, {"shape": (np.int64, (3,)), "sizes": (np.int64, (5,))},
+                           what="fabric")
+        shape = tuple(int(v) for v in head["shape"])
+        sizes = [int(v) for v in head["sizes"]]
         mine = [self.n_inputs, self.n_branches, self.n_segments, self.n_features]
         if shape != self.shape or sizes[:4] != mine:
             raise StateError("fabric state belongs to another configuration",
                              shape=shape, expected_shape=self.shape, sizes=sizes[:4],
                              expected_sizes=mine)
-        n, nnz = self.n, int(np.asarray(state["indices"]).shape[0])
-        s_nnz = int(np.asarray(state["s_indices"]).shape[0])
-        Kb, S = self.n_branches, self.n_segments
-        spec: dict[str, tuple[Any, tuple[int, ...]]] = {
-            "v": (np.float32, (n,)), "m_na": (np.float32, (n,)), "n_k": (np.float32, (n,)),
-            "c_ca": (np.float32, (n,)), "vb": (np.float32, (n, Kb)),
-            "cab": (np.float32, (n, Kb)), "hot": (np.float32, (n, Kb, S)),
-            "ref": (np.float32, (n,)), "adapt": (np.float32, (n,)),
-            "theta": (np.float32, (n,)), "act": (np.float32, (n,)),
-            "w": (np.float32, (nnz,)), "indptr": (np.int64, (n + 1,)),
-            "indices": (np.int32, (nnz,)), "polarity": (np.int8, (nnz,)),
-            "feedback": (np.uint8, (nnz,)),
-            "s_indptr": (np.int64, (n + 1,)),
-            "s_indices": (np.int32, (s_nnz,)), "s_wsigned": (np.float32, (s_nnz,)),
-            "tau": (np.float32, (n,)), "population": (np.int8, (n,)),
-            "neuron_id": (np.int64, (n,)),
-        }
         if ("gate" in state) != ("gate_pairs" in state):
             raise StateError("fabric state must hold gate and gate_pairs together")
-        n_gates = int(np.asarray(state["gate_pairs"]).shape[0]) if "gate_pairs" in state else 0
-        optional: dict[str, tuple[Any, tuple[int, ...]]] = {
-            "bptr": (np.int64, (n * Kb + 1,)), "gate": (np.int32, (nnz,)),
-            "gate_pairs": (np.int32, (n_gates, 2)), "gate_logit": (np.float32, (n_gates,)),
-            "gate_val": (np.float32, (n_gates,)), "readout": (np.float32, (n,)),
-            "fitness": (np.float32, (n,)), "importance": (np.float32, (n,)),
-            "act_mean": (np.float32, (n,)), "act_sq": (np.float32, (n,)),
-            "diversity": (np.float32, (n,)), "parent_ids": (np.int64, (n, 2)),
-            "generation": (np.int32, (n,)), "birth_step": (np.int64, (n,)),
-        }
-        spec.update({k: v for k, v in optional.items() if k in state})
-        arrays: dict[str, npt.NDArray[Any]] = {}
-        for key, (dtype, shp) in spec.items():
-            arr = np.asarray(state[key])
-            if arr.shape != shp:
-                raise StateError("fabric state array has wrong shape", array=key,
-                                 shape=arr.shape, expected=shp)
-            if not np.can_cast(arr.dtype, dtype, casting="same_kind"):
-                raise StateError("fabric state array has wrong dtype", array=key,
-                                 dtype=str(arr.dtype), expected=np.dtype(dtype).name)
-            arrays[key] = np.ascontiguousarray(arr, dtype=dtype).copy()
-        ptr = arrays["indptr"]
+        nnz, s_nnz, n_gates = (np.asarray(state[k]).shape[0] if k in state else 0
+                               for k in ("indices", "s_indices", "gate_pairs"))
+        a = read_arrays(state, fabric_spec(n, nnz, s_nnz, n_gates, Kb, S), what="fabric",
+                        optional=OPTIONAL)
+        ptr = a["indptr"]
         if ptr[0] != 0 or ptr[-1] != nnz or np.any(np.diff(ptr) < 0):
             raise StateError("fabric state has an inconsistent CSR row pointer")
-        if nnz and (arrays["indices"].min() < 0 or arrays["indices"].max() >= n):
+        if nnz and (a["indices"].min() < 0 or a["indices"].max() >= n):
             raise StateError("fabric state has synapse indices out of range")
-        if s_nnz and (arrays["s_indices"].min() < 0
-                      or arrays["s_indices"].max() >= self.n_inputs):
+        if s_nnz and (a["s_indices"].min() < 0 or a["s_indices"].max() >= self.n_inputs):
             raise StateError("fabric state has sensory channels out of range")
         try:
-            _feedback_start(arrays["indptr"], arrays["feedback"])
+            feedback_start(a["indptr"], a["feedback"])
         except FabricError as e:
             raise StateError("fabric state has feedback synapses before forward ones") from e
-        self._default_evolution(arrays)
+        legacy_defaults(a, Kb, self.params.gate_logit0,
+                        (self.noise_scale, self.intent_gain, self.bidirectional_weight))
+        rec = FabricState(**a)
         try:
-            E.check_topology(self._topology_of(arrays), n, Kb, self.n_inputs, n_gates)
+            E.check_topology(self._topology_of(a), n, Kb, self.n_inputs,
+                             rec.gate_pairs.shape[0])
         except FabricError as e:
             raise StateError("fabric state has an inconsistent topology",
                              reason=e.message) from e
-        params = np.asarray(state["params"], dtype=np.float32)
-        if params.shape != (K.N_PARAMS,):
-            raise StateError("fabric parameter vector has wrong length", length=params.size)
         # the constructor's checks, on the restored constants: the step kernel
         # divides by them without a zero test (error_model="numpy")
         try:
-            self.params.with_packed(params).validate(arrays["tau"])
+            self.params.with_packed(rec.params).validate(rec.tau)
         except FabricError as e:
             raise StateError("fabric state has unusable constants", reason=e.message) from e
-        next_id = int(state["next_id"]) if "next_id" in state else int(
-            arrays["neuron_id"].max(initial=-1)) + 1
-        ids = arrays["neuron_id"]
-        if np.unique(ids).shape[0] != n or next_id <= int(ids.max(initial=-1)):
+        next_id = int(rec.next_id)
+        if np.unique(rec.neuron_id).shape[0] != n or next_id <= int(rec.neuron_id.max()):
             raise StateError("fabric state has duplicate neuron ids or a stale id counter",
                              next_id=next_id)
-        for key, arr in arrays.items():
-            setattr(self, key, arr)
-        self.next_id = next_id
-        self._refresh_topology()
-        self._p = params.copy()
-        self._act_next = np.zeros(n, dtype=np.float32)
-        if "pending" in state:
-            self._pending = np.ascontiguousarray(state["pending"], dtype=np.float32).copy()
-            self._has_pending = bool(np.any(self._pending))
-        if "goal" in state:
-            self._goal = np.ascontiguousarray(state["goal"], dtype=np.float32).copy()
-        if "modes" in state:
-            ns, ig, bw = (float(v) for v in state["modes"])
-            self.noise_scale, self.intent_gain, self.bidirectional_weight = ns, ig, bw
-        self.seed = sizes[4]
-        self.hot_gain = float(state["hot_gain"]) if "hot_gain" in state else 1.0
-        self._hot_decay = float(np.exp(-float(self._p[K.P_DT]) / float(self._p[K.P_TAU_H])))
-        self.step_count = int(state["step"])
+        self._load(rec)
 
-    def _default_evolution(self, arrays: dict[str, npt.NDArray[Any]]) -> None:
-        """Fill evolution arrays a (legacy) state lacks with a fresh fabric's defaults."""
-        n, nnz = self.n, arrays["indices"].shape[0]
-        if "bptr" not in arrays:
-            arrays["bptr"] = E.default_branch_ptr(arrays["indptr"], self.n_branches)
-        if "gate" not in arrays:
-            arrays["gate"] = np.full(nnz, -1, dtype=np.int32)
-            arrays["gate_pairs"] = np.zeros((0, 2), dtype=np.int32)
-        n_gates = arrays["gate_pairs"].shape[0]
-        if "gate_logit" not in arrays:
-            arrays["gate_logit"] = np.full(n_gates, self.params.gate_logit0, dtype=np.float32)
-        if "gate_val" not in arrays:
-            arrays["gate_val"] = np.zeros(n_gates, dtype=np.float32)
-            K._gate_values(arrays["gate_logit"], arrays["gate_val"])
-        arrays.setdefault("readout", np.ones(n, dtype=np.float32))
-        for key in _FITNESS:
-            arrays.setdefault(key, np.zeros(n, dtype=np.float32))
-        arrays.setdefault("parent_ids", np.full((n, 2), -1, dtype=np.int64))
-        arrays.setdefault("generation", np.zeros(n, dtype=np.int32))
-        arrays.setdefault("birth_step", np.zeros(n, dtype=np.int64))
+    def _load(self, rec: FabricState) -> None:
+        """Commit a checked record."""
+        own = ("pending", "goal", "params", "step", "next_id", "hot_gain", "shape", "sizes",
+               "modes")
+        for key, arr in rec._asdict().items():
+            if key not in own:
+                setattr(self, key, arr)
+        self.next_id = int(rec.next_id)
+        self._refresh_topology()
+        self._p = rec.params
+        self._act_next = np.zeros(self.n, dtype=np.float32)
+        self._pending = rec.pending
+        self._has_pending = bool(np.any(self._pending))
+        self._goal = rec.goal
+        self.noise_scale, self.intent_gain, self.bidirectional_weight = (
+            float(v) for v in rec.modes)
+        self.seed = int(rec.sizes[4])
+        self.hot_gain = float(rec.hot_gain)
+        self._hot_decay = float(np.exp(-float(self._p[K.P_DT]) / float(self._p[K.P_TAU_H])))
+        self.step_count = int(rec.step)
 
     def _topology_of(self, a: Mapping[str, Any]) -> E.Topology:
         return E.Topology(
@@ -908,49 +840,3 @@ class NeuralFabric3D:
                 f"branches={self.n_branches}, segments={self.n_segments}, "
                 f"step={self.step_count})")
 
-
-def _feedback_start(indptr: npt.NDArray[np.int64], feedback: npt.NDArray[np.uint8]
-                    ) -> npt.NDArray[np.int64]:
-    """First feedback synapse of each row, shape (n,), int64.
-
-    Raises
-    ------
-    FabricError
-        When a row has a forward synapse after a feedback one.
-    """
-    n = indptr.shape[0] - 1
-    rows = np.repeat(np.arange(n), np.diff(indptr))
-    fb = feedback.astype(bool)
-    if fb.size and np.any(fb[:-1] & ~fb[1:] & (rows[:-1] == rows[1:])):
-        raise FabricError("rows must list forward synapses before feedback synapses")
-    n_fwd = np.bincount(rows[~fb], minlength=n)
-    return (indptr[:-1] + n_fwd).astype(np.int64)
-
-
-def _row_normalised(
-    indptr: npt.NDArray[np.int64], weight: F32, polarity: npt.NDArray[np.int8], g_inh: float
-) -> F32:
-    """Balance each neuron's inputs: excitatory weights sum to 1, inhibitory to ``g_inh``.
-
-    Parameters
-    ----------
-    indptr : ndarray, shape (n + 1,), int64
-    weight : ndarray, shape (nnz,), float32, magnitudes >= 0
-    polarity : ndarray, shape (nnz,), int8, +1 / -1
-    g_inh : float
-        Inhibitory-to-excitatory ratio of the summed weights.
-
-    Returns
-    -------
-    ndarray, shape (nnz,), float32
-    """
-    n = indptr.shape[0] - 1
-    w = weight.astype(np.float64)
-    rows = np.repeat(np.arange(n), np.diff(indptr))
-    out = np.zeros_like(w)
-    for sign, total in ((1.0, 1.0), (-1.0, g_inh)):
-        m = polarity == sign
-        sums = np.bincount(rows[m], weights=w[m], minlength=n)
-        scale = np.where(sums > 0, total / np.where(sums > 0, sums, 1.0), 0.0)
-        out[m] = w[m] * scale[rows[m]]
-    return out.astype(np.float32)

@@ -8,7 +8,7 @@ import numpy as np
 import numpy.typing as npt
 
 from lillith.errors import FabricError, StateError
-from lillith.fabric import _kernels as K
+from lillith.fabric import _fabric_kernels as K
 from lillith.fabric.params import FabricParams
 
 F32 = npt.NDArray[np.float32]

@@ -9,7 +9,7 @@ import numpy as np
 import numpy.typing as npt
 
 from lillith.errors import FabricError
-from lillith.fabric import _kernels as K
+from lillith.fabric import _fabric_kernels as K
 
 
 @dataclass(frozen=True)

@@ -20,9 +20,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from lillith.errors import WiringError
+from lillith.errors import FabricError, WiringError
 
 Shape3 = tuple[int, int, int]
+F32 = npt.NDArray[np.float32]
 
 
 def n_neurons(shape: Shape3) -> int:
@@ -188,3 +189,50 @@ class Connectivity:
                                   dtype=str(pairs.dtype), shape=pairs.shape)
             if g.size and (g.min() < -1 or g.max() >= pairs.shape[0]):
                 raise WiringError("gate index out of range", n_gates=int(pairs.shape[0]))
+
+
+def feedback_start(indptr: npt.NDArray[np.int64], feedback: npt.NDArray[np.uint8]
+                    ) -> npt.NDArray[np.int64]:
+    """First feedback synapse of each row, shape (n,), int64.
+
+    Raises
+    ------
+    FabricError
+        When a row has a forward synapse after a feedback one.
+    """
+    n = indptr.shape[0] - 1
+    rows = np.repeat(np.arange(n), np.diff(indptr))
+    fb = feedback.astype(bool)
+    if fb.size and np.any(fb[:-1] & ~fb[1:] & (rows[:-1] == rows[1:])):
+        raise FabricError("rows must list forward synapses before feedback synapses")
+    n_fwd = np.bincount(rows[~fb], minlength=n)
+    return (indptr[:-1] + n_fwd).astype(np.int64)
+
+
+def row_normalised(
+    indptr: npt.NDArray[np.int64], weight: F32, polarity: npt.NDArray[np.int8], g_inh: float
+) -> F32:
+    """Balance each neuron's inputs: excitatory weights sum to 1, inhibitory to ``g_inh``.
+
+    Parameters
+    ----------
+    indptr : ndarray, shape (n + 1,), int64
+    weight : ndarray, shape (nnz,), float32, magnitudes >= 0
+    polarity : ndarray, shape (nnz,), int8, +1 / -1
+    g_inh : float
+        Inhibitory-to-excitatory ratio of the summed weights.
+
+    Returns
+    -------
+    ndarray, shape (nnz,), float32
+    """
+    n = indptr.shape[0] - 1
+    w = weight.astype(np.float64)
+    rows = np.repeat(np.arange(n), np.diff(indptr))
+    out = np.zeros_like(w)
+    for sign, total in ((1.0, 1.0), (-1.0, g_inh)):
+        m = polarity == sign
+        sums = np.bincount(rows[m], weights=w[m], minlength=n)
+        scale = np.where(sums > 0, total / np.where(sums > 0, sums, 1.0), 0.0)
+        out[m] = w[m] * scale[rows[m]]
+    return out.astype(np.float32)
