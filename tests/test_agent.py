@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from lillith.agents.agent import Agent, AgentError, InferencePlan
+from lillith.agents.agent import Agent, AgentError
 from lillith.agents.config import AgentConfig
+from lillith.agents.predictor import InferencePlan
 from lillith.errors import StateError
 
 

@@ -11,8 +11,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lillith.agents.agent import Agent, AgentError, TilePredictor
+from lillith.agents.agent import Agent, AgentError
 from lillith.agents.config import AgentConfig
+from lillith.agents.predictor import TilePredictor
 
 NAMES = ["proj.weight", "proj.bias", "ffn.norm_weight", "ffn.norm_bias", "ffn.compress_w1",
          "ffn.compress_b1", "ffn.compress_w2", "ffn.compress_b2", "ffn.signatures_raw",

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 
 from lillith.agents.agent import Agent
 from lillith.agents.config import AgentConfig
-from lillith.agents.surgery import SurgeryError, TileSurgeryPolicy
 from lillith.agents.tiles import SparseLookupFFNv2, TileError
+from lillith.agents.tiles.policy import SurgeryError, TileSurgeryPolicy
 from lillith.errors import LillithError, StateError
 
 D = 16

@@ -41,5 +41,9 @@ class WiringError(FabricError):
     """Invalid wiring: neuron index out of range, bad polarity, unknown type."""
 
 
+class AgentError(LillithError):
+    """Invalid frame or agent operation."""
+
+
 class StateError(LillithError):
     """A state dict or snapshot does not match what it is loaded into."""

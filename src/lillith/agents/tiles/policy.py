@@ -73,7 +73,8 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from lillith.agents.tiles import SparseLookupFFNv2, TileError, reset_optimizer_moments
+from lillith.agents.tiles.common import TileError, reset_optimizer_moments
+from lillith.agents.tiles.ffn import SparseLookupFFNv2
 from lillith.errors import StateError
 
 __all__ = ["SurgeryError", "TileSurgeryPolicy"]
