@@ -269,7 +269,7 @@ def test_specialization_and_planted_redundancy(mutation: Agent) -> None:
     ids = state["fabric/neuron_id"]
     n = ids.size
     P = state["evo/profile"].T.astype(np.float64)  # (n, R + C)
-    R, C = mutation.n_regions, mutation.n_channels
+    R, C = mutation.lineage.n_regions, mutation.n_channels
     measured = np.any(P != 0, axis=1)
     assert spec["regions"] == R and spec["channels"] == C and spec["neurons_total"] == n
     assert spec["measured"] == int(measured.sum()) > 0

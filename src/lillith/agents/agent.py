@@ -30,6 +30,7 @@ import torch
 
 from lillith.agents.bio import BioConfig, BioSystem, ModeCycler
 from lillith.agents.config import AgentConfig
+from lillith.agents.lineage import FABRIC, TILE, Lineage
 from lillith.agents.predictor import InferencePlan, TilePredictor
 from lillith.agents.scores.detector import SECTIONS, Detector, FrameTerms
 from lillith.agents.signal import RobustNormalizer
@@ -48,12 +49,8 @@ STATE_VERSION = 1
 DELTA_GAIN = 4.0
 # weight of log(mean |frame-to-frame change| of the recent normalised inputs) in it
 VAR_GAIN = 0.5
-# SOM regions of the specialization profile: the map cut into at most 4 x 4 blocks
-PROFILE_GRID = 4
 # frames per internal segment (a micro-batch may be cut further; results do not change)
 SEGMENT_MAX = 64
-# kinds in the birth / death records
-FABRIC, TILE = 0, 1
 # largest |stream time| accepted (s): the time-based scores count hours, days and
 # 10-minute bins in int64, with margin (the MQTT edge has its own, smaller bound)
 MAX_ABS_T = 1e15
@@ -292,28 +289,9 @@ class Agent:
                                                    "energy")})
         params: dict[str, Any] = {"seed": self.config.seed, **ev.surgery_params}
         self.surgery = TileSurgeryPolicy(**params)
-        self._evo_next = ev.warmup
-        self._evo_rounds = 0
-        self._births = np.zeros((0, 6), dtype=np.int64)
-        self._deaths = np.zeros((0, 3), dtype=np.int64)
-        self._death_fitness = np.zeros(0, dtype=np.float32)
-        d = self.config.predictor.d_model
-        self._recent_h = np.zeros((ev.recent, d), dtype=np.float32)
-        self._recent_err = np.zeros(ev.recent, dtype=np.float32)
-        self._recent_pos = 0
-        self._recent_len = 0
-        self._region = np.zeros(0, dtype=np.int64)
-        self.n_regions = 0
-        if self.som is not None:
-            shape = self.som.map_shape
-            gx, gy = min(PROFILE_GRID, shape[0]), min(PROFILE_GRID, shape[1])
-            coords = np.unravel_index(np.arange(int(np.prod(shape))), shape)
-            self._region = ((coords[0] * gx // shape[0]) * gy
-                            + coords[1] * gy // shape[1]).astype(np.int64)
-            self.n_regions = gx * gy
         n = self.fabric.n if self.fabric is not None and self.evolving else 0
-        self._profile = np.zeros((self.n_regions + self.n_channels, n), dtype=np.float32)
-        self._profile_tmp = np.zeros((self.n_channels, n), dtype=np.float32)
+        self.lineage = Lineage(ev, self.n_channels, self.config.predictor.d_model,
+                               None if self.som is None else self.som.map_shape, n)
 
     # ---------------------------------------------------------------- API
     def set_learning_mode(self, enabled: bool) -> None:
@@ -443,13 +421,13 @@ class Agent:
         B = self.config.predictor.batch_size
         i = 0
         while i < X.shape[0]:
-            if evolving and self.step >= self._evo_next:
+            if evolving and self.step >= self.lineage.next_due:
                 self._scheduled_round(on_evolution)
             if self.at_boundary:
                 self._begin_batch()
             j = min(X.shape[0], i + B - self.step % B, i + SEGMENT_MAX)
             if evolving:  # a segment ends before the next round
-                j = min(j, i + self._evo_next - self.step)
+                j = min(j, i + self.lineage.next_due - self.step)
             yield self._segment(X[i:j], None if ts is None else ts[i:j], mode)
             i = j
             if self.at_boundary:
@@ -516,7 +494,7 @@ class Agent:
                 bmus[r] = bmu
                 qes[r] = qe
                 if self.evolving:
-                    self._observe_profile(int(bmu), z)
+                    self.lineage.observe_profile(int(bmu), z, self.fabric.activation)
                 feats[r, k:k + nf] = pooled
                 coords = np.unravel_index(bmu, self.som.map_shape)
                 feats[r, k + nf:k + nf + len(coords)] = np.asarray(coords) / self._som_scale
@@ -630,21 +608,6 @@ class Agent:
             self._observe_batch(feats, pred.detach(), targets)
 
     # ---------------------------------------------------------------- evolution
-    def _observe_profile(self, bmu: int, z: F64) -> None:
-        """Fold one frame into the specialization profile (EMA, rate ``profile_rate``):
-        row ``region(bmu)`` moves toward the activations, the channel rows toward
-        ``z_c * activation``."""
-        assert self.fabric is not None
-        rate = np.float32(self.config.evolution.profile_rate)
-        a = self.fabric.activation
-        row = self._profile[self._region[bmu]]
-        row += rate * (a - row)
-        tmp = self._profile_tmp
-        np.multiply(z.astype(np.float32)[:, None], a[None, :], out=tmp)
-        tmp -= self._profile[self.n_regions:]
-        tmp *= rate
-        self._profile[self.n_regions:] += tmp
-
     def _observe_batch(self, feats: torch.Tensor, pred: torch.Tensor,
                        targets: torch.Tensor) -> None:
         """After a training step: fabric fitness from the gradient of the pooled
@@ -658,31 +621,26 @@ class Agent:
         with torch.no_grad():
             h = torch.tanh(self.predictor.proj(feats.detach())).numpy()
             err = (pred - targets).square().mean(1).numpy()
-        R = self._recent_h.shape[0]
-        for i in range(h.shape[0]):
-            self._recent_h[self._recent_pos] = h[i]
-            self._recent_err[self._recent_pos] = err[i]
-            self._recent_pos = (self._recent_pos + 1) % R
-        self._recent_len = min(R, self._recent_len + h.shape[0])
+        self.lineage.observe_inputs(h, err)
 
     def steps_to_evolution(self) -> int | None:
         """Frames until the next evolution round is due (0: due now); None when off.
 
         The round runs before the frame of that step, in :meth:`process_iter`."""
-        return max(self._evo_next - self.step, 0) if self.evolving else None
+        return max(self.lineage.next_due - self.step, 0) if self.evolving else None
 
     def evolution_due(self) -> bool:
         """An evolution round is due before the next frame: evolution on, warm-up
         over and ``every`` steps since the last round."""
-        return self.evolving and self.step >= self._evo_next
+        return self.evolving and self.step >= self.lineage.next_due
 
     def _scheduled_round(self, on_evolution: EvolutionHook | None) -> None:
         """The round due now (see :meth:`process_iter`), reported to ``on_evolution``."""
         try:
             report = self.evolve()
         except Exception as e:  # reported; the frames go on
-            report = {"step": self.step, "round": self._evo_rounds + 1, "error": repr(e)}
-            self._evo_next = self.step + self.config.evolution.every
+            report = {"step": self.step, "round": self.lineage.rounds + 1, "error": repr(e)}
+            self.lineage.next_due = self.step + self.config.evolution.every
         if on_evolution is not None:
             on_evolution(report)
 
@@ -697,26 +655,6 @@ class Agent:
                                        mutation_strength=le.mutation_strength,
                                        regrowth=le.regrowth)
         return out
-
-    def _record(self, kind: int, died: npt.NDArray[np.int64], fit: npt.NDArray[Any],
-                born: npt.NDArray[np.int64], parents: npt.NDArray[np.int64],
-                gen: npt.NDArray[Any]) -> None:
-        s = self.step
-        if died.size:
-            rows = np.stack([np.full(died.size, kind), died, np.full(died.size, s)], axis=1)
-            self._deaths = np.concatenate([self._deaths, rows.astype(np.int64)])
-            self._death_fitness = np.concatenate([self._death_fitness,
-                                                  np.asarray(fit, dtype=np.float32)])
-        if born.size:
-            rows = np.column_stack([np.full(born.size, kind), born, parents[:, 0],
-                                    parents[:, 1], gen, np.full(born.size, s)])
-            self._births = np.concatenate([self._births, rows.astype(np.int64)])
-        cap = self.config.evolution.history
-        if self._births.shape[0] > cap:  # the oldest records go first
-            self._births = self._births[-cap:].copy()
-        if self._deaths.shape[0] > cap:
-            self._deaths = self._deaths[-cap:].copy()
-            self._death_fitness = self._death_fitness[-cap:].copy()
 
     def evolve(self) -> dict[str, Any]:
         """One evolution round, now: fabric apoptosis per z-layer, tile hidden-unit
@@ -754,28 +692,28 @@ class Agent:
             raise AgentError("evolution is off (set evolution.every > 0)")
         ev = self.config.evolution
         self._plan = None  # weights and signatures change (in place: the versions say so too)
-        out: dict[str, Any] = {"step": self.step, "round": self._evo_rounds + 1}
+        out: dict[str, Any] = {"step": self.step, "round": self.lineage.rounds + 1}
         if self.fabric is not None:
             out["fabric"] = self._evolve_fabric()
         out["tiles"] = self._evolve_tiles()
         if ev.surgery:
-            n = self._recent_len
+            recent_h, recent_err = self.lineage.recent()
             ffn = self.predictor.ffn
             ids = ffn.unit_lineage()["ids"]
             fit = ffn.unit_fitness().numpy()
             out["surgery"] = self.surgery.run(
-                ffn, recent_inputs=self._recent_h[:n],
-                recent_errors=self._recent_err[:n], step=self.step, optimizer=self.optimizer)
+                ffn, recent_inputs=recent_h, recent_errors=recent_err, step=self.step,
+                optimizer=self.optimizer)
             # a reseeded tile's units die and are born anew (no parents, generation 0)
             lin = ffn.unit_lineage()
             t, u = np.nonzero(lin["ids"] != ids)
             if t.size:
                 o = np.argsort(lin["ids"][t, u], kind="stable")
                 t, u = t[o], u[o]
-                self._record(TILE, ids[t, u], fit[t, u], lin["ids"][t, u],
-                             lin["parents"][t, u], lin["generation"][t, u])
-        self._evo_rounds += 1
-        self._evo_next = self.step + ev.every
+                self.lineage.record(TILE, self.step, ids[t, u], fit[t, u], lin["ids"][t, u],
+                                    lin["parents"][t, u], lin["generation"][t, u])
+        self.lineage.rounds += 1
+        self.lineage.next_due = self.step + ev.every
         return out
 
     def _evolve_fabric(self) -> dict[str, Any]:
@@ -792,8 +730,8 @@ class Agent:
         died = np.array([d for ly in layers for d in ly["died"]], dtype=np.int64)
         if slots.size:
             parents = fab.parent_ids[slots].copy()
-            self._record(FABRIC, died, fit[slots], fab.neuron_id[slots].copy(), parents,
-                         fab.generation[slots])
+            self.lineage.record(FABRIC, self.step, died, fit[slots],
+                                fab.neuron_id[slots].copy(), parents, fab.generation[slots])
             pres = np.array([ly["strategy"] == "preservation"
                              for ly in layers for _ in ly["slots"]], dtype=bool)
             # the first parent's slot from its id (parents are survivors)
@@ -801,9 +739,7 @@ class Agent:
             pslot = order[np.searchsorted(fab.neuron_id[order], parents[:, 0])]
             self._goal[slots] = np.where(pres, self._goal[pslot], np.float32(0.0))
             self._batch_goal[slots] = np.where(pres, self._batch_goal[pslot], np.float32(0.0))
-            if self._profile.shape[1]:
-                self._profile[:, slots] = np.where(pres[None, :], self._profile[:, pslot],
-                                                   np.float32(0.0))
+            self.lineage.inherit(slots, pslot, pres)
         return {"died": rep["died"], "born": rep["born"], "nnz_before": rep["nnz_before"],
                 "nnz_after": rep["nnz_after"],
                 "layers": [{"layer": ly["layer"], "strategy": ly["strategy"],
@@ -833,10 +769,10 @@ class Agent:
         units = np.asarray(rep["units"], dtype=np.int64)
         if tiles.size:
             lin = ffn.unit_lineage()
-            self._record(TILE, np.asarray(rep["died"], dtype=np.int64), fit[tiles, units],
-                         np.asarray(rep["born"], dtype=np.int64),
-                         np.asarray(rep["parents"], dtype=np.int64).reshape(-1, 2),
-                         lin["generation"][tiles, units])
+            self.lineage.record(TILE, self.step, np.asarray(rep["died"], dtype=np.int64),
+                                fit[tiles, units], np.asarray(rep["born"], dtype=np.int64),
+                                np.asarray(rep["parents"], dtype=np.int64).reshape(-1, 2),
+                                lin["generation"][tiles, units])
         tv = rep["turnover"]
         return {"died": tv["died"], "born": tv["born"], "fraction": tv["fraction"],
                 "strategy": ev.tiles.regrowth, "frozen_skipped": tv["frozen_skipped"],
@@ -853,8 +789,7 @@ class Agent:
             ``step``; ``deaths`` int64 (D, 3): ``kind``, ``id``, ``step``;
             ``death_fitness`` float32 (D,): its fitness when it died.
         """
-        return {"births": self._births.copy(), "deaths": self._deaths.copy(),
-                "death_fitness": self._death_fitness.copy()}
+        return self.lineage.history()
 
     def specialization(self) -> dict[str, npt.NDArray[Any]]:
         """Specialization profile of every fabric neuron (what drives it).
@@ -872,8 +807,8 @@ class Agent:
         """
         ids = (self.fabric.neuron_id.copy() if self.fabric is not None and self.evolving
                else np.zeros(0, dtype=np.int64))
-        return {"profile": np.ascontiguousarray(self._profile.T), "neuron_id": ids,
-                "regions": np.array(self.n_regions, dtype=np.int64),
+        return {"profile": np.ascontiguousarray(self.lineage.profile.T), "neuron_id": ids,
+                "regions": np.array(self.lineage.n_regions, dtype=np.int64),
                 "channels": np.array(self.n_channels, dtype=np.int64)}
 
     # ---------------------------------------------------------------- statistics
@@ -892,9 +827,10 @@ class Agent:
         if self.som is not None:
             stats["som"] = self.som.get_training_status()
         if self.evolving:
-            stats["evolution"] = {"rounds": self._evo_rounds, "next_due": self._evo_next,
-                                  "births": int(self._births.shape[0]),
-                                  "deaths": int(self._deaths.shape[0])}
+            lin = self.lineage
+            stats["evolution"] = {"rounds": lin.rounds, "next_due": lin.next_due,
+                                  "births": int(lin.births.shape[0]),
+                                  "deaths": int(lin.deaths.shape[0])}
         return stats
 
     # ---------------------------------------------------------------- state
@@ -958,38 +894,13 @@ class Agent:
         d["agent/batch"] = np.array([self._batch_scale, float(self._batch_learns),
                                      self._batch_qe], dtype=np.float64)
         if self.evolving:
-            d["evo/counters"] = np.array([self._evo_next, self._evo_rounds, self._recent_pos,
-                                          self._recent_len], dtype=np.int64)
-            d["evo/births"] = self._births.copy()
-            d["evo/deaths"] = self._deaths.copy()
-            d["evo/death_fitness"] = self._death_fitness.copy()
-            d["evo/profile"] = self._profile.copy()
-            d["evo/recent_h"] = self._recent_h.copy()
-            d["evo/recent_err"] = self._recent_err.copy()
+            put("evo", self.lineage.state()._asdict())
             put("surgery", self.surgery.get_state())
         meta = {"n_channels": self.n_channels, "name": self.name,
                 "config": self.config.model_dump(mode="json"),
                 "forced_mode": self._forced_mode}
         d["agent/meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8).copy()
         return d
-
-    def _set_evolution_state(self, state: dict[str, npt.NDArray[Any]],
-                             surgery: dict[str, npt.NDArray[Any]]) -> None:
-        c = np.asarray(state["evo/counters"], dtype=np.int64)
-        self._evo_next, self._evo_rounds = int(c[0]), int(c[1])
-        self._recent_pos, self._recent_len = int(c[2]), int(c[3])
-        self._births = np.asarray(state["evo/births"], dtype=np.int64).reshape(-1, 6).copy()
-        self._deaths = np.asarray(state["evo/deaths"], dtype=np.int64).reshape(-1, 3).copy()
-        self._death_fitness = np.asarray(state["evo/death_fitness"], dtype=np.float32).copy()
-        for key, arr in (("profile", self._profile), ("recent_h", self._recent_h),
-                         ("recent_err", self._recent_err)):
-            v = np.asarray(state[f"evo/{key}"], dtype=np.float32)
-            if v.shape != arr.shape:
-                raise StateError("evolution array has the wrong shape", key=key,
-                                 shape=v.shape, expected=arr.shape)
-            arr[...] = v
-        if surgery:
-            self.surgery.set_state(surgery)
 
     @staticmethod
     def meta_of(state: dict[str, npt.NDArray[Any]]) -> dict[str, Any]:
@@ -1094,7 +1005,10 @@ class Agent:
             self._batch_scale, self._batch_learns = float(bs[0]), bool(bs[1])
             self._batch_qe = float(bs[2]) if bs.size > 2 else self._qe_avg
             if self.evolving and "evo/counters" in state:
-                self._set_evolution_state(state, sub("surgery"))
+                self.lineage.set_state(sub("evo"))
+                surgery = sub("surgery")
+                if surgery:
+                    self.surgery.set_state(surgery)
         except KeyError as e:
             raise StateError("agent state lacks an array", missing=str(e)) from e
 
