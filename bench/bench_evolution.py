@@ -83,8 +83,9 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from lillith.agents.agent import Agent, Metrics
+from lillith.agents.agent import Agent
 from lillith.agents.config import AgentConfig
+from lillith.agents.metrics import Metrics
 from lillith.eval.nab import PROFILES, NabStream, load_corpus, score_all_profiles
 from lillith.eval.protocol import data_dir
 

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from lillith.agents.agent import Agent, AgentError, Metrics
+from lillith.agents.agent import Agent, AgentError
 from lillith.agents.config import AgentConfig
+from lillith.agents.metrics import Metrics
 from lillith.runtime.resume import resume_agent
 from lillith.state import SnapshotStore
 

@@ -17,7 +17,8 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from lillith.agents.agent import Agent, Metrics
+from lillith.agents.agent import Agent
+from lillith.agents.metrics import Metrics
 from lillith.state.snapshot import SnapshotStore
 
 DATA = Path(__file__).parent / "data" / "snapshots"

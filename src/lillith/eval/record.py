@@ -16,8 +16,9 @@ from typing import Any, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-from lillith.agents.agent import Agent, Metrics
+from lillith.agents.agent import Agent
 from lillith.agents.config import ScoreSettings
+from lillith.agents.metrics import Metrics
 from lillith.agents.scores.alarm import REASON_CODES, AlarmState, Evidence
 from lillith.agents.scores.detector import Detector, FrameTerms, alarm_state
 

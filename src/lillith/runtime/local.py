@@ -27,7 +27,8 @@ import numpy as np
 import numpy.typing as npt
 import structlog
 
-from lillith.agents.agent import Agent, Metrics
+from lillith.agents.agent import Agent
+from lillith.agents.metrics import Metrics
 from lillith.errors import LillithError
 from lillith.runtime.checkpoint import Checkpointer
 from lillith.runtime.config import Settings

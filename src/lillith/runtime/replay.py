@@ -8,8 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lillith.agents.agent import Agent, Metrics
+from lillith.agents.agent import Agent
 from lillith.agents.config import AgentConfig
+from lillith.agents.metrics import Metrics
 from lillith.runtime.logging import get_logger
 from lillith.runtime.resume import resume
 from lillith.sensors.csvfile import LABEL_COLUMNS, CsvStream, find_csv_files, read_csv_stream

@@ -11,7 +11,8 @@ from typing import Any
 
 import structlog
 
-from lillith.agents.agent import Agent, config_differences
+from lillith.agents.agent import Agent
+from lillith.agents.agent_state import config_differences
 from lillith.agents.config import AgentConfig
 from lillith.errors import StateError
 from lillith.state.snapshot import Loaded, SnapshotStore

@@ -24,8 +24,9 @@ from typing import Any, Literal
 import numpy as np
 import structlog
 
-from lillith.agents.agent import Agent, Metrics
+from lillith.agents.agent import Agent
 from lillith.agents.config import AgentConfig
+from lillith.agents.metrics import Metrics
 from lillith.sensors.codec import Frame
 
 Policy = Literal["backpressure", "drop_oldest"]
