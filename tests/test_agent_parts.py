@@ -2,28 +2,36 @@
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import pytest
 
 from lillith.agents.bio import BioConfig, BioSystem, ModeCycler
-from lillith.agents.signal import (
-    AnomalyLikelihood,
-    DailyRecurrence,
-    RangeNovelty,
-    RobustNormalizer,
-    StuckSensor,
-    WeekProfile,
-)
+from lillith.agents.scores.likelihood import AnomalyLikelihood
+from lillith.agents.scores.normalizer import RobustNormalizer
+from lillith.agents.scores.range_novelty import RangeNovelty
+from lillith.agents.scores.recurrence import DailyRecurrence
+from lillith.agents.scores.stuck import StuckSensor
+from lillith.agents.scores.week import WeekProfile
 from lillith.errors import ConfigError, StateError
 from lillith.sensors.csvfile import CsvError, read_csv_stream
 from lillith.sensors.synthetic import SyntheticSignal
+
+
+def step(source: Any, *args: Any) -> Any:
+    """One frame through a source of evidence as the detector takes it: its
+    side-effect-free ``score_one``, then ``learn_one``."""
+    out = source.score_one(*args)
+    source.learn_one(*args)
+    return out
 
 
 def test_normalizer_robust_to_outliers_and_tracks_drift() -> None:
@@ -38,9 +46,9 @@ def test_normalizer_robust_to_outliers_and_tracks_drift() -> None:
     for _ in range(3000):  # a sustained level shift is followed
         norm.learn_one(np.array([50.0 + rng.standard_normal()]))
     assert abs(norm.mean[0] - 50.0) < 1.0
-    z = norm.transform(np.array([norm.mean[0]]))
+    z = norm.score_one(np.array([norm.mean[0]]))
     assert abs(z[0]) < 1e-9
-    np.testing.assert_allclose(norm.inverse(norm.transform(np.array([51.0]))), [51.0])
+    np.testing.assert_allclose(norm.inverse(norm.score_one(np.array([51.0]))), [51.0])
     st = norm.get_state()
     other = RobustNormalizer(1)
     other.set_state(st)
@@ -49,13 +57,59 @@ def test_normalizer_robust_to_outliers_and_tracks_drift() -> None:
         RobustNormalizer(2).set_state(st)
 
 
+def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_every_source_scores_without_changing_and_learns_after() -> None:
+    """The interface of the sources of evidence: ``score_one`` changes nothing
+    (asked twice, it answers the same and the state is as before), ``learn_one``
+    folds the frame in; over a stream with repeats, day changes and a restart of
+    the times, the state round-trips through ``get_state`` / ``set_state``."""
+    rng = np.random.default_rng(11)
+    t0 = 1704067200.0
+    frames = []
+    for i in range(3000):
+        x = np.array([np.sin(i / 30.0) + 0.1 * rng.standard_normal(), 5.0 if 800 < i < 900
+                      else rng.standard_normal()])
+        frames.append((x, t0 + 1800.0 * i - (86400.0 if i == 2000 else 0.0)))
+    scale = np.ones(2)
+    sources: list[tuple[Any, Any]] = [
+        (RobustNormalizer(2), lambda x, t: (x,)),
+        (AnomalyLikelihood(window=200, short=3, min_history=20, expected=1.0),
+         lambda x, t: (float(abs(x[0])),)),
+        (RangeNovelty(2, tol=0.1, warm=20, days=3), lambda x, t: (x, t)),
+        (RangeNovelty(2, tol=0.1, warm=20, days=0), lambda x, t: (x, None)),
+        (StuckSensor(2, warm=20), lambda x, t: (x,)),
+        (WeekProfile(2), lambda x, t: (x, scale, t)),
+    ]
+    for source, args in sources:
+        for i, (x, t) in enumerate(frames):
+            a = args(x, t)
+            before = source.get_state()
+            first, second = source.score_one(*a), source.score_one(*a)
+            assert _same(before, source.get_state()), (type(source).__name__, i)
+            assert np.array_equal(first, second) if isinstance(first, np.ndarray) \
+                else first == second
+            source.learn_one(*a)
+        restored = copy.deepcopy(source)
+        restored.set_state(source.get_state())
+        assert _same(restored.get_state(), source.get_state())
+    dr = DailyRecurrence(days=2, slack=1, tol=3600.0, n_terms=2, short=2)
+    for x, t in frames:
+        before = dr.get_state()
+        dr.score_one(t, 1.0, np.ones(2))
+        assert _same(before, dr.get_state())
+        dr.learn_one(t, np.abs(x))
+
+
 def test_likelihood_high_only_for_unusual_levels() -> None:
     rng = np.random.default_rng(1)
     lik = AnomalyLikelihood(window=500, short=5, min_history=50)
-    vals = [lik.score_one(float(abs(rng.standard_normal()))) for _ in range(1000)]
+    vals = [step(lik, float(abs(rng.standard_normal()))) for _ in range(1000)]
     assert vals[0] == 0.5 and all(0 <= v <= 1 for v in vals)
     assert np.mean(vals[100:]) < 0.7
-    spike = max(lik.score_one(20.0) for _ in range(3))
+    spike = max(step(lik, 20.0) for _ in range(3))
     assert spike > 0.999 and spike > max(vals[100:])
 
 
@@ -63,26 +117,26 @@ def test_range_novelty_flags_values_beyond_everything_seen() -> None:
     rn = RangeNovelty(2, tol=0.2, warm=5)
     frames = [[0.0, 10.0], [1.0, 12.0], [0.5, 11.0], [0.2, 10.5], [0.9, 11.5]]
     # nothing is flagged while warming up, however wide the swings
-    assert not any(rn.score_one(np.array(f)) for f in frames)
+    assert not any(step(rn, np.array(f)) for f in frames)
     assert rn.lo.tolist() == [0.0, 10.0] and rn.hi.tolist() == [1.0, 12.0]
     # within the margin (20% of the range) is not news, on either side
-    assert not rn.score_one(np.array([1.2, 9.6]))
-    assert not rn.score_one(np.array([-0.2, 12.4]))
+    assert not step(rn, np.array([1.2, 9.6]))
+    assert not step(rn, np.array([-0.2, 12.4]))
     # beyond it on one channel is; the range widens to include it
-    assert rn.score_one(np.array([0.5, 13.5]))
+    assert step(rn, np.array([0.5, 13.5]))
     assert rn.hi[1] == 13.5
-    assert not rn.score_one(np.array([0.5, 13.9]))  # within the widened margin
-    assert rn.score_one(np.array([-1.0, 11.0]))  # below, on the other channel
+    assert not step(rn, np.array([0.5, 13.9]))  # within the widened margin
+    assert step(rn, np.array([-1.0, 11.0]))  # below, on the other channel
     # a restored range flags exactly what the original does
     twin = RangeNovelty(2, tol=0.2, warm=5)
     twin.set_state(rn.get_state())
     probe = [np.array([2.0, 11.0]), np.array([0.0, 11.0]), np.array([2.5, 20.0])]
-    assert [twin.score_one(f) for f in probe] == [rn.score_one(f) for f in probe]
+    assert [step(twin, f) for f in probe] == [step(rn, f) for f in probe]
     with pytest.raises(StateError):
         RangeNovelty(3).set_state(rn.get_state())
     # a constant channel has no range, so nothing is beyond it by a fraction of it
     flat = RangeNovelty(1, tol=0.2, warm=2)
-    assert not any(flat.score_one(np.array([5.0])) for _ in range(10))
+    assert not any(step(flat, np.array([5.0])) for _ in range(10))
 
 
 def test_range_forgets_a_glitch_after_its_days() -> None:
@@ -92,44 +146,44 @@ def test_range_forgets_a_glitch_after_its_days() -> None:
     hour = 3600.0
 
     def stream(rn: RangeNovelty, start: int, hours: int) -> list[bool]:
-        return [rn.score_one(np.array([rng.standard_normal()]), (start + h) * hour)
+        return [step(rn, np.array([rng.standard_normal()]), (start + h) * hour)
                 for h in range(hours)]
 
     forgets, keeps = RangeNovelty(1, tol=0.2, warm=10, days=3), RangeNovelty(1, tol=0.2, warm=10)
     for rn in (forgets, keeps):
         stream(rn, 0, 30)
-        assert rn.score_one(np.array([100.0]), 30 * hour)  # the glitch is an excursion
+        assert step(rn, np.array([100.0]), 30 * hour)  # the glitch is an excursion
         stream(rn, 31, 24 * 5)  # five ordinary days after it
     # 8.0: far beyond the last days' values, well within the glitch's range
-    assert forgets.score_one(np.array([8.0]), 151 * hour)
-    assert not keeps.score_one(np.array([8.0]), 151 * hour)
+    assert step(forgets, np.array([8.0]), 151 * hour)
+    assert not step(keeps, np.array([8.0]), 151 * hour)
     # a restored range flags exactly what the original does (blocks, cache, day)
     twin = RangeNovelty(1, tol=0.2, warm=10, days=3)
     twin.set_state(forgets.get_state())
     probe = [(np.array([v]), (152 + i) * hour) for i, v in enumerate([9.0, 0.5, -12.0, 13.0])]
-    assert [twin.score_one(x, t) for x, t in probe] == [forgets.score_one(x, t) for x, t in probe]
+    assert [step(twin, x, t) for x, t in probe] == [step(forgets, x, t) for x, t in probe]
     # an older snapshot (no day blocks): its whole range stands for the first day,
     # so the glitch still masks 8.0 there, and is forgotten three days later
     old = {k: v for k, v in keeps.get_state().items() if not k.startswith(("blk_", "day"))}
     seeded = RangeNovelty(1, tol=0.2, warm=10, days=3)
     seeded.set_state(old)
-    assert not seeded.score_one(np.array([8.0]), 151 * hour)
+    assert not step(seeded, np.array([8.0]), 151 * hour)
     stream(seeded, 152, 24 * 3)
-    assert seeded.score_one(np.array([8.0]), 224 * hour)
+    assert step(seeded, np.array([8.0]), 224 * hour)
     # after a gap longer than the horizon, nothing is flagged until warm frames are in range
     gap = RangeNovelty(1, tol=0.2, warm=10, days=3)
     stream(gap, 0, 48)
-    assert not any(gap.score_one(np.array([v]), (500 + i) * hour)
+    assert not any(step(gap, np.array([v]), (500 + i) * hour)
                    for i, v in enumerate([0.0, 50.0, -50.0, 200.0, 0.0, 400.0, 1.0, 2.0, 3.0, 4.0]))
-    assert gap.score_one(np.array([3000.0]), 510 * hour)
+    assert step(gap, np.array([3000.0]), 510 * hour)
     # frames without a time fold into the current day (and count towards warm)
-    assert not gap.score_one(np.array([3100.0])) and gap.blk_hi.max() == 3100.0
+    assert not step(gap, np.array([3100.0])) and gap.blk_hi.max() == 3100.0
     # only whole days matter: times shifted by whole days (before 1970 too) flag the same
     x = rng.standard_normal(24 * 12) * np.repeat([1.0, 3.0, 1.0, 0.5, 4.0, 1.0], 48)
     flags = []
     for shift in (0.0, -400 * 86400.0, 20_000 * 86400.0):
         rn = RangeNovelty(1, tol=0.2, warm=10, days=2)
-        flags.append([rn.score_one(np.array([v]), shift + 1800.0 * i) for i, v in enumerate(x)])
+        flags.append([step(rn, np.array([v]), shift + 1800.0 * i) for i, v in enumerate(x)])
     assert flags[0] == flags[1] == flags[2] and any(flags[0])
 
 
@@ -137,36 +191,36 @@ def test_stuck_sensor_flags_a_run_longer_than_any_before() -> None:
     rng = np.random.default_rng(2)
     ss = StuckSensor(2, factor=2.0, min_run=5, warm=10)
     noisy = rng.standard_normal((40, 2))
-    assert not any(ss.score_one(f) for f in noisy)  # nothing repeats
+    assert not any(step(ss, f) for f in noisy)  # nothing repeats
     # channel 1 sticks: flagged once, when its run reaches min_run (5 repeats)
-    flags = [ss.score_one(np.array([rng.standard_normal(), 7.0])) for _ in range(12)]
+    flags = [step(ss, np.array([rng.standard_normal(), 7.0])) for _ in range(12)]
     assert flags == [False] * 5 + [True] + [False] * 6
     assert ss.longest[1] == 0 and ss.run[1] == 11
     # it moves again: the longest run is now 11, so the next alarm needs 22 repeats
-    ss.score_one(np.array([0.0, 1.0]))
+    step(ss, np.array([0.0, 1.0]))
     assert ss.longest[1] == 11
-    flags = [ss.score_one(np.array([rng.standard_normal(), 3.0])) for _ in range(30)]
+    flags = [step(ss, np.array([rng.standard_normal(), 3.0])) for _ in range(30)]
     assert flags.index(True) == 22 and sum(flags) == 1
     # a restored detector goes on as the original
     twin = StuckSensor(2, factor=2.0, min_run=5, warm=10)
     twin.set_state(ss.get_state())
     probe = [np.array([0.5, 3.0])] * 3 + [np.array([0.5, 4.0])]
-    assert [twin.score_one(f) for f in probe] == [ss.score_one(f) for f in probe]
+    assert [step(twin, f) for f in probe] == [step(ss, f) for f in probe]
     with pytest.raises(StateError):
         StuckSensor(3).set_state(ss.get_state())
     # nothing before warm-up
     early = StuckSensor(1, min_run=2, warm=100)
-    assert not any(early.score_one(np.array([1.0])) for _ in range(50))
+    assert not any(step(early, np.array([1.0])) for _ in range(50))
 
 
 def test_stuck_sensor_tells_the_channels_that_never_changed() -> None:
     ss = StuckSensor(3)
     assert ss.unchanged().all()  # (nothing seen yet)
     for k in range(30):  # channel 1 never changes, channel 2 from frame 20 on
-        ss.score_one(np.array([float(k % 4), 5.0, 0.0 if k < 20 else 1.0]))
+        step(ss, np.array([float(k % 4), 5.0, 0.0 if k < 20 else 1.0]))
     assert ss.unchanged().tolist() == [False, True, False]
     # a change that comes back to the first value does not undo it
-    ss.score_one(np.array([0.0, 5.0, 0.0]))
+    step(ss, np.array([0.0, 5.0, 0.0]))
     assert ss.unchanged().tolist() == [False, True, False]
     twin = StuckSensor(3)
     twin.set_state(ss.get_state())  # (from the runs: nothing new in the state)
@@ -179,8 +233,8 @@ def test_likelihood_spread_is_floored_at_a_tenth_of_the_expected_level() -> None
     def after(window: npt.NDArray[np.float64], x: float, expected: float) -> float:
         lik = AnomalyLikelihood(window=500, short=1, min_history=50, expected=expected)
         for v in window:
-            lik.score_one(float(v))
-        return lik.score_one(x)
+            step(lik, float(v))
+        return step(lik, x)
 
     quiet = 0.2 + 0.001 * np.random.default_rng(4).standard_normal(300)
     assert after(quiet, 1.2, 0.0) > 0.9999 and after(quiet, 1.2, 3.5) < 0.999
@@ -207,43 +261,43 @@ def test_daily_recurrence_needs_the_level_on_most_of_the_last_days() -> None:
             d = k // 288
             at = peaks.get(d)
             hit = at is not None and t - t0 - d * day == at
-            dr.observe(t, np.array([1.0, 0.5]) if hit else np.array([0.1, 0.05]))
+            dr.learn_one(t, np.array([1.0, 0.5]) if hit else np.array([0.1, 0.05]))
         return dr
 
     every = {0: noon, 1: noon, 2: noon, 3: noon}
     dr = history(every)
     now = t0 + 4 * day + noon
     first = np.array([1.0, 0.0])  # the first term alone, at weight 1
-    assert dr.recurs(now, 1.0, first) and dr.recurs(now, 1.25, first)
-    assert not dr.recurs(now, 1.3, first)  # 0.8 * 1.3 above every earlier peak
+    assert dr.score_one(now, 1.0, first) and dr.score_one(now, 1.25, first)
+    assert not dr.score_one(now, 1.3, first)  # 0.8 * 1.3 above every earlier peak
     # earlier peaks are re-measured by the weights of now: when the running
     # means have halved, the same inputs are twice the level
-    assert dr.recurs(now, 2.5, 2 * first) and not dr.recurs(now, 2.6, 2 * first)
-    assert dr.recurs(now, 1.25, np.array([0.0, 2.0]))  # every term counts
-    assert not dr.recurs(now, 1.0, np.array([0.0, 1.0]))
-    assert not dr.recurs(now + 3 * 3600.0, 1.0, first)  # another time of day
-    assert dr.recurs(now + 3000.0, 1.0, first)  # within the tolerance (and its bin)
+    assert dr.score_one(now, 2.5, 2 * first) and not dr.score_one(now, 2.6, 2 * first)
+    assert dr.score_one(now, 1.25, np.array([0.0, 2.0]))  # every term counts
+    assert not dr.score_one(now, 1.0, np.array([0.0, 1.0]))
+    assert not dr.score_one(now + 3 * 3600.0, 1.0, first)  # another time of day
+    assert dr.score_one(now + 3000.0, 1.0, first)  # within the tolerance (and its bin)
     # three of the last four days must have had it: one may lack it ...
-    assert history({0: noon, 1: noon, 3: noon}).recurs(now, 1.0, first)
-    assert history({1: noon, 2: noon, 3: noon}).recurs(now, 1.0, first)
+    assert history({0: noon, 1: noon, 3: noon}).score_one(now, 1.0, first)
+    assert history({1: noon, 2: noon, 3: noon}).score_one(now, 1.0, first)
     # ... two may not
-    assert not history({1: noon, 3: noon}).recurs(now, 1.0, first)
-    assert not history({0: noon, 1: noon}).recurs(now, 1.0, first)
+    assert not history({1: noon, 3: noon}).score_one(now, 1.0, first)
+    assert not history({0: noon, 1: noon}).score_one(now, 1.0, first)
     # without slack, each of the last three days
-    assert not history({0: noon, 1: noon, 3: noon}, slack=0).recurs(now, 1.0, first)
-    assert history({1: noon, 2: noon, 3: noon}, slack=0).recurs(now, 1.0, first)
+    assert not history({0: noon, 1: noon, 3: noon}, slack=0).score_one(now, 1.0, first)
+    assert history({1: noon, 2: noon, 3: noon}, slack=0).score_one(now, 1.0, first)
     # a peak an hour and a half off is outside the tolerance
-    assert history({0: noon, 1: noon, 2: noon, 3: noon + 5400.0}).recurs(now, 1.0, first)
-    assert not history({0: noon, 1: noon + 5400.0, 2: noon, 3: noon + 5400.0}).recurs(
+    assert history({0: noon, 1: noon, 2: noon, 3: noon + 5400.0}).score_one(now, 1.0, first)
+    assert not history({0: noon, 1: noon + 5400.0, 2: noon, 3: noon + 5400.0}).score_one(
         now, 1.0, first)
     # the peaks are of short means: a one-step peak in a mean of three steps
     three = history(every, short=3)
-    assert three.recurs(now, 0.5, first) and not three.recurs(now, 0.51, first)
+    assert three.score_one(now, 0.5, first) and not three.score_one(now, 0.51, first)
     # restored bins answer as the original
     twin = DailyRecurrence(days=3, slack=1, tol=3600.0, ratio=0.8, bin_s=600.0, n_terms=2,
                            short=1)
     twin.set_state(dr.get_state())
-    assert twin.recurs(now, 1.0, first) and not twin.recurs(now, 1.3, first)
+    assert twin.score_one(now, 1.0, first) and not twin.score_one(now, 1.3, first)
     # other days, slack or terms: the bins do not fit (the agent starts them over)
     with pytest.raises(StateError):
         DailyRecurrence(days=2, tol=3600.0, n_terms=2, short=1).set_state(dr.get_state())
@@ -280,7 +334,7 @@ def test_week_profile_finds_a_day_unlike_the_same_day_of_other_weeks() -> None:
     t, x = weekly_traffic(5, holiday_day=23)  # the Wednesday of week 4
     wp = WeekProfile(1)
     one = np.ones(1)
-    dev = [wp.score_one(np.array([v]), one, float(tt)) for v, tt in zip(x, t, strict=True)]
+    dev = [step(wp, np.array([v]), one, float(tt)) for v, tt in zip(x, t, strict=True)]
     week = 7 * 288
     assert all(d is None for d in dev[:week]) and all(d is not None for d in dev[week:])
     d = np.array([v if v is not None else 0.0 for v in dev])
@@ -290,23 +344,23 @@ def test_week_profile_finds_a_day_unlike_the_same_day_of_other_weeks() -> None:
     # a restored profile goes on exactly as the original
     wp2 = WeekProfile(1)
     for v, tt in zip(x[:3000], t[:3000], strict=True):
-        wp2.score_one(np.array([v]), one, float(tt))
+        step(wp2, np.array([v]), one, float(tt))
     twin = WeekProfile(1)
     twin.set_state(wp2.get_state())
     for v, tt in zip(x[3000:3100], t[3000:3100], strict=True):
-        assert twin.score_one(np.array([v]), one, float(tt)) == \
-            wp2.score_one(np.array([v]), one, float(tt))
+        assert step(twin, np.array([v]), one, float(tt)) == \
+            step(wp2, np.array([v]), one, float(tt))
     with pytest.raises(StateError):
         WeekProfile(2).set_state(wp2.get_state())
     # after a gap of more than a day, the last day's buckets hold only what came after it
-    after_gap = wp2.score_one(np.array([x[3100]]), one, float(t[3100]) + 3 * 86400.0)
+    after_gap = step(wp2, np.array([x[3100]]), one, float(t[3100]) + 3 * 86400.0)
     assert wp2.bcount.sum() == 1.0 and after_gap is not None
     # only the time of the week matters: shifted by whole weeks (before 1970 too),
     # the deviations are the same
     n = 9 * 288
     for weeks in (-3000, 2):
         shifted = WeekProfile(1)
-        assert [shifted.score_one(np.array([v]), one, float(tt) + weeks * 7 * 86400.0)
+        assert [step(shifted, np.array([v]), one, float(tt) + weeks * 7 * 86400.0)
                 for v, tt in zip(x[:n], t[:n], strict=True)] == dev[:n]
 
 

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from lillith.agents.agent import Agent
 from lillith.agents.config import AgentConfig, ScoreSettings
+from lillith.agents.scores._kernels import _shift_stat
 from lillith.agents.scores.alarm import REASONS, AlarmState, Evidence
 from lillith.agents.scores.detector import Detector
 from lillith.agents.scores.shift import ShiftDetector, chi2_likelihood
@@ -183,6 +184,16 @@ def test_chi2_likelihood_is_a_cdf() -> None:
     assert abs(chi2_likelihood(26.12, 8) - 1 / (1 + np.exp(-1.7 * 3.09))) < 2e-4
 
 
+def _shift(sd: ShiftDetector, x: np.ndarray) -> float:
+    """One frame as the detector takes it: the likelihood, then the frame learned."""
+    out = sd.score_one(x)
+    before = sd.get_state()
+    assert sd.score_one(x) == out  # (side-effect-free)
+    assert all(np.array_equal(v, sd.get_state()[k]) for k, v in before.items())
+    sd.learn_one(x)
+    return out
+
+
 def test_shift_detector_sees_a_sustained_shift_of_a_quiet_channel_only() -> None:
     rng = np.random.default_rng(0)
     n = 3000
@@ -191,7 +202,7 @@ def test_shift_detector_sees_a_sustained_shift_of_a_quiet_channel_only() -> None
     x = np.stack([quiet, wander], axis=1)
     x[2000:2400, 0] += 0.4  # four of its usual deviations, for 400 frames
     sd = ShiftDetector(2, rate=0.05, memory=2000, warm=50)
-    lik = np.array([sd.score_one(r) for r in x])
+    lik = np.array([_shift(sd, r) for r in x])
     assert lik[:50].tolist() == [0.5] * 50
     assert np.mean(lik[300:2000] >= 0.9999) < 0.01  # the wander is not a shift
     assert lik[2100:2300].min() > 0.999
@@ -199,7 +210,7 @@ def test_shift_detector_sees_a_sustained_shift_of_a_quiet_channel_only() -> None
     twin = ShiftDetector(2, rate=0.05, memory=2000, warm=50)
     twin.set_state(sd.get_state())
     probe = x[:10] + 1.0
-    assert [twin.score_one(r) for r in probe] == [sd.score_one(r) for r in probe]
+    assert [_shift(twin, r) for r in probe] == [_shift(sd, r) for r in probe]
     with pytest.raises(StateError):
         ShiftDetector(3).set_state(sd.get_state())
 
@@ -284,10 +295,13 @@ def test_shift_kernel_matches_a_numpy_reference(c: int, n: int, seed: int, rate:
     x = rng.standard_normal((n, c)) * rng.choice([1e-3, 1.0, 1e3], size=c)
     x[rng.random((n, c)) < 0.05] += 50.0  # outliers, clipped
     sd = ShiftDetector(c, rate=rate, memory=memory, warm=0)
-    got = []
+    got, pure = [], []
     for row in x:
-        sd.score_one(row)
+        if sd.count:  # the side-effect-free statistic, then the one learned
+            pure.append(_shift_stat(row, sd.loc, sd.scale, sd.ewma, sd.var, rate))
+        sd.learn_one(row)
         got.append(sd.stat)
+    assert pure == got[1:]
     np.testing.assert_allclose(got[1:], _shift_reference(x, rate, memory), rtol=1e-9,
                                atol=1e-12)
 
@@ -302,5 +316,9 @@ def test_shift_kernel_without_jit_matches_the_compiled_one() -> None:
         "x = np.random.default_rng(3).standard_normal((400, 3))\n"
         "x[200:260, 1] += 2.0\n"
         "sd = ShiftDetector(3, rate=0.05, memory=100, warm=10)\n"
-        "print(repr([sd.score_one(r) for r in x]))\n")
+        "out = []\n"
+        "for r in x:\n"
+        "    out.append(sd.score_one(r))\n"
+        "    sd.learn_one(r)\n"
+        "print(repr(out))\n")
     assert run_python(script, jit=False) == run_python(script, jit=True)

@@ -193,7 +193,7 @@ class Agent(AgentState):
         plast = self._batch_scale
         for r in range(n):
             x = X[r]
-            z = self.normalizer.transform(x)
+            z = self.normalizer.score_one(x)
             zs[r] = z
             self.normalizer.learn_one(x)  # statistics, not learning work: never gated
             # the forecast is reported in the units of the statistics after this frame

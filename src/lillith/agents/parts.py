@@ -21,7 +21,7 @@ from lillith.agents.lineage import Lineage
 from lillith.agents.metrics import FrameLog
 from lillith.agents.predictor import InferencePlan, TilePredictor
 from lillith.agents.scores.detector import Detector, FrameTerms
-from lillith.agents.signal import RobustNormalizer
+from lillith.agents.scores.normalizer import RobustNormalizer
 from lillith.agents.tiles import TileSurgeryPolicy
 from lillith.errors import AgentError
 from lillith.fabric.neural_fabric import NeuralFabric3D

@@ -7,6 +7,23 @@ from numba import njit
 
 
 @njit(cache=True, nogil=True)
+def _shift_stat(x: np.ndarray, loc: np.ndarray, scale: np.ndarray, ewma: np.ndarray,
+                var: np.ndarray, rate: float) -> float:  # pragma: no cover (jit)
+    """The shift statistic ``q`` that :func:`_shift_step` returns for frame ``x``,
+    computed by the same operations, without changing anything (arguments as
+    there)."""
+    q = 0.0
+    floor = 1e-12 * rate / (2.0 - rate)
+    for c in range(x.shape[0]):
+        s = max(scale[c], 1e-3 * (1.0 + abs(loc[c])))
+        d = (x[c] - loc[c]) / s
+        d = min(max(d, -10.0), 10.0)
+        e = ewma[c] + rate * (d - ewma[c])
+        q += e * e / max(var[c], floor)
+    return q
+
+
+@njit(cache=True, nogil=True)
 def _shift_step(x: np.ndarray, loc: np.ndarray, scale: np.ndarray, ewma: np.ndarray,
                 var: np.ndarray, rate: float, r: float) -> float:  # pragma: no cover (jit)
     """One frame of the shift statistic, in place.

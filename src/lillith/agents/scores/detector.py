@@ -10,14 +10,12 @@ import numpy.typing as npt
 
 from lillith.agents.config import ScoreSettings
 from lillith.agents.scores.alarm import AlarmState, Decision, Evidence
+from lillith.agents.scores.likelihood import AnomalyLikelihood
+from lillith.agents.scores.range_novelty import RangeNovelty
+from lillith.agents.scores.recurrence import DailyRecurrence
 from lillith.agents.scores.shift import ShiftDetector
-from lillith.agents.signal import (
-    AnomalyLikelihood,
-    DailyRecurrence,
-    RangeNovelty,
-    StuckSensor,
-    WeekProfile,
-)
+from lillith.agents.scores.stuck import StuckSensor
+from lillith.agents.scores.week import WeekProfile
 from lillith.errors import StateError
 
 F64 = npt.NDArray[np.float64]
@@ -101,11 +99,11 @@ class Detector:
     (when the agent has a SOM) and the level ``l`` (mean ``|z|``), each over
     its running mean (rate ``1/n`` down to 1e-3). The sources of evidence
     (:class:`Evidence`): the raw scores' likelihood
-    (:class:`~lillith.agents.signal.AnomalyLikelihood`), range excursions
-    (:class:`~lillith.agents.signal.RangeNovelty`), stuck runs
-    (:class:`~lillith.agents.signal.StuckSensor`), the weekly context
-    (:class:`~lillith.agents.signal.WeekProfile`), the daily recurrence
-    (:class:`~lillith.agents.signal.DailyRecurrence`) and the shift from the
+    (:class:`~lillith.agents.scores.likelihood.AnomalyLikelihood`), range excursions
+    (:class:`~lillith.agents.scores.range_novelty.RangeNovelty`), stuck runs
+    (:class:`~lillith.agents.scores.stuck.StuckSensor`), the weekly context
+    (:class:`~lillith.agents.scores.week.WeekProfile`), the daily recurrence
+    (:class:`~lillith.agents.scores.recurrence.DailyRecurrence`) and the shift from the
     long-run baseline (:class:`~lillith.agents.scores.shift.ShiftDetector`).
     :class:`AlarmState` turns them into the reported likelihood and the alarm.
 
@@ -160,6 +158,7 @@ class Detector:
     def evidence(self, f: FrameTerms) -> Evidence:
         """Fold one frame into every source and return what they say of it."""
         stuck = self.stuck.score_one(f.x)
+        self.stuck.learn_one(f.x)
         if f.miss is None:
             err = 0.0
         else:
@@ -187,19 +186,24 @@ class Detector:
         raw = p0 + p1 + p2
         source = 0 if p0 >= p1 and p0 >= p2 else (1 if p1 >= p2 else 2)
         lik = self.likelihood.score_one(raw)
+        self.likelihood.learn_one(raw)
         outside = self.range.score_one(f.x, f.t)
+        self.range.learn_one(f.x, f.t)
         context = 0.5
         recurs = False
         if f.t is not None:
             dev = self.week.score_one(f.x, f.scale, f.t)
+            self.week.learn_one(f.x, f.scale, f.t)
             if dev is not None:
                 context = self.week_lik.score_one(dev + 1e-6)
+                self.week_lik.learn_one(dev + 1e-6)
             if self.echo is not None:
                 if lik >= self.recurs_floor:
-                    recurs = self.echo.recurs(f.t, self.likelihood.level,
-                                              weights=self.weights / (self.means + 1e-9))
-                self.echo.observe(f.t, terms)
+                    recurs = self.echo.score_one(f.t, self.likelihood.level,
+                                                 weights=self.weights / (self.means + 1e-9))
+                self.echo.learn_one(f.t, terms)
         shift = self.shift.score_one(f.x)
+        self.shift.learn_one(f.x)
         return Evidence(raw, lik, source, recurs, outside, stuck, self.stuck.stuck(), context,
                         shift)
 

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from lillith.agents.scores._kernels import _shift_step
+from lillith.agents.scores._kernels import _shift_stat, _shift_step
 from lillith.errors import StateError
 
 F64 = npt.NDArray[np.float64]
@@ -52,7 +52,8 @@ class ShiftDetector:
     drifting channel strays far as a matter of course, so it counts less); a
     shift of a quiet channel by a few of its usual deviations, held for
     ``~1/rate`` frames, makes it large. :meth:`score_one` returns
-    ``P(chi2(C) <= q)`` (0.5 during the first ``warm`` frames).
+    ``P(chi2(C) <= q)`` (0.5 during the first ``warm`` frames); :meth:`learn_one`
+    folds the frame in.
 
     Parameters
     ----------
@@ -80,22 +81,28 @@ class ShiftDetector:
         self.stat = 0.0  # the latest q
 
     def score_one(self, x: F64) -> float:
-        """Fold frame ``x`` (shape (C,), input units) in and return the
-        likelihood of the shift statistic after it, in (0, 1)."""
+        """The likelihood of the shift statistic once frame ``x`` (shape (C,),
+        input units) is in, in (0, 1) (0.5 during the first ``warm`` frames).
+        Changes nothing: :meth:`learn_one` folds the frame in."""
+        if self.count == 0 or self.count + 1 <= self.warm:
+            return 0.5
+        q = _shift_stat(np.ascontiguousarray(x, dtype=np.float64), self.loc, self.scale,
+                        self.ewma, self.var, self.rate)
+        return chi2_likelihood(q, self.n_channels)
+
+    def learn_one(self, x: F64) -> None:
+        """Fold frame ``x`` into the baseline, the moving average and its usual
+        square (the statistic of this frame is kept in :attr:`stat`)."""
         if self.count == 0:
             self.loc = x.astype(np.float64).copy()
             self.scale = np.maximum(np.abs(x) * 0.1, 1e-3 * (1.0 + np.abs(x)))
             self.count = 1
             self.stat = 0.0
-            return 0.5
+            return
         r = max(1.0 / (self.count + 1), 1.0 / self.memory)
-        q = _shift_step(np.ascontiguousarray(x, dtype=np.float64), self.loc, self.scale,
-                        self.ewma, self.var, self.rate, r)
-        self.stat = q
+        self.stat = _shift_step(np.ascontiguousarray(x, dtype=np.float64), self.loc,
+                                self.scale, self.ewma, self.var, self.rate, r)
         self.count += 1
-        if self.count <= self.warm:
-            return 0.5
-        return chi2_likelihood(q, self.n_channels)
 
     def get_state(self) -> dict[str, npt.NDArray[Any]]:
         """Baseline, averages and counter as plain arrays."""
