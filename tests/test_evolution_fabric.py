@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from lillith.errors import FabricError, StateError
 from lillith.fabric import _fabric_kernels as K
 from lillith.fabric import evolution as E
+from lillith.fabric import rewire as W
 from lillith.fabric.evolution import FitnessWeights, LayerStrategy
 from lillith.fabric.neural_fabric import NeuralFabric3D
 from lillith.fabric.wiring import Hierarchical, Local3D, Random, Wiring
@@ -66,7 +67,7 @@ def _silence(f: NeuralFabric3D, slots: np.ndarray) -> None:
 
 
 def _check_csr(f: NeuralFabric3D) -> None:
-    E.check_topology(f._topology_of(vars(f)), f.n, f.n_branches, f.n_inputs, f.n_gates)
+    W.check_topology(f._topology_of(vars(f)), f.n, f.n_branches, f.n_inputs, f.n_gates)
     rows = np.repeat(np.arange(f.n), np.diff(f.indptr))
     assert np.all(np.diff(f.indptr) >= 0)
     assert np.all(f.indices != rows), "self-loop"
@@ -416,7 +417,7 @@ def test_kernel_matches_reference_after_apoptosis_and_with_gates(kind: str) -> N
     _warm(f, 20, plasticity=3.0)
     f.apoptosis(strategies=[LayerStrategy(0.4, 0.5, r) for r in E.REGROWTH * 2], step=20,
                 seed=5, allow_sensory=True)
-    assert not np.array_equal(f.bptr, E.default_branch_ptr(f.indptr, 2))
+    assert not np.array_equal(f.bptr, W.default_branch_ptr(f.indptr, 2))
     rng = np.random.default_rng(2)
     prm = f.params
     for t in range(25):

@@ -15,7 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 from lillith.fabric import _fabric_kernels as K
-from lillith.fabric import evolution as E
+from lillith.fabric import rewire as W
 from lillith.records import Spec
 
 A = npt.NDArray[Any]
@@ -177,7 +177,7 @@ def legacy_defaults(a: dict[str, A], n_branches: int, gate_logit0: float,
     goal, trace gain 1 and this fabric's mode constants ``modes``."""
     n, nnz = a["indptr"].shape[0] - 1, a["indices"].shape[0]
     if "bptr" not in a:
-        a["bptr"] = E.default_branch_ptr(a["indptr"], n_branches)
+        a["bptr"] = W.default_branch_ptr(a["indptr"], n_branches)
     if "gate" not in a:
         a["gate"] = np.full(nnz, -1, dtype=np.int32)
         a["gate_pairs"] = np.zeros((0, 2), dtype=np.int32)

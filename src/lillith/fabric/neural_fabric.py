@@ -18,8 +18,10 @@ import numpy as np
 import numpy.typing as npt
 
 from lillith.errors import FabricError, StateError
+from lillith.fabric import _evolution_kernels as EK
 from lillith.fabric import _fabric_kernels as K
 from lillith.fabric import evolution as E
+from lillith.fabric import rewire as W
 from lillith.fabric.fabric_state import OPTIONAL, FabricState, legacy_defaults
 from lillith.fabric.fabric_state import spec as fabric_spec
 from lillith.fabric.params import FabricParams
@@ -181,7 +183,7 @@ class NeuralFabric3D:
         # (neighbouring presynaptic neurons cluster on one branch) and the
         # m-th synapse of a branch lands on its segment m mod n_segments; the
         # blocks are kept explicit (bptr) so evolution can resize them
-        self.bptr = E.default_branch_ptr(self.indptr, self.n_branches)
+        self.bptr = W.default_branch_ptr(self.indptr, self.n_branches)
         if conn.gate is not None and conn.gate_pairs is not None:
             self.gate = conn.gate[order].astype(np.int32)
             self.gate_pairs = conn.gate_pairs.astype(np.int32).reshape(-1, 2)
@@ -263,7 +265,7 @@ class NeuralFabric3D:
     def _refresh_topology(self) -> None:
         """Arrays derived from the topology (after construction, evolution, restore)."""
         self.fb_start = feedback_start(self.indptr, self.feedback)
-        self._gate_ptr, self._gate_pre, self._gate_post = E.gate_lists(
+        self._gate_ptr, self._gate_pre, self._gate_post = W.gate_lists(
             self.indptr, self.indices, self.gate, self.n_gates)
 
     # ------------------------------------------------------------------ stepping
@@ -531,12 +533,12 @@ class NeuralFabric3D:
         keep = self.fitness_decay if decay is None else float(decay)
         if not (np.isfinite(keep) and 0.0 <= keep < 1.0):
             raise FabricError("decay must lie in [0, 1)", decay=decay)
-        E._observe(self.act, self.readout, g, self.n_features, keep, self.importance,
+        EK._observe(self.act, self.readout, g, self.n_features, keep, self.importance,
                    self.act_mean, self.act_sq, self.diversity)
         self._combine_fitness()
 
     def _combine_fitness(self) -> None:
-        E._combine(self.fitness_weights.as_array(), self.indptr, self.w, self.importance,
+        EK._combine(self.fitness_weights.as_array(), self.indptr, self.w, self.importance,
                    self.act_mean, self.act_sq, self.diversity, self._fit_scratch, self.fitness)
 
     def apoptosis(
@@ -610,9 +612,9 @@ class NeuralFabric3D:
         nnz_before = self.nnz
         died = self.neuron_id[plan.slots].copy()
         if plan.size:
-            new = E.rewire(self._topology_of(vars(self)), plan, self.n_branches,
+            new = W.rewire(self._topology_of(vars(self)), plan, self.n_branches,
                            self.params.w_max, rng)
-            E.check_topology(new, self.n, self.n_branches, self.n_inputs, self.n_gates)
+            W.check_topology(new, self.n, self.n_branches, self.n_inputs, self.n_gates)
             self._regrow(plan, step_v)
             for key in ("indptr", "bptr", "indices", "w", "polarity", "feedback", "gate",
                         "s_indptr", "s_indices", "s_wsigned"):
@@ -775,7 +777,7 @@ class NeuralFabric3D:
                         (self.noise_scale, self.intent_gain, self.bidirectional_weight))
         rec = FabricState(**a)
         try:
-            E.check_topology(self._topology_of(a), n, Kb, self.n_inputs,
+            W.check_topology(self._topology_of(a), n, Kb, self.n_inputs,
                              rec.gate_pairs.shape[0])
         except FabricError as e:
             raise StateError("fabric state has an inconsistent topology",
@@ -813,8 +815,8 @@ class NeuralFabric3D:
         self._hot_decay = float(np.exp(-float(self._p[K.P_DT]) / float(self._p[K.P_TAU_H])))
         self.step_count = int(rec.step)
 
-    def _topology_of(self, a: Mapping[str, Any]) -> E.Topology:
-        return E.Topology(
+    def _topology_of(self, a: Mapping[str, Any]) -> W.Topology:
+        return W.Topology(
             indptr=a["indptr"], bptr=a["bptr"], indices=a["indices"], w=a["w"],
             polarity=a["polarity"], feedback=a["feedback"], gate=a["gate"],
             s_indptr=a["s_indptr"], s_indices=a["s_indices"], s_wsigned=a["s_wsigned"])
