@@ -352,7 +352,7 @@ def test_biological_nonlinearity_refractory_adapts_and_recovers() -> None:
 
 
 def test_hotspot_gain_folding_keeps_traces_exact(monkeypatch: pytest.MonkeyPatch) -> None:
-    import lillith.fabric.neural_fabric as nf
+    import lillith.fabric.fabric_core as nf
 
     monkeypatch.setattr(nf, "HOT_GAIN_FLOOR", 0.9)  # fold every few steps
     f = NeuralFabric3D((3, 3, 3), n_inputs=2, seed=1, parallel=False)

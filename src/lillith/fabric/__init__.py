@@ -14,7 +14,8 @@
 
 from lillith.fabric.conv4d import Conv4D
 from lillith.fabric.evolution import FitnessWeights, LayerStrategy
-from lillith.fabric.neural_fabric import MODES, PRESETS, NeuralFabric3D
+from lillith.fabric.fabric_core import MODES, PRESETS
+from lillith.fabric.neural_fabric import NeuralFabric3D
 from lillith.fabric.nonlinearity import BiologicalNonlinearity
 from lillith.fabric.params import FabricParams
 from lillith.fabric.som import SelfOrganizingMap
