@@ -61,7 +61,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -78,18 +78,57 @@ from lillith.fabric._som_kernels import (
     _train,
     _u_matrix,
 )
+from lillith.records import read_arrays
 
-__all__ = ["MAX_ABS_INPUT", "NEIGHBOURHOOD_CUTOFF", "SelfOrganizingMap"]
+__all__ = ["MAX_ABS_INPUT", "NEIGHBOURHOOD_CUTOFF", "SelfOrganizingMap", "SomState"]
 
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
+A = npt.NDArray[Any]
 
 # --------------------------------------------------------------------------
 # typed wrapper
 # --------------------------------------------------------------------------
 
 _SCHEDULE_KEYS = ("sigma0", "sigma_min", "lr0", "lr_min", "decay_steps")
+
+
+class SomState(NamedTuple):
+    """A map's whole state (the snapshot keys under ``som/``).
+
+    Attributes
+    ----------
+    weights : float32 (n_units, dim)
+        Prototype vectors.
+    coords : float32 (n_units, ndim_map)
+        Grid position of each unit.
+    map_shape : int64 (ndim_map,)
+    step, ring_pos, ring_len, seed : int64 (1,)
+        Samples learned; the recent window's next slot and fill; the seed.
+    hits : int64 (n_units,)
+        Times each unit was the best match.
+    ring_bmu : int64 (qe_window,); ring_qe : float64 (qe_window,)
+        The recent window's best matches (-1: empty) and their distances.
+    sigma0, sigma_min, lr0, lr_min, decay_steps : float64 (1,)
+        The schedule.
+    """
+
+    weights: A
+    coords: A
+    map_shape: A
+    step: A
+    ring_pos: A
+    ring_len: A
+    seed: A
+    hits: A
+    ring_bmu: A
+    ring_qe: A
+    sigma0: A
+    sigma_min: A
+    lr0: A
+    lr_min: A
+    decay_steps: A
 
 
 class SelfOrganizingMap:
@@ -511,34 +550,19 @@ class SelfOrganizingMap:
 
     # ------------------------------------------------------------------ state
 
-    def get_state(self) -> dict[str, np.ndarray[Any, Any]]:
-        """Complete learner state as plain numpy arrays (copies).
+    def state(self) -> SomState:
+        """The whole learner as a :class:`SomState` of copies."""
+        sched = [np.array([v], dtype=np.float64) for v in self._schedule]
+        return SomState(np.ascontiguousarray(self._wt.T), self._coords.copy(),
+                        np.array(self.map_shape, dtype=np.int64),
+                        self._counters[0:1].copy(), self._counters[1:2].copy(),
+                        self._counters[2:3].copy(), np.array([self.seed], dtype=np.int64),
+                        self._hits[0].copy(), self._ring_bmu.copy(), self._ring_qe.copy(),
+                        *sched)
 
-        Returns
-        -------
-        dict of str to numpy.ndarray
-            ``weights`` float32 (n_units, dim); ``coords`` float32
-            (n_units, ndim_map); ``map_shape`` int64 (ndim_map,); ``step``,
-            ``ring_pos``, ``ring_len``, ``seed`` int64 (1,); ``hits`` int64
-            (n_units,); ``ring_bmu`` int64 (qe_window,) (-1 = empty slot);
-            ``ring_qe`` float64 (qe_window,); ``sigma0``, ``sigma_min``,
-            ``lr0``, ``lr_min``, ``decay_steps`` float64 (1,).
-        """
-        state: dict[str, np.ndarray[Any, Any]] = {
-            "weights": np.ascontiguousarray(self._wt.T),
-            "coords": self._coords.copy(),
-            "map_shape": np.array(self.map_shape, dtype=np.int64),
-            "step": self._counters[0:1].copy(),
-            "ring_pos": self._counters[1:2].copy(),
-            "ring_len": self._counters[2:3].copy(),
-            "seed": np.array([self.seed], dtype=np.int64),
-            "hits": self._hits[0].copy(),
-            "ring_bmu": self._ring_bmu.copy(),
-            "ring_qe": self._ring_qe.copy(),
-        }
-        for key, value in zip(_SCHEDULE_KEYS, self._schedule, strict=True):
-            state[key] = np.array([value], dtype=np.float64)
-        return state
+    def get_state(self) -> dict[str, np.ndarray[Any, Any]]:
+        """:meth:`state` as a dict of arrays (the snapshot's ``som/`` keys)."""
+        return self.state()._asdict()
 
     def set_state(self, state: Mapping[str, npt.ArrayLike]) -> None:
         """Restore a state produced by :meth:`get_state`.
@@ -553,42 +577,25 @@ class SelfOrganizingMap:
             Missing keys, wrong shapes or dtypes, or inconsistent values. The
             instance is left unchanged.
         """
-        missing = [
-            k
-            for k in (
-                "weights",
-                "map_shape",
-                "step",
-                "ring_pos",
-                "ring_len",
-                "hits",
-                "ring_bmu",
-                "ring_qe",
-                *_SCHEDULE_KEYS,
-            )
-            if k not in state
-        ]
-        if missing:
-            raise StateError("SOM state is missing keys", missing=missing)
-        map_shape = tuple(int(v) for v in _state_array(state, "map_shape", np.int64, None))
+        one = (np.int64, (1,))
+        a = read_arrays(state, {
+            "weights": (np.float32, (self.n_units, self.dim)),
+            "coords": (np.float32, self._coords.shape), "map_shape": (np.int64, None),
+            "step": one, "ring_pos": one, "ring_len": one, "seed": one,
+            "hits": (np.int64, (self.n_units,)), "ring_bmu": (np.int64, (self.qe_window,)),
+            "ring_qe": (np.float64, (self.qe_window,)),
+            **{k: (np.float64, (1,)) for k in _SCHEDULE_KEYS}},
+            what="SOM", optional=("coords", "seed"))
+        map_shape = tuple(int(v) for v in a["map_shape"].ravel())
         if map_shape != self.map_shape:
             raise StateError("SOM map_shape mismatch", expected=self.map_shape, got=map_shape)
-        weights = _state_array(state, "weights", np.float32, (self.n_units, self.dim))
-        if not np.all(np.isfinite(weights)):
+        if not np.all(np.isfinite(a["weights"])):
             raise StateError("SOM weights contain non-finite values")
-        if "coords" in state:
-            coords = _state_array(state, "coords", np.float32, self._coords.shape)
-            if not np.array_equal(coords, self._coords):
-                raise StateError("SOM coords do not match map_shape")
-        step = int(_state_array(state, "step", np.int64, (1,))[0])
-        pos = int(_state_array(state, "ring_pos", np.int64, (1,))[0])
-        length = int(_state_array(state, "ring_len", np.int64, (1,))[0])
-        hits = _state_array(state, "hits", np.int64, (self.n_units,))
-        ring_bmu = _state_array(state, "ring_bmu", np.int64, (self.qe_window,))
-        ring_qe = _state_array(state, "ring_qe", np.float64, (self.qe_window,))
-        s0, smin, l0, lmin, tau = (
-            float(_state_array(state, k, np.float64, (1,))[0]) for k in _SCHEDULE_KEYS
-        )
+        if "coords" in a and not np.array_equal(a["coords"], self._coords):
+            raise StateError("SOM coords do not match map_shape")
+        step, pos, length = (int(a[k][0]) for k in ("step", "ring_pos", "ring_len"))
+        hits, ring_bmu, ring_qe = a["hits"], a["ring_bmu"], a["ring_qe"]
+        s0, smin, l0, lmin, tau = (float(a[k][0]) for k in _SCHEDULE_KEYS)
         schedule = _check_schedule(s0, smin, l0, lmin, tau, StateError)
         if step < 0 or np.any(hits < 0):
             raise StateError("SOM step and hits must be non-negative", step=step)
@@ -604,7 +611,7 @@ class SelfOrganizingMap:
         if step < length:
             raise StateError("SOM ring holds more samples than steps", step=step, ring_len=length)
 
-        self._wt[...] = weights.T
+        self._wt[...] = a["weights"].T
         self._counters[:] = (step, pos, length)
         self._hits[0] = hits
         self._hits[1] = np.bincount(valid, minlength=self.n_units)
@@ -612,8 +619,8 @@ class SelfOrganizingMap:
         self._ring_qe[:] = ring_qe
         self._schedule = schedule
         self._params[:5] = schedule
-        if "seed" in state:
-            self.seed = int(_state_array(state, "seed", np.int64, (1,))[0])
+        if "seed" in a:
+            self.seed = int(a["seed"][0])
 
     @classmethod
     def from_state(cls, state: Mapping[str, npt.ArrayLike]) -> SelfOrganizingMap:
@@ -718,24 +725,3 @@ def _raise_if_bad(X2: F32, bad: int, name: str) -> None:
         max_abs=float(np.abs(row).max()),
         limit=MAX_ABS_INPUT,
     )
-
-
-def _state_array(
-    state: Mapping[str, npt.ArrayLike],
-    key: str,
-    dtype: type[np.generic],
-    shape: tuple[int, ...] | None,
-) -> np.ndarray[Any, Any]:
-    try:
-        raw = np.asarray(state[key])
-    except (TypeError, ValueError) as exc:
-        raise StateError("SOM state entry is not an array", key=key, reason=str(exc)) from None
-    target = np.dtype(dtype)
-    if raw.dtype.kind not in "biuf" or (target.kind in "iu" and raw.dtype.kind == "f"):
-        raise StateError("SOM state entry has wrong dtype", key=key, dtype=str(raw.dtype))
-    arr = np.ascontiguousarray(raw, dtype=target)
-    if shape is None:
-        arr = arr.ravel()
-    elif arr.shape != shape:
-        raise StateError("SOM state entry has wrong shape", key=key, expected=shape, got=arr.shape)
-    return arr
