@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from lillith.agents.config import AgentConfig
 from lillith.errors import ConfigError
 from lillith.runtime.commands import CommandLimits
-from lillith.sensors.codec import MAX_ABS_T, MAX_DEPTH, MAX_WIDTH
+from lillith.sensors.codec import MAX_ABS_T, MAX_DEPTH, MAX_WIDTH, Schema
 from lillith.sensors.mqtt import MqttSettings
 
 ENV_PREFIX = "LILLITH_"
@@ -63,13 +63,21 @@ class AgentBinding(_Model):
     tick_s: float | None = Field(None, gt=0)
     stale_s: float | None = Field(None, gt=0)
 
+    def frame_schema(self) -> Schema:
+        """The codec's schema of this agent's frames: its bounds, and its width
+        (``len(channels)``, else ``width``, else fixed by the first valid frame:
+        :attr:`Schema.expected_width`)."""
+        return Schema(channels=self.channels, width=self.width, low=self.low, high=self.high,
+                      max_bytes=self.max_bytes, max_abs_t=self.max_abs_t,
+                      max_width=self.max_width, max_depth=self.max_depth)
+
     @model_validator(mode="after")
     def _per_channel_needs_channels(self) -> AgentBinding:
         if self.tick_s is not None and not self.channels:
             raise ValueError("tick_s (one topic per channel) needs the channel names")
         if self.stale_s is not None and self.tick_s is None:
             raise ValueError("stale_s applies to per-channel topics (set tick_s)")
-        width = len(self.channels) if self.channels else self.width
+        width = self.frame_schema().expected_width
         if width is not None and width > self.max_width:
             raise ValueError(f"the width ({width}) exceeds max_width ({self.max_width})")
         return self

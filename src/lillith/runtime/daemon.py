@@ -66,9 +66,7 @@ class _AgentRuntime:
                  evolutions: asyncio.Queue[tuple[_AgentRuntime, dict[str, Any]]],
                  metrics: DaemonMetrics) -> None:
         self.binding = b
-        self.schema = Schema(channels=b.channels, width=b.width, low=b.low, high=b.high,
-                             max_bytes=b.max_bytes, max_abs_t=b.max_abs_t,
-                             max_width=b.max_width, max_depth=b.max_depth)
+        self.schema = b.frame_schema()
         def put_all(rs: list[Result]) -> None:
             for r in rs:
                 results.put_nowait(r)
@@ -81,7 +79,7 @@ class _AgentRuntime:
 
         self.worker = AgentWorker(
             b.name, config, queue_size=b.queue_size, policy=b.policy,
-            width=len(b.channels) if b.channels else b.width, on_results=deliver,
+            width=self.schema.expected_width, on_results=deliver,
             on_evolution=evolved)
         self.seq = 0
         self.frames_in = 0
