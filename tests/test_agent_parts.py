@@ -13,15 +13,17 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pytest
+from pydantic import ValidationError
 
-from lillith.agents.bio import BioConfig, BioSystem, ModeCycler
+from lillith.agents.bio import BioSystem, ModeCycler
+from lillith.agents.config import BioSettings, ModeSettings, ScoreSettings
 from lillith.agents.scores.likelihood import AnomalyLikelihood
 from lillith.agents.scores.normalizer import RobustNormalizer
 from lillith.agents.scores.range_novelty import RangeNovelty
 from lillith.agents.scores.recurrence import DailyRecurrence
 from lillith.agents.scores.stuck import StuckSensor
 from lillith.agents.scores.week import WeekProfile
-from lillith.errors import ConfigError, StateError
+from lillith.errors import StateError
 from lillith.sensors.csvfile import CsvError, read_csv_stream
 from lillith.sensors.synthetic import SyntheticSignal
 
@@ -309,9 +311,10 @@ def test_daily_recurrence_needs_the_level_on_most_of_the_last_days() -> None:
     old = {"ids": dr.ids, "peak": dr.peak[:, 0]}  # (a snapshot from before the terms)
     with pytest.raises(StateError):
         DailyRecurrence(days=3, slack=1, tol=3600.0, n_terms=2, short=1).set_state(old)
-    for bad in ({"days": 0}, {"tol": 43200.0}, {"slack": -1}, {"n_terms": 0}, {"short": 0}):
-        with pytest.raises(ConfigError):
-            DailyRecurrence(**bad)  # type: ignore[arg-type]
+    for bad in ({"recurrence_days": -1}, {"recurrence_tol": 43200.0},
+                {"recurrence_slack": -1}, {"recurrence_ratio": 0.0}):
+        with pytest.raises(ValidationError):  # (the settings the detector builds it from)
+            ScoreSettings(**bad)
 
 def weekly_traffic(weeks: int, *, holiday_day: int | None = None, seed: int = 0
                    ) -> tuple[np.ndarray, np.ndarray]:
@@ -365,7 +368,7 @@ def test_week_profile_finds_a_day_unlike_the_same_day_of_other_weeks() -> None:
 
 
 def test_bio_gate_hysteresis_and_drive() -> None:
-    bio = BioSystem(BioConfig(cost=0.05, recovery=0.001, rest_boost=10.0))
+    bio = BioSystem(BioSettings(cost=0.05, recovery=0.001, rest_boost=10.0))
     steps = 0
     while bio.can_learn():
         bio.step(1.0)
@@ -385,17 +388,20 @@ def test_bio_gate_hysteresis_and_drive() -> None:
     assert bio.learning_drive > base and bio.mood < 0
     mods = bio.modulators()
     assert {"energy_gate", "learning_drive", "mood", "fatigue"} <= set(mods)
-    with pytest.raises(ConfigError):
-        BioConfig(gate_threshold=0.5, resume_threshold=0.2)
+    for bad in ({"gate_threshold": 0.5, "resume_threshold": 0.2},
+                {"drive_min": 2.0, "drive_max": 1.0}, {"cost": float("nan")}):
+        with pytest.raises(ValidationError):
+            BioSettings(**bad)
 
 
 def test_mode_cycler_shares() -> None:
-    mc = ModeCycler(shares=(2, 1, 1), period=40)
+    mc = ModeCycler(ModeSettings(shares=(2, 1, 1), period=40))
     modes = [mc.mode_at(i) for i in range(80)]
     assert modes.count("normal") == 40 and modes.count("random") == 20
     assert modes[:20] == ["normal"] * 20
-    with pytest.raises(ConfigError):
-        ModeCycler(shares=(0, 0, 0))
+    for bad in ((0, 0, 0), (1, -1, 1)):
+        with pytest.raises(ValidationError):
+            ModeSettings(shares=bad)
 
 
 def test_synthetic_signal_chunking_and_labels() -> None:

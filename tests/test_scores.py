@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from lillith.agents.agent import Agent
 from lillith.agents.config import AgentConfig, ScoreSettings
@@ -16,7 +17,7 @@ from lillith.agents.scores._kernels import _shift_stat
 from lillith.agents.scores.alarm import REASONS, AlarmState, Evidence
 from lillith.agents.scores.detector import Detector
 from lillith.agents.scores.shift import ShiftDetector, chi2_likelihood
-from lillith.errors import ConfigError, StateError
+from lillith.errors import StateError
 from lillith.eval.record import decide, evidence, record
 
 
@@ -166,10 +167,10 @@ def test_alarm_state_round_trips_and_reasons_are_consistent(
             assert d.onset
 
 
-def test_alarm_state_settings_are_checked() -> None:
+def test_alarm_state_settings_are_checked_by_the_scoring_settings() -> None:
     for bad in ({"alarm": 0.5}, {"hold": 1.0}, {"shift_level": 0.4}):
-        with pytest.raises(ConfigError):
-            AlarmState(**bad)
+        with pytest.raises(ValidationError):
+            ScoreSettings(**bad)
 
 
 def test_chi2_likelihood_is_a_cdf() -> None:

@@ -7,66 +7,23 @@ is reproducible and a restored agent continues identically.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from lillith.errors import ConfigError, StateError
+from lillith.agents.config import BioSettings, ModeSettings
+from lillith.errors import StateError
 
 MODE_NAMES = ("normal", "random", "intentional")
 
 
-@dataclass(frozen=True)
-class BioConfig:
-    """Constants of :class:`BioSystem` (all rates per step).
-
-    Attributes
-    ----------
-    cost : float
-        Energy spent per unit of learning work (one frame learned at drive 1).
-    recovery : float
-        Recovery rate toward full energy, ``dE = recovery * (1 - E)`` per step.
-    rest_boost : float
-        Recovery multiplier on steps that do no learning work (rest).
-    gate_threshold : float
-        Learning is skipped while energy is below this.
-    resume_threshold : float
-        After a skip, learning resumes once energy is back above this
-        (hysteresis, so the gate does not flicker).
-    surprise_gain : float
-        How strongly learning drive rises with surprise.
-    drive_min, drive_max : float
-        Bounds of the learning drive.
-    fast, slow : float
-        Rates of the short- and long-term loss averages.
-    fatigue_rate : float
-        Rate of the fatigue average of work.
-    """
-
-    cost: float = 4e-4
-    recovery: float = 2e-3
-    rest_boost: float = 5.0
-    gate_threshold: float = 0.1
-    resume_threshold: float = 0.3
-    surprise_gain: float = 1.0
-    drive_min: float = 0.5
-    drive_max: float = 3.0
-    fast: float = 0.1
-    slow: float = 0.005
-    fatigue_rate: float = 0.01
-
-    def __post_init__(self) -> None:
-        for name, val in asdict(self).items():
-            if not (math.isfinite(val) and val >= 0):
-                raise ConfigError("bio constant must be finite and >= 0", name=name, value=val)
-        if not 0 <= self.gate_threshold <= self.resume_threshold <= 1:
-            raise ConfigError("need 0 <= gate_threshold <= resume_threshold <= 1",
-                              gate_threshold=self.gate_threshold,
-                              resume_threshold=self.resume_threshold)
-        if self.drive_min > self.drive_max:
-            raise ConfigError("drive_min exceeds drive_max")
+FAST = 0.1
+"""Rate of the short-term loss average."""
+SLOW = 0.005
+"""Rate of the long-term loss average (its floor: it starts as a running mean)."""
+FATIGUE_RATE = 0.01
+"""Rate of the fatigue average of work."""
 
 
 class BioSystem:
@@ -79,8 +36,8 @@ class BioSystem:
     loss; fatigue is the moving average of work.
     """
 
-    def __init__(self, config: BioConfig | None = None) -> None:
-        self.config = config or BioConfig()
+    def __init__(self, config: BioSettings | None = None) -> None:
+        self.config = config or BioSettings()
         self.energy = 1.0
         self.fatigue = 0.0
         self.loss_fast = 0.0
@@ -133,14 +90,13 @@ class BioSystem:
     # -- dynamics --------------------------------------------------------------
     def observe_loss(self, loss: float) -> None:
         """Feed one prediction loss (non-negative, finite)."""
-        c = self.config
         if not math.isfinite(loss):
             return
         if self.n_losses == 0:
             self.loss_fast = self.loss_slow = loss
         else:
-            self.loss_fast += c.fast * (loss - self.loss_fast)
-            rate = max(c.slow, 1.0 / (self.n_losses + 1))
+            self.loss_fast += FAST * (loss - self.loss_fast)
+            rate = max(SLOW, 1.0 / (self.n_losses + 1))
             self.loss_slow += rate * (loss - self.loss_slow)
         self.n_losses += 1
 
@@ -149,7 +105,7 @@ class BioSystem:
         c = self.config
         rec = c.recovery * (1.0 - self.energy) * (c.rest_boost if work <= 0 else 1.0)
         self.energy = float(min(max(self.energy - c.cost * work + rec, 0.0), 1.0))
-        self.fatigue += c.fatigue_rate * (work - self.fatigue)
+        self.fatigue += FATIGUE_RATE * (work - self.fatigue)
         if self.gated and self.energy >= c.resume_threshold:
             self.gated = False
         elif not self.gated and self.energy < c.gate_threshold:
@@ -181,29 +137,17 @@ class ModeCycler:
 
     Parameters
     ----------
-    shares : tuple of float
-        Relative time in normal, random and intentional mode.
-    period : int
-        Steps per cycle.
-    enabled : bool
-        Switch the cycle on or off.
+    settings : ModeSettings, optional
+        ``shares`` (relative time in normal, random and intentional mode),
+        ``period`` (steps per cycle), ``enabled``; validated by the settings.
     """
 
-    def __init__(
-        self,
-        *,
-        shares: tuple[float, float, float] = (1 / 3, 1 / 3, 1 / 3),
-        period: int = 300,
-        enabled: bool = True,
-    ) -> None:
-        if len(shares) != 3 or min(shares) < 0 or sum(shares) <= 0:
-            raise ConfigError("mode shares must be three non-negative numbers", shares=shares)
-        if period < 1:
-            raise ConfigError("mode period must be >= 1", period=period)
-        total = float(sum(shares))
-        self.shares = tuple(float(s) / total for s in shares)
-        self.period = int(period)
-        self.enabled = bool(enabled)
+    def __init__(self, settings: ModeSettings | None = None) -> None:
+        m = settings or ModeSettings()
+        total = float(sum(m.shares))
+        self.shares = tuple(float(s) / total for s in m.shares)
+        self.period = int(m.period)
+        self.enabled = bool(m.enabled)
         bounds = np.cumsum(self.shares) * self.period
         self._bounds = np.round(bounds).astype(np.int64)
 

@@ -75,7 +75,28 @@ class PredictorConfig(_Model):
 
 
 class BioSettings(_Model):
-    """BioSystem constants (see :class:`lillith.agents.bio.BioConfig`)."""
+    """Constants of the BioSystem (:class:`lillith.agents.bio.BioSystem`; rates per step).
+
+    Attributes
+    ----------
+    cost : float
+        Energy spent per unit of learning work (one frame learned at drive 1).
+    recovery : float
+        Recovery rate toward full energy, ``dE = recovery * (1 - E)`` per step.
+    rest_boost : float
+        Recovery multiplier on steps that do no learning work (rest).
+    gate_threshold : float
+        Learning is skipped while energy is below this.
+    resume_threshold : float
+        After a skip, learning resumes once energy is back above this
+        (hysteresis, so the gate does not flicker); >= ``gate_threshold``.
+    surprise_gain : float
+        How strongly learning drive rises with surprise.
+    drive_min, drive_max : float
+        Bounds of the learning drive (``drive_min <= drive_max``).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     cost: float = Field(4e-4, ge=0)
     recovery: float = Field(2e-3, ge=0)
@@ -86,6 +107,14 @@ class BioSettings(_Model):
     drive_min: float = Field(0.5, ge=0)
     drive_max: float = Field(3.0, ge=0)
 
+    @model_validator(mode="after")
+    def _ordered(self) -> BioSettings:
+        if self.gate_threshold > self.resume_threshold:
+            raise ValueError("need gate_threshold <= resume_threshold")
+        if self.drive_min > self.drive_max:
+            raise ValueError("need drive_min <= drive_max")
+        return self
+
 
 class ModeSettings(_Model):
     """Mode cycler: shares of normal / random / intentional and period in steps."""
@@ -93,6 +122,13 @@ class ModeSettings(_Model):
     shares: tuple[float, float, float] = (1 / 3, 1 / 3, 1 / 3)
     period: int = Field(300, ge=1)
     enabled: bool = True
+
+    @field_validator("shares")
+    @classmethod
+    def _shares(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
+        if min(v) < 0 or sum(v) <= 0:
+            raise ValueError("mode shares must be non-negative, not all 0")
+        return v
 
 
 class ScoreSettings(_Model):

@@ -15,7 +15,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from lillith.agents.bio import BioConfig, BioSystem, ModeCycler
+from lillith.agents.bio import BioSystem, ModeCycler
 from lillith.agents.config import AgentConfig
 from lillith.agents.lineage import Lineage
 from lillith.agents.metrics import FrameLog
@@ -105,13 +105,8 @@ class AgentParts:
         self.detector = self._make_detector()
         # score settings (``score.*``) that differed from the snapshot last restored
         self.score_changes: list[str] = []
-        b = cfg.bio
-        self.bio = BioSystem(BioConfig(
-            cost=b.cost, recovery=b.recovery, rest_boost=b.rest_boost,
-            gate_threshold=b.gate_threshold, resume_threshold=b.resume_threshold,
-            surprise_gain=b.surprise_gain, drive_min=b.drive_min, drive_max=b.drive_max))
-        m = cfg.modes
-        self.modes = ModeCycler(shares=m.shares, period=m.period, enabled=m.enabled)
+        self.bio = BioSystem(cfg.bio)
+        self.modes = ModeCycler(cfg.modes)
         self.predictor = TilePredictor(self.feat_dim, self.n_channels, cfg)
         pc = cfg.predictor
         self.optimizer = torch.optim.Adam(self.predictor.parameters(), lr=pc.lr,

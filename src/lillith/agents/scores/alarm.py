@@ -7,8 +7,6 @@ from typing import Any, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-from lillith.errors import ConfigError
-
 # the raw score's terms, by index (Evidence.source): the reason an alarm gives
 TERMS = ("forecast", "novelty", "level")
 # every alarm reason, in the order of REASON_CODES (0: no alarm)
@@ -101,6 +99,10 @@ class AlarmState:
     long as that likelihood is at least ``hold``. The reason is the one that
     turned the alarm on, until it goes off.
 
+    The parameters come from the scoring settings
+    (:func:`~lillith.agents.scores.detector.alarm_state`), which validate them
+    (:class:`~lillith.agents.config.ScoreSettings`).
+
     Parameters
     ----------
     alarm : float
@@ -126,10 +128,6 @@ class AlarmState:
                  stuck_alarm: bool = False, context_alarm: bool = True,
                  shift_alarm: bool = True, shift_level: float = 0.999,
                  shift_news: bool = False, recurrence: bool = True) -> None:
-        if not (0.5 < alarm <= 1.0 and 0.0 <= hold < 1.0 and 0.5 < shift_level <= 1.0):
-            raise ConfigError("alarm state needs 0.5 < alarm <= 1, 0 <= hold < 1 and "
-                              "0.5 < shift_level <= 1", alarm=alarm, hold=hold,
-                              shift_level=shift_level)
         self.alarm = float(alarm)
         self.hold = float(hold)
         self.suppress = int(suppress)

@@ -8,7 +8,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-from lillith.errors import ConfigError, StateError
+from lillith.errors import StateError
 
 F64 = npt.NDArray[np.float64]
 A = npt.NDArray[Any]
@@ -50,6 +50,9 @@ class DailyRecurrence:
     itself, a holiday) does not make it news again for the next days.
     Bins that no frame reached (gaps) count as days without it.
 
+    The detector builds it from the scoring settings, which validate the
+    parameters (:class:`~lillith.agents.config.ScoreSettings`).
+
     Parameters
     ----------
     days : int
@@ -74,12 +77,6 @@ class DailyRecurrence:
     def __init__(self, *, days: int = 3, slack: int = 1, tol: float = 5400.0,
                  ratio: float = 0.8, bin_s: float = 600.0, n_terms: int = 3,
                  short: int = 3) -> None:
-        if (days < 1 or slack < 0 or not 0.0 <= tol < self.DAY_S / 2 or ratio <= 0
-                or bin_s <= 0 or n_terms < 1 or short < 1):
-            raise ConfigError("daily recurrence needs days >= 1, slack >= 0, 0 <= tol < 12 h, "
-                              "ratio > 0, bin_s > 0, n_terms >= 1 and short >= 1", days=days,
-                              slack=slack, tol=tol, ratio=ratio, bin_s=bin_s, n_terms=n_terms,
-                              short=short)
         self.days = int(days)
         self.slack = int(slack)
         self.tol = float(tol)
