@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
-from typing import Any
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 import numpy.typing as npt
@@ -162,19 +161,6 @@ class FabricParams:
         if vals.shape != (K.N_PARAMS,):
             raise FabricError("fabric parameter vector has wrong length", length=vals.size)
         return replace(self, **{name: float(v) for name, v in zip(_PACKED, vals, strict=True)})
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dict of the constants."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> FabricParams:
-        """Inverse of :meth:`to_dict`; unknown keys raise :class:`FabricError`."""
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise FabricError("unknown fabric parameters", unknown=sorted(unknown))
-        return cls(**{k: float(v) for k, v in d.items()})
 
 
 # the constants of the step kernel's parameter vector, in kernel order (K.P_*)
