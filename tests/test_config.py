@@ -22,7 +22,8 @@ def test_precedence_toml_env_overrides(tmp_path: Path) -> None:
     cfg.write_text('[agent.fabric]\nshape = [4, 4, 8]\n[agent]\nseed = 3\n[log]\nlevel = "debug"\n')
     s = load_settings(cfg)
     assert s.agent.fabric.shape == (4, 4, 8) and s.agent.seed == 3 and s.log.level == "debug"
-    env = {"LILLITH_AGENT__SEED": "7", "LILLITH_LOG__FORMAT": "json", "OTHER": "x"}
+    env = {"LILLITH_AGENT__SEED": "7", "LILLITH_LOG__FORMAT": "json", "OTHER": "x",
+           "LILLITH_DATA": "/data"}  # the benchmarks' variable, not a setting
     s = load_settings(cfg, env=env)
     assert s.agent.seed == 7 and s.log.format == "json" and s.agent.fabric.shape == (4, 4, 8)
     s = load_settings(cfg, env=env, overrides={"agent": {"seed": 11}})

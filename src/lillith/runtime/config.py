@@ -25,6 +25,8 @@ from lillith.sensors.codec import MAX_ABS_T, MAX_DEPTH, MAX_WIDTH, Schema
 from lillith.sensors.mqtt import MqttSettings
 
 ENV_PREFIX = "LILLITH_"
+TOOL_VARIABLES = frozenset({"LILLITH_DATA", "LILLITH_BENCH_DIR"})
+"""``LILLITH_*`` variables read by the benchmarks and tests, not settings."""
 
 
 class _Model(BaseModel):
@@ -128,7 +130,7 @@ def _deep_merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]
 def _env_layer(env: Mapping[str, str]) -> dict[str, Any]:
     layer: dict[str, Any] = {}
     for key, raw in env.items():
-        if not key.startswith(ENV_PREFIX):
+        if not key.startswith(ENV_PREFIX) or key in TOOL_VARIABLES:
             continue
         path = key[len(ENV_PREFIX):].lower().split("__")
         try:
