@@ -456,7 +456,7 @@ class Chain(Wiring):
 
 
 class SeedStyle(Wiring):
-    """The seed documents' style: synapses added in the constructor."""
+    """The ncps style: synapses added in the constructor."""
 
     def __init__(self, units: int, ring: bool = True) -> None:
         super().__init__(units)

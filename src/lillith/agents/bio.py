@@ -70,7 +70,7 @@ class BioSystem:
         return self.energy >= c.gate_threshold
 
     def modulators(self) -> dict[str, float]:
-        """Seed-003 names: ``energy_gate``, ``learning_drive``, ``mood``, ``fatigue``.
+        """The modulators: ``energy_gate``, ``learning_drive``, ``mood``, ``fatigue``.
 
         Also ``energy`` and ``learning_rate_scale`` (the factor applied to the
         optimizer's and the fabric plasticity's rates: learning drive when

@@ -237,7 +237,9 @@ class AgentParts:
                 "channels": np.array(self.n_channels, dtype=np.int64)}
 
     def get_training_statistics(self) -> dict[str, Any]:
-        """Seed-003 names: ``total_updates``, ``recent_losses`` and more."""
+        """Training statistics: ``steps``, ``total_updates``, ``skipped_steps``,
+        ``recent_losses``, ``mean_recent_loss``, ``modulators``,
+        ``learning_enabled``; ``som`` and ``evolution`` when the agent has them."""
         stats: dict[str, Any] = {
             "steps": self.step,
             "total_updates": self.total_updates,

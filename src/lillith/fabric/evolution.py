@@ -1,4 +1,4 @@
-"""Evolution of the fabric while it runs: fitness, apoptosis and regrowth (seed 002).
+"""Evolution of the fabric while it runs: fitness, apoptosis and regrowth.
 
 Functions over the fabric's arrays; :class:`~lillith.fabric.neural_fabric.NeuralFabric3D`
 owns the arrays and calls them (``observe_importance``, ``apoptosis``). This
@@ -10,15 +10,15 @@ module decides (strategies, fitness, who dies and who parents);
   its contribution to the pooled feature ``f`` it belongs to (a first-order
   Taylor estimate of the loss change if it fell silent), kept as an
   exponential moving average; optionally combined with diversity, stability
-  and energy efficiency (:class:`FitnessWeights`, seed 002 idea 7).
+  and energy efficiency (:class:`FitnessWeights`).
 - **Apoptosis.** Per z-layer, the lowest-fitness neurons (at most
   ``prune_rate`` of the layer) die; each slot is regrown from healthy
   parents of the same layer by function-preserving split (Net2Net),
-  mutation or crossover (:class:`LayerStrategy`, seed 002 ideas 1 and 5).
+  mutation or crossover (:class:`LayerStrategy`).
   The CSR connectivity is rebuilt so every invariant the step kernel relies
   on still holds (:func:`check_topology`).
 - **Lineage.** Every neuron has a unique id, up to two parent ids, a
-  generation and a birth step (seed 002 idea 4).
+  generation and a birth step.
 
 Equations, choices and their reasons: ``docs/model.md``, section "Evolution".
 """
@@ -171,7 +171,7 @@ def strategies_per_layer(strategies: StrategySpec, n_layers: int) -> list[LayerS
 
 @dataclass(frozen=True)
 class FitnessWeights:
-    """Weights of the fitness objectives (seed 002 idea 7).
+    """Weights of the fitness objectives.
 
     With the default (importance only) the fitness is the raw importance
     EMA. Otherwise every objective is divided by its mean over the fabric

@@ -124,7 +124,7 @@ class NeuralFabric3D(FabricCore):
         seed: int | None = None,
         allow_sensory: bool = False,
     ) -> dict[str, Any]:
-        """One round of neuron death and regrowth, per z-layer (seed 002).
+        """One round of neuron death and regrowth, per z-layer.
 
         In each z-layer the lowest-fitness neurons (at most ``prune_rate`` of
         the layer) die and each slot is refilled from healthy parents of the

@@ -1,4 +1,4 @@
-"""`BiologicalNonlinearity`: seed 003's output nonlinearity as a stand-alone layer."""
+"""`BiologicalNonlinearity`: the fabric's output nonlinearity as a stand-alone layer."""
 
 from __future__ import annotations
 

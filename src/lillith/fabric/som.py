@@ -25,8 +25,8 @@ so far; it is the *only* clock, wall time is never used):
 Because ``sigma_min > 0`` and ``lr_min > 0`` the map never freezes: after a
 million steps a new region of input space is still learned. ``lr0`` is
 bounded by 1 and defaults to 0.5, so the first sample cannot copy itself onto
-every unit (the seed implementation used ``lr = 1`` with a huge sigma and
-collapsed the whole map onto its first sample).
+every unit (``lr = 1`` with a wide neighbourhood collapses the whole map onto
+its first sample).
 
 Implementation notes
 --------------------

@@ -1,6 +1,6 @@
 """Payload decoding and validation: bytes in, a validated :class:`Frame` or a reason out.
 
-Accepted payloads (see DESIGN.md, "Contracts"):
+Accepted payloads (docs/mqtt.md, "Input payloads"):
 
 - JSON ``{"t": <number>, "values": [<number>, ...]}`` (``t`` optional),
 - JSON ``{"t": ..., "values": {"name": <number>, ...}}`` (named channels),

@@ -17,7 +17,7 @@ and row ``j`` of ``w2[t]``.
   (1 - weight norm / the tile's largest) needs no tracking. Each component
   is in [0, 1] within its tile (importance divided by the tile's maximum);
   :meth:`SparseLookupFFNv2.unit_fitness` is their weighted mean (default
-  importance only, seed 002 idea 7 otherwise).
+  importance only; the multi-objective mix of :meth:`configure_fitness` otherwise).
 * **Lineage.** Every unit has a unique int64 id, two parent ids (-1: none),
   a generation and a birth step; ids are never reused.
 """

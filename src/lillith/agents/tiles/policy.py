@@ -1,8 +1,8 @@
 """Tile surgery policy: reseed dead tiles, freeze stable pure ones, unfreeze failing ones.
 
-Seed 004 gave :class:`~lillith.agents.tiles.SparseLookupFFNv2` a surgery API
-(insert, freeze, unfreeze, reseed) and claim tracking, but left *when* to
-operate to the user. :class:`TileSurgeryPolicy` decides, from what the agent
+:class:`~lillith.agents.tiles.SparseLookupFFNv2` has a surgery API (insert,
+freeze, unfreeze, reseed) and claim tracking, but leaves *when* to operate to
+its user. :class:`TileSurgeryPolicy` decides, from what the agent
 saw recently, and performs the operations through that API, so every one of
 them lands in the FFN's surgery history; :meth:`TileSurgeryPolicy.run` also
 returns them for the caller's log.
@@ -19,8 +19,8 @@ One run, in this order:
    runs whose groups overlap; then it is frozen (unless its error ratio
    would unfreeze it at once, or it was unfrozen in this run). With labels
    (the FFN tracks claims, ``forward(x, labels=...)``) a tile's group is its
-   dominant class among the claims added since the previous run (seed 004's
-   purity). Without labels the groups come from clusters ("cells") of the
+   dominant class among the claims added since the previous run (the purity
+   of :meth:`~lillith.agents.tiles.SparseLookupFFNv2.get_tile_purity`). Without labels the groups come from clusters ("cells") of the
    recent inputs: k-means centroids kept by the policy and refined by a few
    Lloyd iterations each run, warm-started from the previous run's, so cell
    ``j`` stays the same region of input space from run to run
