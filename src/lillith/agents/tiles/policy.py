@@ -20,9 +20,10 @@ One run, in this order:
    would unfreeze it at once, or it was unfrozen in this run). With labels
    (the FFN tracks claims, ``forward(x, labels=...)``) a tile's group is its
    dominant class among the claims added since the previous run (the purity
-   of :meth:`~lillith.agents.tiles.SparseLookupFFNv2.get_tile_purity`). Without labels the groups come from clusters ("cells") of the
-   recent inputs: k-means centroids kept by the policy and refined by a few
-   Lloyd iterations each run, warm-started from the previous run's, so cell
+   of :meth:`~lillith.agents.tiles.SparseLookupFFNv2.get_tile_purity`).
+   Without labels the groups come from clusters ("cells") of the recent
+   inputs: k-means centroids kept by the policy and refined by a few Lloyd
+   iterations each run, warm-started from the previous run's, so cell
    ``j`` stays the same region of input space from run to run
    (re-clustering from scratch would renumber the cells and no assignment
    could ever look stable). A cell belongs to the tile that receives most of
