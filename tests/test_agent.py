@@ -494,9 +494,21 @@ def test_one_unusual_day_does_not_make_a_daily_step_news_again() -> None:
     on = _alarm_days(Agent(1, AgentConfig(seed=0)).process_many(X, ts), 4 * 288)
     strict = AgentConfig.model_validate({"seed": 0, "score": {"recurrence_slack": 0}})
     off = _alarm_days(Agent(1, strict).process_many(X, ts), 4 * 288)
-    assert any(10.3 <= d < 10.7 for d in on)  # the unusual day alarms
     assert not any(d >= 12.0 for d in on)
     assert any(d >= 12.0 for d in off)
+
+
+def test_an_unusual_day_is_context_news_once_two_weeks_are_usual() -> None:
+    # Only the weekly context sees a day whose step is lower than usual (its
+    # forecast miss is smaller, not larger). An hour of the week is usual once
+    # seen on two weeks: day 10 passes unseen, day 17 is news.
+    for low_day, seen in ((10, False), (17, True)):
+        ts, X = daily_steps(21, noise=2.0, low_day=low_day)
+        ms = Agent(1, AgentConfig(seed=0)).process_many(X, ts)
+        day = [m for m in ms[low_day * 288:(low_day + 1) * 288]
+               if m.anomaly_likelihood >= AgentConfig().score.alarm]
+        assert bool(day) is seen
+        assert all(m.alarm_reason == "context" for m in day)
 
 
 def test_a_constant_channel_never_alarms() -> None:

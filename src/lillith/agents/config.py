@@ -156,7 +156,7 @@ class ScoreSettings(_Model):
     recurrence_tol: float = Field(5400.0, ge=0, lt=43200)
     recurrence_ratio: float = Field(0.8, gt=0)
     norm_alpha: float = Field(2e-3, gt=0, le=1)
-    hold: float = Field(0.7, ge=0, lt=1)
+    hold: float = Field(0.5, ge=0, lt=1)
     shift_alarm: bool = True
     shift_rate: float = Field(0.02, gt=0, le=1)
     shift_level: float = Field(0.999, gt=0.5, le=1)

@@ -123,7 +123,7 @@ class AlarmState:
         Whether a shift is news as well as an alarm.
     """
 
-    def __init__(self, *, alarm: float = 0.9999, hold: float = 0.7, suppress: int = 200,
+    def __init__(self, *, alarm: float = 0.9999, hold: float = 0.5, suppress: int = 200,
                  budget: int = 8, budget_period: int = 2000, range_alarm: bool = True,
                  stuck_alarm: bool = False, context_alarm: bool = True,
                  shift_alarm: bool = True, shift_level: float = 0.999,

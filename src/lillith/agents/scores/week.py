@@ -43,8 +43,9 @@ class WeekProfile:
     week), so an hour of data moves it by about ``rate`` whatever the
     sampling interval.
 
-    Once an hour of the week has data from at least a week before, every
-    frame's residual against it is measured in units of the normaliser's
+    Once an hour of the week has data from at least ``WEEKS`` weeks before
+    (so its usual value has seen that hour on ``WEEKS`` different weeks and
+    one unusual week does not become the usual one), every frame's residual against it is measured in units of the normaliser's
     scale. Raw values are profiled, not normalised ones: the normaliser's
     location follows the last days, so a Monday's normalised values depend
     on the weekend before it. The deviation is
@@ -52,8 +53,8 @@ class WeekProfile:
     buckets: the current hour and the 23 before it). A whole day unlike the
     same days of earlier weeks (a holiday in traffic, a weekday that behaves
     like a Sunday) then stands out even when every frame is ordinary for its
-    level and its recent past. Nothing is reported during the first week of
-    stream time.
+    level and its recent past. Nothing is reported during the first
+    ``WEEKS`` weeks of stream time.
 
     Parameters
     ----------
@@ -65,7 +66,9 @@ class WeekProfile:
 
     BINS = 168
     HOURS = 24
-    _WEEK_S = 7 * 86400.0 - 3600.0  # an hour's first visit may end its hour
+    WEEKS = 2
+    """Weeks of stream time an hour of the week needs before it is usual."""
+    _USUAL_S = WEEKS * 7 * 86400.0 - 3600.0  # an hour's first visit may end its hour
 
     def __init__(self, n_channels: int, *, rate: float = 0.2) -> None:
         self.n_channels = int(n_channels)
@@ -82,10 +85,10 @@ class WeekProfile:
 
     def _hour_of(self, t: float) -> tuple[int, int, bool]:
         """Hour since the epoch, its bin of the week, and whether that bin has
-        its usual value from at least a week before ``t``."""
+        its usual value from at least ``WEEKS`` weeks before ``t``."""
         h = math.floor(t / 3600.0)
         b = (h + 72) % self.BINS  # the epoch began on a Thursday: bin 0 is Monday 00:00
-        usual = int(self.seen[b]) > 0 and t - float(self.first[b]) >= self._WEEK_S
+        usual = int(self.seen[b]) > 0 and t - float(self.first[b]) >= self._USUAL_S
         return h, b, usual
 
     def _buckets(self, h: int, r: F64, bsum: F64, bcount: F64) -> int:
@@ -108,10 +111,10 @@ class WeekProfile:
         """The deviation of the last 24 hours from the usual week (>= 0, scale
         units) once frame ``x`` (shape (C,), input units) at stream time ``t`` (s
         since the epoch) is in, its residual measured in ``scale`` (shape (C,),
-        input units, > 0); None during the first week of stream time (no usual
-        week yet). Changes nothing: :meth:`learn_one` folds the frame in."""
+        input units, > 0); None during the first ``WEEKS`` weeks of stream time
+        (no usual week yet). Changes nothing: :meth:`learn_one` folds the frame in."""
         start = t if self.frames == 0 else self.start
-        if t - start < 7 * 86400.0:
+        if t - start < self.WEEKS * 7 * 86400.0:
             return None
         h, b, usual = self._hour_of(t)
         r = (x - self.prof[b]) / scale if usual else np.zeros(self.n_channels)
