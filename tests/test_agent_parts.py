@@ -338,8 +338,9 @@ def test_week_profile_finds_a_day_unlike_the_same_day_of_other_weeks() -> None:
     wp = WeekProfile(1)
     one = np.ones(1)
     dev = [step(wp, np.array([v]), one, float(tt)) for v, tt in zip(x, t, strict=True)]
+    usual = WeekProfile.WEEKS * 7 * 288  # an hour of the week is usual from then on
+    assert all(d is None for d in dev[:usual]) and all(d is not None for d in dev[usual:])
     week = 7 * 288
-    assert all(d is None for d in dev[:week]) and all(d is not None for d in dev[week:])
     d = np.array([v if v is not None else 0.0 for v in dev])
     holiday = slice(23 * 288, 24 * 288)
     ordinary = np.r_[d[2 * week:23 * 288], d[25 * 288:]]  # a day after it, the buckets are clear
@@ -356,7 +357,7 @@ def test_week_profile_finds_a_day_unlike_the_same_day_of_other_weeks() -> None:
     with pytest.raises(StateError):
         WeekProfile(2).set_state(wp2.get_state())
     # after a gap of more than a day, the last day's buckets hold only what came after it
-    after_gap = step(wp2, np.array([x[3100]]), one, float(t[3100]) + 3 * 86400.0)
+    after_gap = step(wp2, np.array([x[3100]]), one, float(t[3100]) + 4 * 86400.0)
     assert wp2.bcount.sum() == 1.0 and after_gap is not None
     # only the time of the week matters: shifted by whole weeks (before 1970 too),
     # the deviations are the same

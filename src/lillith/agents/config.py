@@ -151,7 +151,7 @@ class ScoreSettings(_Model):
     stuck_alarm: bool = False
     stuck_factor: float = Field(2.0, ge=1)
     stuck_min_run: int = Field(10, ge=2)
-    recurrence_days: int = Field(3, ge=0, le=14)
+    recurrence_days: int = Field(2, ge=0, le=14)
     recurrence_slack: int = Field(1, ge=0, le=14)
     recurrence_tol: float = Field(5400.0, ge=0, lt=43200)
     recurrence_ratio: float = Field(0.8, gt=0)

@@ -74,7 +74,7 @@ class DailyRecurrence:
 
     DAY_S = 86400.0
 
-    def __init__(self, *, days: int = 3, slack: int = 1, tol: float = 5400.0,
+    def __init__(self, *, days: int = 2, slack: int = 1, tol: float = 5400.0,
                  ratio: float = 0.8, bin_s: float = 600.0, n_terms: int = 3,
                  short: int = 3) -> None:
         self.days = int(days)
