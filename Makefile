@@ -47,7 +47,7 @@ chaos: $(STAMP) mosquitto
 	$(PY) -m pytest -m chaos -s -p no:cacheprovider tests/test_chaos.py
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff check src tests
 	$(VENV)/bin/mypy
 
 bench: $(STAMP)

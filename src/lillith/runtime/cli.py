@@ -19,14 +19,6 @@ BENCHMARKS = ("fabric", "som", "conv4d", "agent", "nab", "skab", "ingest", "late
               "checkpoint", "evolution")
 
 
-def bench_dir() -> Path:
-    """Directory of the benchmark scripts (``bench/`` of the source checkout)."""
-    env = os.environ.get("LILLITH_BENCH_DIR")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[3] / "bench"
-
-
 def _flatten(d: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
     rows: list[tuple[str, Any]] = []
     for k, v in d.items():
@@ -40,12 +32,7 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """Run one benchmark; print its JSON object or a table."""
-    where = bench_dir()
-    if not (where / f"bench_{args.name}.py").is_file():
-        raise LillithError("benchmark script not found (bench/ of a source checkout)",
-                           name=args.name, bench_dir=str(where))
-    sys.path.insert(0, str(where))
-    module = importlib.import_module(f"bench_{args.name}")
+    module = importlib.import_module(f"lillith.bench.bench_{args.name}")
     kwargs: dict[str, Any] = {"quick": args.quick}
     params = inspect.signature(module.run).parameters
     for name in ("data", "out"):
