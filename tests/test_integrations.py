@@ -234,3 +234,23 @@ def test_compose_runs_prometheus_and_grafana_with_the_dashboard() -> None:
     for p in dash["panels"]:
         assert p["datasource"]["uid"] == ds["uid"] and p["targets"]
         assert all(t["expr"].count("(") == t["expr"].count(")") for t in p["targets"])
+
+
+def test_topic_agent_names_are_stable_and_distinct() -> None:
+    from lillith.runtime.config import AgentBinding
+    from lillith.runtime.topic_agents import TopicAgents
+
+    assert topic_agent_name("site", "sensors/boiler") == "site.sensors.boiler"
+    odd = [topic_agent_name("site", t) for t in ("sensors/a b", "sensors/a+b", "sensors/a_b")]
+    assert len(set(odd)) == 3 and odd[2] == "site.sensors.a_b"
+    assert all(re.fullmatch(r"[A-Za-z0-9_.-]+", n) for n in odd)
+    assert topic_agent_name("site", "sensors/a b") == odd[0]  # stable: the state's name
+    b = AgentBinding(name="site", topics=["sensors/+"], agent_per_topic=True,
+                     max_topic_agents=1)
+    agents = TopicAgents([b])
+    assert agents.binding_of("sensors/x") is b and agents.binding_of("other/x") is None
+    agents.added(b, "site.sensors.x")
+    assert agents.count(b) == 1 and agents.parent_of("site.sensors.x") == "site"
+    assert agents.first_refusal(b) and not agents.first_refusal(b)
+    with pytest.raises(ValueError):
+        AgentBinding(name="x", channels=["a"], tick_s=1.0, agent_per_topic=True)

@@ -492,11 +492,12 @@ class Daemon:
             if target is None and self.topic_agents.bindings:
                 a = await self._topic_agent(link, msg)
                 target = None if a is None else (a, False)
-                if a is None and self.topic_agents.binding_of(msg.topic) is not None:
-                    b = self.topic_agents.binding_of(msg.topic)
-                    assert b is not None
+                b = None if a is not None else self.topic_agents.binding_of(msg.topic)
+                if b is not None and self.topic_agents.first_refusal(b):
                     log.warning("too_many_topic_agents", binding=b.name,
-                                topic=msg.topic[:TOPIC_EXCERPT], limit=b.max_topic_agents)
+                                topic=msg.topic[:TOPIC_EXCERPT], limit=b.max_topic_agents,
+                                detail="frames of further topics are acknowledged unprocessed "
+                                       "(logged once); raise max_topic_agents")
             if target is None:
                 if self.discovery is not None and msg.payload:
                     await self.discovery.seen(link, msg.topic, self._hosted())

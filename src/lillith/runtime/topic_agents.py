@@ -44,6 +44,7 @@ class TopicAgents:
         self.bindings = bindings
         self._counts = {b.name: 0 for b in bindings}
         self._parents: dict[str, str] = {}
+        self._refused: set[str] = set()
 
     def binding_of(self, topic: str) -> AgentBinding | None:
         """The first ``agent_per_topic`` binding whose filters match ``topic``."""
@@ -60,6 +61,12 @@ class TopicAgents:
         """Count the agent ``name`` created for binding ``b``."""
         self._counts[b.name] += 1
         self._parents[name] = b.name
+
+    def first_refusal(self, b: AgentBinding) -> bool:
+        """True the first time binding ``b`` refuses a topic (its limit reached)."""
+        first = b.name not in self._refused
+        self._refused.add(b.name)
+        return first
 
     def parent_of(self, name: str) -> str | None:
         """The binding an agent was created for, or None (not a topic agent)."""
