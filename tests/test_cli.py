@@ -8,6 +8,8 @@ import inspect
 import json
 import math
 import os
+import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -108,3 +110,29 @@ def test_first_start_says_it_compiles_the_kernels(tmp_path: Path,
         with structlog.testing.capture_logs() as logs:
             assert warm_kernels(structlog.get_logger()) is None
         assert logs == []
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_repository_stands_alone() -> None:
+    """No project file names the sibling directory of a development machine
+    (.ci/run, the CI entry point, may look for the corpora beside the checkout)."""
+    try:
+        files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True,
+                               text=True, check=True).stdout.split()
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("not a git checkout")
+    names = ("../" + "shared", "/work/" + "shared")  # (not spelt out: this file is scanned)
+    bad = [f for f in files if f != ".ci/run" and (ROOT / f).is_file()
+           and any(n in (ROOT / f).read_text(errors="replace") for n in names)]
+    assert bad == []
+
+
+def test_make_run_installs_the_runtime_only() -> None:
+    make = (ROOT / "Makefile").read_text()
+    recipes = dict(re.findall(r"^(\S+):[^\n]*\n((?:\t[^\n]*\n)*)", make, re.M))
+    assert re.search(r"^run: \$\(STAMP\)$", make, re.M)
+    assert "'.[report]'" in recipes["$(STAMP)"] and "'.[dev]'" not in recipes["$(STAMP)"]
+    assert "'.[dev]'" in recipes["$(DEV_STAMP)"]
+    assert re.search(r"^test: \$\(DEV_STAMP\)", make, re.M)
