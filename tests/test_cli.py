@@ -62,6 +62,8 @@ def test_config_check_reads_the_local_lillith_toml(tmp_path: Path,
 def test_flags_a_source_cannot_honour_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["run", "--source", "mqtt://127.0.0.1:1/x", "--until-step", "5"]) == 2
     assert "--until-step applies to local sources" in capsys.readouterr().err
+    assert main(["replay", "in.csv", "--out", "o.csv", "--checkpoint-every", "10"]) == 2
+    assert "apply with --state DIR" in capsys.readouterr().err
 
 
 def test_time_column_auto_detected_epoch_seconds_and_a_warning_without_one(

@@ -85,6 +85,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     from lillith.runtime.replay import replay_paths
 
+    if args.state is None and (args.fresh or args.checkpoint_every is not None):
+        raise ConfigError("--fresh and --checkpoint-every apply with --state DIR (a replay "
+                          "without --state starts fresh and writes no snapshot)")
     settings = _load(args.config)
     torch.set_num_threads(settings.torch_threads)
     cols = args.columns.split(",") if args.columns else None
