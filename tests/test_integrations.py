@@ -195,7 +195,7 @@ def test_daemon_outputs_topics_per_topic_agents_discovery_metrics(mosquitto: int
         # restarted without the per-topic binding: its entities are removed
         env["LILLITH_AGENTS"] = json.dumps(agents[:1])
         proc = run_daemon(tmp_path, env, "--source", f"mqtt://127.0.0.1:{mosquitto}",
-                          "--duration", "4")
+                          "--duration", "6")
         assert proc.wait(90) == 0, log.read_text()[-3000:]
         left = retained(mosquitto, f"{ha_prefix}/#")
         assert {t for t, body in left.items() if body} == {
