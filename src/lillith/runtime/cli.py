@@ -338,7 +338,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """Argument parser of every sub-command."""
-    from lillith import __version__
+    from lillith.version import __version__
 
     parser = argparse.ArgumentParser(prog="lillith", description=__doc__)
     parser.add_argument("--version", action="version", version=f"lillith {__version__}")

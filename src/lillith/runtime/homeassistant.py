@@ -121,7 +121,7 @@ class Discovery:
 
     async def announce(self, link: Link, agent: str) -> None:
         """Publish the agent's retained discovery configs."""
-        from lillith import __version__
+        from lillith.version import __version__
 
         for topic, body in discovery(self.settings.prefix, self.node_id, agent,
                                      device_name=self.settings.device_name,
