@@ -1,11 +1,13 @@
 # Two commands do all set-up on a fresh Debian machine with Python 3.11:
-#   make run   -- venv, install, start the daemon on the embedded default
-#   make test  -- venv, install, mosquitto when missing (as root), the suite
+#   make run   -- venv, install (runtime dependencies and the report's matplotlib),
+#                 start the daemon on the embedded default
+#   make test  -- venv, install with the dev tools, mosquitto when missing (as root), the suite
 PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
+DEV_STAMP := $(VENV)/.installed-dev
 
 .PHONY: venv install run test soak crash chaos lint typecheck bench clean mosquitto
 
@@ -13,12 +15,18 @@ $(PY):
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 
+# runtime dependencies only (and matplotlib, for lillith report)
 $(STAMP): $(PY) pyproject.toml
 	$(PIP) install --upgrade pip >/dev/null
 	# torch is pinned to the CPU build (served from the local wheel cache)
 	$(PIP) install 'torch==2.13.0'
-	$(PIP) install -e '.[dev]'
+	$(PIP) install -e '.[report]'
 	touch $(STAMP)
+
+# the dev tools (ruff, mypy, pytest, hypothesis, river, ...) on top
+$(DEV_STAMP): $(STAMP)
+	$(PIP) install -e '.[dev]'
+	touch $(DEV_STAMP)
 
 venv install: $(STAMP)
 
@@ -32,22 +40,22 @@ mosquitto:
 	  else echo "mosquitto missing and not root: MQTT integration tests will be skipped"; fi; \
 	fi
 
-test: $(STAMP) mosquitto
+test: $(DEV_STAMP) mosquitto
 	$(PY) -m pytest
 
-soak: $(STAMP) mosquitto
+soak: $(DEV_STAMP) mosquitto
 	$(PY) -m pytest -m slow
 
-crash: $(STAMP)
+crash: $(DEV_STAMP)
 	$(PY) -m pytest -m crash
 
 # faults against a real mosquitto (broker restart, SIGKILL, a full tmpfs, a corrupted
 # snapshot, poison frames); each scenario prints its figures (CHAOS {...} lines)
-chaos: $(STAMP) mosquitto
+chaos: $(DEV_STAMP) mosquitto
 	$(PY) -m pytest -m chaos -s -p no:cacheprovider tests/test_chaos.py
 
-lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests bench
+lint: $(DEV_STAMP)
+	$(VENV)/bin/ruff check src tests
 	$(VENV)/bin/mypy
 
 bench: $(STAMP)

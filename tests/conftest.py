@@ -1,4 +1,4 @@
-"""Shared fixtures: a real mosquitto broker on a free port (``bench/local_broker.py``).
+"""Shared fixtures: a real mosquitto broker on a free port (``lillith.bench.local_broker``).
 
 torch runs single-threaded in the tests, as the daemon runs it
 (``torch_threads = 1``): the tile predictor's small matrices gain nothing from
@@ -8,15 +8,12 @@ two threads, and on this 2-core machine they lose a lot when a neighbour
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-from local_broker import MOSQUITTO, free_port, start_mosquitto
+from lillith.bench.local_broker import MOSQUITTO, free_port, start_mosquitto
 
 __all__ = ["MOSQUITTO", "free_port", "start_mosquitto"]
 

@@ -53,8 +53,9 @@ def test_importing_lillith_loads_no_torch() -> None:
 
 
 def test_river_verbs() -> None:
-    """``learn_one`` and ``score_one`` each process one frame (one of them per
-    frame); ``predict_one`` forecasts the next frame in input units."""
+    """``learn_one`` learns one frame (an array or a dict), ``score_one`` is
+    side-effect free (river's contract); ``predict_one`` forecasts the next
+    frame in input units."""
     agent = Agent(2, SMALL)
     with pytest.raises(AgentError):
         agent.predict_one()
@@ -62,13 +63,25 @@ def test_river_verbs() -> None:
     rng = np.random.default_rng(0)
     xs = 5.0 + rng.standard_normal((60, 2))
     for x in xs[:40]:
-        agent.learn_one(x)
-    scores = [agent.score_one(x) for x in xs[40:]]
+        agent.learn_one({"b": x[1], "a": x[0]})  # keys sorted: a, b
+    assert agent.feature_names == ("a", "b")
     ms = twin.process_many(xs)
+    scores = []
+    for x in xs[40:]:
+        before = agent.get_state()
+        s = agent.score_one(x)
+        assert agent.score_one(x) == s  # asked twice, the same answer ...
+        after = agent.get_state()  # ... and the same state
+        assert before.keys() == after.keys()
+        assert all(np.array_equal(before[k], after[k]) for k in before)
+        agent.learn_one(x)
+        scores.append(s)
     assert agent.step == twin.step == 60
     assert scores == [m.anomaly_likelihood for m in ms[40:]]
     assert all(0.0 <= s <= 1.0 for s in scores)
     assert agent.predict_one() == ms[-1].prediction  # the forecast of frame 61
+    with pytest.raises(AgentError):
+        agent.learn_one({"a": 1.0, "c": 2.0})
 
 
 def test_the_fabric_and_its_wirings() -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -328,8 +327,7 @@ def test_wiring_sensory_synapses_and_every_wiring_type_runs() -> None:
 
 
 def test_torch_baseline_computes_the_same_step() -> None:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-    from bench_fabric import equivalence_error
+    from lillith.bench.bench_fabric import equivalence_error
 
     assert equivalence_error((4, 3, 6), steps=5) < 1e-4
 

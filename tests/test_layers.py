@@ -21,13 +21,17 @@ PACKAGE = SRC / "lillith"
 
 LAYERS: dict[str, int] = {
     "lillith.errors": 0,
+    "lillith.version": 0,
     "lillith.records": 1,
     "lillith.fabric": 2,
     "lillith.sensors": 2,
     "lillith.state": 2,
     "lillith.agents": 3,
     "lillith.eval": 4,
+    "lillith.report": 4,  # lillith report's data and figures (the CLI in runtime calls it)
+    "lillith.river": 4,  # the river adapter of the agent
     "lillith.runtime": 5,
+    "lillith.bench": 6,  # the benchmarks measure everything below
 }
 """Each top-level part of the package and its floor: a module imports only from
 its own part and from parts on lower floors (``lillith/__init__.py``, the

@@ -25,6 +25,7 @@ from lillith.errors import (
     StateError,
     WiringError,
 )
+from lillith.version import __version__
 
 if TYPE_CHECKING:
     from lillith.agents.agent import Agent
@@ -39,7 +40,6 @@ if TYPE_CHECKING:
     from lillith.runtime.replay import replay_paths
     from lillith.state.snapshot import SnapshotStore
 
-__version__ = "0.1.0"
 
 _LAZY = {
     "Agent": "lillith.agents.agent",

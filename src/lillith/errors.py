@@ -30,7 +30,21 @@ class LillithError(Exception):
 
 
 class ConfigError(LillithError):
-    """Invalid configuration (bad value, unknown key, inconsistent options)."""
+    """Invalid configuration (bad value, unknown key, inconsistent options).
+
+    With a ``problems`` field (a list of ``{"field": ..., "error": ...}``) the
+    message lists one problem per line, ``  field: error``, for people to read.
+    """
+
+    def __str__(self) -> str:
+        problems = self.fields.get("problems")
+        if not isinstance(problems, list) or not problems:
+            return super().__str__()
+        rest = {k: v for k, v in self.fields.items() if k != "problems"}
+        head = LillithError(self.message, **rest).__str__()
+        lines = [f"  {p.get('field') or '(top level)'}: {p.get('error')}" if isinstance(p, dict)
+                 else f"  {p}" for p in problems]
+        return "\n".join([f"{head}:", *lines])
 
 
 class FabricError(LillithError):

@@ -17,7 +17,7 @@ many at a time gives the same decisions, and the agent is reproducible.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -80,14 +80,60 @@ class Agent(AgentState):
                                  None if t is None else [t], mode=mode,
                                  on_evolution=on_evolution)[0]
 
-    def learn_one(self, x: npt.ArrayLike) -> None:
-        """river-style: learn from one frame."""
-        self.process(x)
+    feature_names: tuple[str, ...] | None = None
+    """Keys of the dicts given to :meth:`learn_one` / :meth:`score_one`, in frame
+    order (sorted), fixed by the first dict; ``None`` until then."""
 
-    def score_one(self, x: npt.ArrayLike) -> float:
-        """river-style: anomaly likelihood of one frame (the agent also learns from it,
-        as a streaming detector does; use :meth:`set_learning_mode` to freeze it)."""
-        return self.process(x).anomaly_likelihood
+    def frame_of(self, x: Mapping[str, float] | npt.ArrayLike) -> F64:
+        """One frame from a river-style dict of features or an array.
+
+        A dict's keys are sorted into the frame's channels by the first dict
+        seen (:attr:`feature_names`); every later dict must have the same keys.
+
+        Raises
+        ------
+        AgentError
+            A dict whose keys differ from the first one's, or whose number of
+            keys is not ``n_channels``.
+        """
+        if not isinstance(x, Mapping):
+            return np.asarray(x, dtype=np.float64).reshape(-1)
+        names = self.feature_names
+        if names is None:
+            names = tuple(sorted(str(k) for k in x))
+            if len(names) != self.n_channels:
+                raise AgentError("a dict frame needs one key per channel",
+                                 keys=len(names), n_channels=self.n_channels)
+            self.feature_names = names
+        if len(x) != len(names) or any(k not in x for k in names):
+            raise AgentError("the dict's keys differ from the first dict's",
+                             expected=list(names)[:16], got=sorted(map(str, x))[:16])
+        return np.array([float(x[k]) for k in names], dtype=np.float64)
+
+    def learn_one(self, x: Mapping[str, float] | npt.ArrayLike) -> None:
+        """river-style: learn from one frame (an array, or a dict of features:
+        :meth:`frame_of`)."""
+        self.process(self.frame_of(x))
+
+    def score_one(self, x: Mapping[str, float] | npt.ArrayLike) -> float:
+        """river-style: the anomaly likelihood the frame would get, without learning it.
+
+        Side-effect free (river's contract): the agent's state is copied,
+        the frame processed and the copy restored, so asking twice gives the
+        same answer and the next :meth:`learn_one` or :meth:`process` is
+        unaffected. The copy costs about twice a frame's processing; a
+        streaming caller that scores and then learns every frame should call
+        :meth:`process` once instead (its ``anomaly_likelihood``), or use
+        :class:`lillith.river.Detector`, which learns a scored frame without
+        processing it again.
+        """
+        frame = self.frame_of(x)
+        saved, changes = self.get_state(), self.score_changes
+        try:
+            return self.process(frame).anomaly_likelihood
+        finally:
+            self.set_state(saved)
+            self.score_changes = changes
 
     def predict_one(self) -> list[float]:
         """Forecast of the next frame in input units (after at least one frame)."""

@@ -67,6 +67,8 @@ class Checkpointer:
         self.last: SnapshotInfo | None = None
         self.failures = 0
         self.written = 0
+        self.last_seconds = 0.0  # how long the last successful write took
+        self.last_written_at: float | None = None  # its wall-clock time (s since the epoch)
         self._busy = asyncio.Lock()
         self._dirty = False
         self._writing: int | None = None  # the step of the write in progress
@@ -136,6 +138,8 @@ class Checkpointer:
             self.last_step = step
             self.last = info
             self.written += 1
+            self.last_seconds = time.perf_counter() - t0
+            self.last_written_at = time.time()
             log.info("snapshot_written", agent=self.agent, name=info.name, step=step,
                      bytes=info.bytes, seconds=round(time.perf_counter() - t0, 4),
                      reason=reason)

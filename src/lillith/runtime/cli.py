@@ -1,4 +1,5 @@
-"""The ``lillith`` command line: ``run``, ``replay``, ``inspect``, ``bench``."""
+"""The ``lillith`` command line: ``run``, ``replay``, ``report``, ``inspect``, ``bench``,
+``config check``."""
 
 from __future__ import annotations
 
@@ -13,18 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from lillith.errors import ConfigError, LillithError
-from lillith.sensors.csvfile import LABEL_COLUMNS
+from lillith.runtime.report_cli import add_report_parser
+from lillith.sensors.csvfile import AUTO_TIME, LABEL_COLUMNS, TIME_COLUMNS
 
+CONFIG_HELP = "configuration file (default: ./lillith.toml when present)"
 BENCHMARKS = ("fabric", "som", "conv4d", "agent", "nab", "skab", "ingest", "latency",
               "checkpoint", "evolution")
-
-
-def bench_dir() -> Path:
-    """Directory of the benchmark scripts (``bench/`` of the source checkout)."""
-    env = os.environ.get("LILLITH_BENCH_DIR")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[3] / "bench"
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
@@ -40,12 +35,7 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """Run one benchmark; print its JSON object or a table."""
-    where = bench_dir()
-    if not (where / f"bench_{args.name}.py").is_file():
-        raise LillithError("benchmark script not found (bench/ of a source checkout)",
-                           name=args.name, bench_dir=str(where))
-    sys.path.insert(0, str(where))
-    module = importlib.import_module(f"bench_{args.name}")
+    module = importlib.import_module(f"lillith.bench.bench_{args.name}")
     kwargs: dict[str, Any] = {"quick": args.quick}
     params = inspect.signature(module.run).parameters
     for name in ("data", "out"):
@@ -65,15 +55,40 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load(config: Path | None) -> Any:
+    """The settings: ``config``, else ``./lillith.toml`` when present, then the
+    environment (:func:`lillith.runtime.config.load_settings`)."""
+    from lillith.runtime.config import default_config_path, load_settings
+
+    return load_settings(default_config_path(config), env=os.environ)
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    """Validate the configuration (file, environment) and say which file was read;
+    with ``--show`` print the effective settings as JSON."""
+    from lillith.runtime.config import default_config_path
+
+    path = default_config_path(args.config)
+    settings = _load(args.config)
+    if args.show:
+        print(json.dumps(settings.model_dump(mode="json"), indent=2))
+    source = str(path) if path is not None else "no file (the defaults)"
+    print(f"configuration valid: {source}, agents: "
+          f"{', '.join(b.name for b in settings.agents)}", file=sys.stderr)
+    return 0
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     """Replay CSV files through agents (fresh, or resumed with ``--state``),
     writing per-row outputs."""
     import torch
 
-    from lillith.runtime.config import load_settings
     from lillith.runtime.replay import replay_paths
 
-    settings = load_settings(args.config, env=os.environ)
+    if args.state is None and (args.fresh or args.checkpoint_every is not None):
+        raise ConfigError("--fresh and --checkpoint-every apply with --state DIR (a replay "
+                          "without --state starts fresh and writes no snapshot)")
+    settings = _load(args.config)
     torch.set_num_threads(settings.torch_threads)
     cols = args.columns.split(",") if args.columns else None
     exclude = ([c for c in args.exclude.split(",") if c] if args.exclude is not None
@@ -166,6 +181,14 @@ def _state_lock(settings: Any) -> Any:
     return StateLock(str(settings.state.dir))
 
 
+def daemon_options(settings: Any) -> dict[str, Any]:
+    """The daemon's keyword options read from the settings (issue 21's: metrics
+    address, summary log period, Home Assistant discovery, one agent per topic)."""
+    return {"metrics_addr": settings.metrics_addr,
+            "summary_every_s": settings.log.summary_every_s,
+            "homeassistant": settings.homeassistant}
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """Run an agent on a source until stopped (Ctrl-C / SIGTERM), a frame count or a duration.
 
@@ -175,25 +198,31 @@ def cmd_run(args: argparse.Namespace) -> int:
     """
     import asyncio
 
-    from lillith.runtime.config import load_settings
-    from lillith.runtime.logging import configure_logging
+    from lillith.runtime.logging import configure_logging, get_logger
 
-    settings = load_settings(args.config, env=os.environ)
+    mqtt_source = args.source.startswith("mqtt://")
+    if mqtt_source and args.until_step is not None:
+        raise ConfigError("--until-step applies to local sources (synthetic, replay:PATH); "
+                          "for mqtt:// use --max-frames or --duration")
+    settings = _load(args.config)
     if args.state is not None:
         settings = settings.model_copy(update={"state": settings.state.model_copy(
             update={"dir": args.state})})
     configure_logging(settings.log.level, settings.log.format)
-    if args.source.startswith("mqtt://"):
+    if mqtt_source:
         parse_mqtt_url(args.source)  # a bad URL fails before anything else
     with _state_lock(settings):  # one process per state directory
         import torch
 
+        from lillith.runtime.kernels import warm_kernels
         from lillith.runtime.local import open_source, run_local
 
         torch.set_num_threads(settings.torch_threads)
-        if args.source.startswith("mqtt://"):
+        warm_kernels(get_logger("run"))
+        if mqtt_source:
             return _run_daemon(settings, args.source, args.config, fresh=args.fresh,
-                               checkpoint_every=args.checkpoint_every)
+                               checkpoint_every=args.checkpoint_every,
+                               max_frames=args.max_frames, duration=args.duration)
         src = open_source(args.source, settings.agent.seed)
 
         async def main() -> int:
@@ -208,10 +237,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _run_daemon(settings: Any, source: str, config_path: Path | None = None, *,
-                fresh: bool = False, checkpoint_every: int | None = None) -> int:
+                fresh: bool = False, checkpoint_every: int | None = None,
+                max_frames: int | None = None, duration: float | None = None) -> int:
     """``lillith run --source mqtt://HOST:PORT[/FILTER]``: the asyncio daemon.
 
-    SIGTERM / SIGINT stop intake, drain and publish offline status; a
+    ``max_frames`` (frames processed, all agents together) and ``duration``
+    (seconds) stop it as SIGTERM does. SIGTERM / SIGINT stop intake, drain and
+    publish offline status; a
     repeated SIGTERM changes nothing, a second SIGINT forces exit. SIGHUP
     reloads the configuration (file and environment) and applies what can
     change live (see ``Daemon.reload``).
@@ -231,18 +263,19 @@ def _run_daemon(settings: Any, source: str, config_path: Path | None = None, *,
     if checkpoint_every is not None:
         state = state.model_copy(update={"checkpoint_every_frames": checkpoint_every})
     daemon = Daemon(mqtt, bindings, settings.agent, metrics_port=settings.metrics_port,
-                    state=state, fresh=fresh, commands=settings.commands)
+                    state=state, fresh=fresh, commands=settings.commands,
+                    max_frames=max_frames, **daemon_options(settings))
 
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
 
         def on_hup() -> None:
-            from lillith.runtime.config import load_settings
+            from lillith.runtime.config import default_config_path, load_settings
             from lillith.runtime.logging import configure_logging, get_logger
 
             try:
-                fresh = load_settings(config_path, env=os.environ)
+                fresh = load_settings(default_config_path(config_path), env=os.environ)
             except LillithError as e:
                 get_logger("run").error("config_reload_failed", error=str(e))
                 return
@@ -251,6 +284,8 @@ def _run_daemon(settings: Any, source: str, config_path: Path | None = None, *,
 
         _stop_on_signals(loop, stop)
         loop.add_signal_handler(signal.SIGHUP, on_hup)
+        if duration is not None:
+            loop.call_later(duration, stop.set)
         await daemon.run(stop)
 
     asyncio.run(main())
@@ -303,16 +338,21 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """Argument parser of every sub-command."""
+    from lillith.version import __version__
+
     parser = argparse.ArgumentParser(prog="lillith", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"lillith {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run an agent on a source (default: synthetic)")
-    run.add_argument("--config", type=Path, default=None, help="lillith.toml")
+    run.add_argument("--config", type=Path, default=None, help=CONFIG_HELP)
     run.add_argument("--source", default="synthetic",
                      help="synthetic | replay:PATH | mqtt://HOST:PORT[/TOPIC_FILTER]")
-    run.add_argument("--max-frames", type=int, default=None, help="frames of this run")
+    run.add_argument("--max-frames", type=int, default=None,
+                     help="frames of this run (mqtt://: processed by all agents together)")
     run.add_argument("--until-step", type=int, default=None,
-                     help="stop when the agent's step (resumed frames included) reaches this")
-    run.add_argument("--duration", type=float, default=None, help="seconds")
+                     help="stop when the agent's step (resumed frames included) reaches this "
+                          "(local sources only)")
+    run.add_argument("--duration", type=float, default=None, help="seconds (any source)")
     run.add_argument("--state", default=None,
                      help="state directory or fsspec URL (default: [state] dir)")
     run.add_argument("--fresh", action="store_true",
@@ -331,8 +371,11 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("replay", help="stream CSV files through an agent, write per-row scores")
     r.add_argument("inputs", nargs="+", help="CSV files or directory trees (NAB layout)")
     r.add_argument("--out", required=True, help="output file, or directory for several inputs")
-    r.add_argument("--config", type=Path, default=None, help="lillith.toml")
-    r.add_argument("--timestamp-column", default="timestamp")
+    r.add_argument("--config", type=Path, default=None, help=CONFIG_HELP)
+    r.add_argument("--timestamp-column", default=AUTO_TIME,
+                   help="the time column (ISO 8601 or epoch seconds / milliseconds); default: "
+                        "auto, the first of " + ", ".join(TIME_COLUMNS) + " (any case), with a "
+                        "warning when there is none")
     r.add_argument("--columns", "--value-columns", dest="columns", default=None,
                    help="comma-separated input columns; default: all but the time column and "
                         "--exclude")
@@ -358,6 +401,14 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--per-neuron", action="store_true",
                    help="with --lineage: list every neuron (implies --lineage)")
     i.set_defaults(func=cmd_inspect)
+    c = sub.add_parser("config", help="check the configuration")
+    csub = c.add_subparsers(dest="config_command", required=True)
+    check = csub.add_parser("check", help="validate the configuration (file and environment); "
+                                          "exit 2 with one line per problem")
+    check.add_argument("--config", type=Path, default=None, help=CONFIG_HELP)
+    check.add_argument("--show", action="store_true", help="print the effective settings (JSON)")
+    check.set_defaults(func=cmd_config_check)
+    add_report_parser(sub)
     return parser
 
 

@@ -127,3 +127,24 @@ def parse_command(payload: bytes, limits: CommandLimits) -> dict[str, Any]:
                 raise CommandError("signature values must be finite and within the bound",
                                    limit=limits.max_signature)
     return cmd.model_dump(exclude_none=False)
+
+
+def echo_fields(payload: bytes) -> dict[str, Any]:
+    """``id`` and ``cmd`` of a command payload, for the reply, when it is a JSON
+    object of at most the default command size whose ``id`` / ``cmd`` are short
+    scalars; else nothing (the reply then carries the excerpt alone)."""
+    if not isinstance(payload, bytes) or len(payload) > CommandLimits().max_bytes:
+        return {}
+    try:
+        doc = json.loads(payload)
+    except (ValueError, RecursionError):
+        return {}
+    if not isinstance(doc, dict):
+        return {}
+    out: dict[str, Any] = {}
+    for k in ("id", "cmd"):
+        v = doc.get(k)
+        if (isinstance(v, str) and len(v) <= 256) or (isinstance(v, int | float) and not \
+                isinstance(v, bool) and math.isfinite(v)):
+            out[k] = v
+    return out

@@ -3,20 +3,35 @@
 Precedence (later wins): model defaults < TOML file < ``LILLITH_*`` environment
 variables < command-line overrides. Environment keys nest with a double
 underscore: ``LILLITH_AGENT__FABRIC__SHAPE='[13, 13, 64]'``, ``LILLITH_LOG__LEVEL=debug``;
-values are parsed as JSON when they parse, else taken as strings. The result
-is an immutable :class:`Settings` passed down explicitly; nothing deep reads
-globals or the environment.
+values are parsed as JSON when they parse, else taken as strings. The layers
+are pydantic-settings sources (:meth:`Settings.settings_customise_sources`),
+merged and validated by pydantic-settings. The result is an immutable
+:class:`Settings` passed down explicitly; nothing deep reads globals or the
+environment (``Settings()`` alone reads nothing: only :func:`load_settings`
+adds the file and environment layers).
+
+The configuration file is ``--config FILE``, else ``./lillith.toml`` when it
+exists (:func:`default_config_path`).
 """
 
 from __future__ import annotations
 
 import json
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    InitSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
 
 from lillith.agents.config import AgentConfig
 from lillith.errors import ConfigError
@@ -27,6 +42,8 @@ from lillith.sensors.mqtt import MqttSettings
 ENV_PREFIX = "LILLITH_"
 TOOL_VARIABLES = frozenset({"LILLITH_DATA", "LILLITH_BENCH_DIR"})
 """``LILLITH_*`` variables read by the benchmarks and tests, not settings."""
+DEFAULT_CONFIG = Path("lillith.toml")
+"""Read from the working directory when present and no ``--config`` is given."""
 
 
 class _Model(BaseModel):
@@ -38,6 +55,20 @@ class LogConfig(_Model):
 
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["console", "json"] = "console"
+    summary_every_s: float = Field(10.0, ge=0, le=86_400)
+    """The daemon logs ``frames_processed`` per agent this often (0: never)."""
+
+
+class HomeAssistantSettings(_Model):
+    """Home Assistant MQTT discovery (docs/operations.md): per agent a
+    ``binary_sensor`` (the alarm) and ``sensor`` entities (likelihood, score,
+    energy) announced under ``prefix``, retained; removed when the agent goes."""
+
+    enabled: bool = False
+    prefix: str = Field("homeassistant", min_length=1, pattern=r"^[^#+\s]+$")
+    """Home Assistant's discovery prefix (its MQTT integration's setting)."""
+    device_name: str = Field("lillith", min_length=1, max_length=64)
+    """Shown in Home Assistant before each agent's name."""
 
 
 class AgentBinding(_Model):
@@ -64,6 +95,13 @@ class AgentBinding(_Model):
     output_every: int = Field(1, ge=1)
     tick_s: float | None = Field(None, gt=0)
     stale_s: float | None = Field(None, gt=0)
+    agent_per_topic: bool = False
+    """One agent per topic matching ``topics`` (each a separate sensor), named
+    ``<name>/<topic>`` with its state under that name, instead of one agent
+    fed by every matching topic."""
+    max_topic_agents: int = Field(64, ge=1, le=4096)
+    """With ``agent_per_topic``: at most this many agents; frames of further
+    topics are dead-lettered (``too_many_topics``)."""
 
     def frame_schema(self) -> Schema:
         """The codec's schema of this agent's frames: its bounds, and its width
@@ -79,6 +117,9 @@ class AgentBinding(_Model):
             raise ValueError("tick_s (one topic per channel) needs the channel names")
         if self.stale_s is not None and self.tick_s is None:
             raise ValueError("stale_s applies to per-channel topics (set tick_s)")
+        if self.agent_per_topic and self.tick_s is not None:
+            raise ValueError("agent_per_topic and tick_s (one topic per channel) exclude "
+                             "each other")
         width = self.frame_schema().expected_width
         if width is not None and width > self.max_width:
             raise ValueError(f"the width ({width}) exceeds max_width ({self.max_width})")
@@ -104,8 +145,10 @@ class StateSettings(_Model):
     """... up to this."""
 
 
-class Settings(_Model):
+class Settings(BaseSettings):
     """Root of the configuration."""
+
+    model_config = SettingsConfigDict(extra="forbid", frozen=True)
 
     log: LogConfig = Field(default_factory=LogConfig)
     agent: AgentConfig = Field(default_factory=AgentConfig)
@@ -115,16 +158,54 @@ class Settings(_Model):
     commands: CommandLimits = Field(default_factory=CommandLimits)
     torch_threads: int = Field(1, ge=1, le=256)
     metrics_port: int | None = Field(None, ge=1, le=65535)
+    metrics_addr: str = Field("127.0.0.1", min_length=1, max_length=255)
+    """Address the metrics endpoint binds (``0.0.0.0``: every interface, for a
+    Prometheus in another container)."""
+    homeassistant: HomeAssistantSettings = Field(default_factory=HomeAssistantSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """The layers, first wins: flags (the constructor's arguments), then the
+        ``LILLITH_*`` environment, then the TOML file; pydantic-settings merges
+        them (nested tables key by key). Outside :func:`load_settings` only
+        the constructor's arguments."""
+        layers = _LAYERS.get()
+        if layers is None:
+            return (init_settings,)
+        path, env = layers
+        sources: list[PydanticBaseSettingsSource] = [
+            init_settings, InitSettingsSource(settings_cls, _env_layer(env))]
+        if path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
 
 
-def _deep_merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in over.items():
-        if isinstance(v, Mapping) and isinstance(out.get(k), dict):
-            out[k] = _deep_merge(out[k], v)
-        else:
-            out[k] = v
-    return out
+_LAYERS: ContextVar[tuple[Path | None, Mapping[str, str]] | None] = ContextVar(
+    "lillith_settings_layers", default=None)
+
+
+@contextmanager
+def _layered(path: Path | None, env: Mapping[str, str]) -> Iterator[None]:
+    token = _LAYERS.set((path, env))
+    try:
+        yield
+    finally:
+        _LAYERS.reset(token)
+
+
+def default_config_path(given: Path | None) -> Path | None:
+    """The configuration file to read: ``given``, else ``./lillith.toml`` when it
+    exists, else none (the defaults)."""
+    if given is not None:
+        return given
+    return DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None
 
 
 def _env_layer(env: Mapping[str, str]) -> dict[str, Any]:
@@ -166,19 +247,17 @@ def load_settings(
     ConfigError
         Unreadable TOML, unknown keys or invalid values, with the field paths.
     """
-    data: dict[str, Any] = {}
     if path is not None:
         try:
-            data = tomllib.loads(Path(path).read_text())
-        except FileNotFoundError as e:
+            tomllib.loads(Path(path).read_text())
+        except (FileNotFoundError, IsADirectoryError) as e:
             raise ConfigError("config file not found", path=str(path)) from e
         except tomllib.TOMLDecodeError as e:
             raise ConfigError("config file is not valid TOML", path=str(path),
                               detail=str(e)) from e
-    data = _deep_merge(data, _env_layer(env or {}))
-    data = _deep_merge(data, overrides or {})
     try:
-        return Settings.model_validate(data)
+        with _layered(None if path is None else Path(path), env or {}):
+            return Settings(**dict(overrides or {}))
     except ValidationError as e:
         problems = [
             {"field": ".".join(str(p) for p in err["loc"]), "error": err["msg"]}

@@ -19,6 +19,7 @@ import json
 import random
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -27,12 +28,15 @@ import structlog
 from lillith.agents.agent import Agent
 from lillith.agents.config import AgentConfig
 from lillith.errors import ConfigError
+from lillith.runtime import homeassistant as ha
 from lillith.runtime.checkpoint import Checkpointer
-from lillith.runtime.commands import CommandLimits, parse_command
-from lillith.runtime.config import AgentBinding, StateSettings
+from lillith.runtime.commands import CommandLimits, echo_fields, parse_command
+from lillith.runtime.config import AgentBinding, HomeAssistantSettings, StateSettings
 from lillith.runtime.evolution import log_evolution, surgery_command
 from lillith.runtime.metrics import DaemonMetrics
 from lillith.runtime.resume import agent_store, resume
+from lillith.runtime.summary import Window
+from lillith.runtime.topic_agents import TopicAgents, topic_agent_binding
 from lillith.runtime.worker import AgentWorker, Result
 from lillith.sensors.assemble import Assembled, Assembler
 from lillith.sensors.codec import (
@@ -94,6 +98,10 @@ class _AgentRuntime:
         self.assembler: Assembler | None = None
         self.assembled: dict[int, Assembled] = {}  # seq -> its assembled frame, until output
         self.ticks_skipped = 0
+        self.first_topic: str | None = None  # the first topic a frame came from ...
+        self.several_topics = False  # ... and whether another has since (warned once)
+        self.last_topic: str | None = None
+        self.window = Window()  # what the next summary log line reports
         if b.tick_s is not None and b.channels:
             self.assembler = Assembler(b.channels, stale_s=b.stale_s or 3 * b.tick_s)
             self.channel_schema = Schema(width=1, low=b.low, high=b.high,
@@ -111,7 +119,17 @@ class Daemon:
                  *, drain_timeout_s: float = 10.0, status_every_s: float = 10.0,
                  reject_log_window_s: float = 10.0, metrics_port: int | None = None,
                  lag_probe_s: float = 0.1, state: StateSettings | None = None,
-                 fresh: bool = False, commands: CommandLimits | None = None) -> None:
+                 fresh: bool = False, commands: CommandLimits | None = None,
+                 max_frames: int | None = None, metrics_addr: str = "127.0.0.1",
+                 summary_every_s: float = 10.0,
+                 homeassistant: HomeAssistantSettings | None = None) -> None:
+        """``max_frames``: stop (as SIGTERM does) once this many frames are
+        processed, all agents together; ``metrics_addr``: the address the
+        metrics endpoint binds; ``summary_every_s``: period of the
+        ``frames_processed`` log line per agent (0: none); ``homeassistant``:
+        Home Assistant discovery (:mod:`lillith.runtime.homeassistant`).
+        Bindings with ``agent_per_topic`` start no agent: one is created for
+        each topic their filters receive (:mod:`lillith.runtime.topic_agents`)."""
         self.mqtt = mqtt
         self.commands = commands or CommandLimits()
         self.bindings = bindings
@@ -131,28 +149,39 @@ class Daemon:
         self.state = state
         self.fresh = fresh
         self._finalized = False
+        self.max_frames = max_frames
+        self.metrics_addr = metrics_addr
+        self.summary_every_s = summary_every_s
+        self.homeassistant = homeassistant or HomeAssistantSettings()
+        self._stop: asyncio.Event | None = None
+        self._by_name: dict[str, _AgentRuntime] = {}
+        self.topic_agents = TopicAgents([b for b in bindings if b.agent_per_topic])
+        self.discovery = (ha.Discovery(self.homeassistant, mqtt.client_id, mqtt.qos)
+                          if self.homeassistant.enabled else None)
 
     # ------------------------------------------------------------------ lifecycle
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until ``stop`` is set, reconnecting forever; then shut down in order."""
-        loop = asyncio.get_running_loop()
+        self._stop = stop
         if self.metrics_port is not None:  # first: a port in use fails before any work
             try:
-                self.metrics.serve(self.metrics_port)
+                self.metrics.serve(self.metrics_port, self.metrics_addr)
             except OSError as e:
-                raise ConfigError("cannot serve metrics on this port", port=self.metrics_port,
+                raise ConfigError("cannot serve metrics on this address and port",
+                                  port=self.metrics_port, addr=self.metrics_addr,
                                   error=e.strerror or str(e)) from None
         plain = plaintext_credentials(self.mqtt)
         if plain:
             log.warning("mqtt_plaintext_credentials", host=self.mqtt.host, port=self.mqtt.port,
                         detail="the password goes over the network unencrypted; set tls = "
                                "true (or tls_ca), or plaintext_credentials = \"refuse\"")
-        self.agents = [_AgentRuntime(b, self.config, self._results, loop, self._evolutions,
-                                     self.metrics) for b in self.bindings]
-        for a in self.agents:
-            await self._resume(a)
-            a.worker.start()
+        self.agents = []
+        for b in self.bindings:
+            if not b.agent_per_topic:
+                await self._add_agent(b)
         log.info("daemon_started", metrics_port=self.metrics_port,
+                 metrics_addr=self.metrics_addr if self.metrics_port is not None else None,
+                 per_topic=[b.name for b in self.topic_agents.bindings],
                  agents=[a.binding.name for a in self.agents],
                  broker=f"{self.mqtt.host}:{self.mqtt.port}")
         backoff = self.mqtt.reconnect_min_s
@@ -161,7 +190,7 @@ class Daemon:
             try:
                 # the broker publishes this if the connection ends without a clean
                 # DISCONNECT: the process died, or left the link by an exception
-                will = LastWill(f"{self.agents[0].prefix}/status",
+                will = LastWill(f"lillith/{self.bindings[0].name}/status",
                                 json.dumps({"state": "offline", "clean": False}).encode())
                 async with open_link(self.mqtt, will) as link:
                     connected = True
@@ -193,6 +222,48 @@ class Daemon:
             while not a.worker.join(0) and time.monotonic() < deadline:
                 await asyncio.sleep(0.01)
         await self._final_checkpoints()
+
+    async def _add_agent(self, b: AgentBinding) -> _AgentRuntime:
+        """Create, resume and start the agent of binding ``b``."""
+        a = _AgentRuntime(b, self.config, self._results, asyncio.get_running_loop(),
+                          self._evolutions, self.metrics)
+        await self._resume(a)
+        a.worker.start()
+        self.agents.append(a)
+        self._by_name[b.name] = a
+        self.metrics.agents.set(len(self.agents))
+        return a
+
+    async def _announce(self, link: Link, a: _AgentRuntime) -> None:
+        """An agent's online status, subscriptions and discovery messages."""
+        await self._publish_status(link, a, "online")
+        if not a.binding.agent_per_topic:
+            for t in a.binding.topics:
+                await link.subscribe(t)
+        await link.subscribe(f"{a.prefix}/cmd")
+        if self.discovery is not None:
+            await self.discovery.announce(link, a.binding.name)
+
+    async def _topic_agent(self, link: Link, msg: Incoming) -> _AgentRuntime | None:
+        """The agent of a topic of an ``agent_per_topic`` binding, created at its
+        first frame (None: not such a topic, or over ``max_topic_agents``)."""
+        b = self.topic_agents.binding_of(msg.topic)
+        if b is None:
+            return None
+        name = topic_agent_binding(b, msg.topic).name
+        a = self._by_name.get(name)
+        if a is not None:
+            return a
+        if self.topic_agents.count(b) >= b.max_topic_agents:
+            return None
+        self.topic_agents.added(b, name)
+        a = await self._add_agent(topic_agent_binding(b, msg.topic))
+        log.info("topic_agent_started", agent=name, topic=msg.topic[:TOPIC_EXCERPT],
+                 binding=b.name)
+        await self._announce(link, a)
+        self._routes.clear()
+        self._route_chars = 0
+        return a
 
     async def _resume(self, a: _AgentRuntime) -> None:
         """Restore the agent from its newest intact snapshot (unless ``fresh``)."""
@@ -292,10 +363,12 @@ class Daemon:
 
     async def _serve(self, link: Link, stop: asyncio.Event) -> None:
         for a in self.agents:
-            await self._publish_status(link, a, "online")
-            for t in a.binding.topics:
+            await self._announce(link, a)
+        for b in self.topic_agents.bindings:
+            for t in b.topics:
                 await link.subscribe(t)
-            await link.subscribe(f"{a.prefix}/cmd")
+        if self.discovery is not None:  # our retained entities: clear those of gone agents
+            await link.subscribe(self.discovery.subscription)
         async with asyncio.TaskGroup() as tg:
             intake = tg.create_task(self._intake(link, stop), name="intake")
             publisher = tg.create_task(self._publisher(link), name="publisher")
@@ -303,6 +376,7 @@ class Daemon:
             lag = tg.create_task(self._lag_probe(), name="loop-lag")
             ckpt = tg.create_task(self._checkpoint_loop(), name="checkpoint")
             evo = tg.create_task(self._evolution_loop(), name="evolution")
+            summary = tg.create_task(self._summary_loop(), name="summary")
             ticks = [tg.create_task(self._tick_loop(a, stop), name=f"assemble-{a.binding.name}")
                      for a in self.agents if a.assembler is not None]
             await stop.wait()
@@ -315,6 +389,7 @@ class Daemon:
             lag.cancel()
             ckpt.cancel()
             evo.cancel()
+            summary.cancel()
             await self._drain()
             while not self._evolutions.empty():  # rounds run during the drain
                 a, report = self._evolutions.get_nowait()
@@ -353,12 +428,14 @@ class Daemon:
         """
         by_name = {b.name: b for b in bindings}
         for a in self.agents:
-            new = by_name.get(a.binding.name)
+            parent = self.topic_agents.parent_of(a.binding.name)  # agent_per_topic's
+            new = by_name.get(parent or a.binding.name)
             if new is None:
                 log.warning("config_reload_agent_missing", agent=a.binding.name)
                 continue
-            fixed = ("topics", "channels", "width", "queue_size")
-            changed = [f for f in fixed if getattr(new, f) != getattr(a.binding, f)]
+            old = (self.topic_agents.template(parent) if parent else None) or a.binding
+            fixed = ("topics", "channels", "width", "queue_size", "agent_per_topic")
+            changed = [f for f in fixed if getattr(new, f) != getattr(old, f)]
             if changed:
                 log.warning("config_reload_needs_restart", agent=a.binding.name, fields=changed)
             a.binding = a.binding.model_copy(update={
@@ -393,6 +470,11 @@ class Daemon:
             if topic == f"{a.prefix}/cmd":
                 target = (a, True)
                 break
+            if a.binding.agent_per_topic:
+                if topic == a.binding.topics[0]:
+                    target = (a, False)
+                    break
+                continue
             if any(topic_matches(topic, f) for f in a.binding.topics):
                 target = (a, False)
                 break
@@ -407,7 +489,18 @@ class Daemon:
         route = self._route
         async for msg in link.messages():
             target = route(msg.topic)
+            if target is None and self.topic_agents.bindings:
+                a = await self._topic_agent(link, msg)
+                target = None if a is None else (a, False)
+                b = None if a is not None else self.topic_agents.binding_of(msg.topic)
+                if b is not None and self.topic_agents.first_refusal(b):
+                    log.warning("too_many_topic_agents", binding=b.name,
+                                topic=msg.topic[:TOPIC_EXCERPT], limit=b.max_topic_agents,
+                                detail="frames of further topics are acknowledged unprocessed "
+                                       "(logged once); raise max_topic_agents")
             if target is None:
+                if self.discovery is not None and msg.payload:
+                    await self.discovery.seen(link, msg.topic, self._hosted())
                 link.ack(msg)
             elif target[1]:
                 await self._command(link, target[0], msg.payload)
@@ -467,6 +560,8 @@ class Daemon:
         except RejectError as e:
             await self._reject(link, a, msg, e)
             return
+        if msg.topic != a.last_topic:
+            self._topic_changed(a, msg.topic)
         if a.schema.expected_width is None:  # the first valid frame fixes the width
             a.schema = replace(a.schema, width=int(frame.values.size))
             log.info("width_fixed", agent=a.binding.name, width=int(frame.values.size),
@@ -484,6 +579,28 @@ class Daemon:
         a.unacked[seq] = msg
         if lost is not None:  # drop_oldest: the dropped frame is done with
             link.ack(a.unacked.pop(lost))
+
+    def _topic_changed(self, a: _AgentRuntime, topic: str) -> None:
+        """Remember the frame's topic; warn once when an agent's filter brings
+        frames from a second topic (they are merged into one stream)."""
+        a.last_topic = topic
+        if a.first_topic is None:
+            a.first_topic = topic
+        elif not a.several_topics and topic != a.first_topic:
+            a.several_topics = True
+            log.warning("several_topics_one_agent", agent=a.binding.name,
+                        topics=[a.first_topic[:TOPIC_EXCERPT], topic[:TOPIC_EXCERPT]],
+                        filters=a.binding.topics,
+                        detail="frames of several topics are merged into this agent's one "
+                               "stream; if each topic is a separate sensor, set "
+                               "agent_per_topic = true (an agent per topic)")
+
+    def _hosted(self) -> Callable[[str], bool]:
+        """Whether an agent (by its Home Assistant slug) is one this daemon hosts
+        or may create (``agent_per_topic``): for the removal of gone entities."""
+        names = {ha.slug(a.binding.name) for a in self.agents}
+        parents = tuple(ha.slug(b.name + ".") for b in self.topic_agents.bindings)
+        return lambda slug: slug in names or (bool(parents) and slug.startswith(parents))
 
     async def _tick_loop(self, a: _AgentRuntime, stop: asyncio.Event) -> None:
         """Assemble a frame of the latest channel values every ``tick_s`` seconds.
@@ -516,7 +633,7 @@ class Daemon:
                 a.assembled.pop(lost, None)
 
     async def _publisher(self, link: Link) -> None:
-        by_name = {a.binding.name: a for a in self.agents}
+        by_name = self._by_name  # (grows as agent_per_topic adds agents)
         while True:
             r = await self._results.get()
             try:
@@ -543,6 +660,7 @@ class Daemon:
                 self.metrics.alarm.labels(name).set(int(r.metrics.alarm))
                 if r.metrics.alarm_onset:
                     self.metrics.alarms.labels(name, r.metrics.alarm_reason).inc()
+                self._observe(a, r.metrics)
                 dropped = a.worker.dropped - a.dropped_reported
                 if dropped:
                     self.metrics.drops.labels(name).inc(dropped)
@@ -557,15 +675,45 @@ class Daemon:
                         "anomaly_likelihood": m.anomaly_likelihood, "alarm": int(m.alarm),
                         "alarm_reason": m.alarm_reason,
                         "prediction": m.prediction, "loss": m.loss, "bmu": m.bmu,
-                        "mode": m.mode, "energy": m.energy, "skipped": m.skipped}
+                        "mode": m.mode, "energy": m.energy, "skipped": m.skipped,
+                        # where the frame came from: its topic (assembled frames: the
+                        # agent's filters, the channels' topics under them)
+                        "topic": msg.topic if msg is not None
+                        else ",".join(a.binding.topics)}
                     if a.assembler is not None:  # what was held, and what had gone quiet
                         out["values"] = None if got is None else got.values.tolist()
                         out["stale"] = [] if got is None else list(got.stale)
                     await link.publish(f"{a.prefix}/out", json.dumps(out).encode())
                 if msg is not None:
                     link.ack(msg)  # processed and published: the broker may forget it
+                if (self.max_frames is not None and self._stop is not None
+                        and sum(x.frames_out for x in self.agents) >= self.max_frames):
+                    self._stop.set()  # --max-frames: stop as SIGTERM does
             finally:
                 self._results.task_done()
+
+    def _observe(self, a: _AgentRuntime, m: Any) -> None:
+        """Fold one result into the agent's summary window and mode gauge."""
+        before = a.window.mode
+        a.window.observe(m)
+        if m.mode != before:
+            if before:
+                self.metrics.mode.labels(a.binding.name, before).set(0)
+            self.metrics.mode.labels(a.binding.name, m.mode).set(1)
+
+    async def _summary_loop(self) -> None:
+        """Log ``frames_processed`` per agent every ``summary_every_s`` seconds,
+        as the local run does every second."""
+        if self.summary_every_s <= 0:
+            return
+        while True:
+            await asyncio.sleep(self.summary_every_s)
+            for a in self.agents:
+                log.info("frames_processed", agent=a.binding.name, frames_in=a.frames_in,
+                         frames_out=a.frames_out, queue_depth=a.worker.depth,
+                         dropped=a.worker.dropped, rejects=sum(a.rejects.values()),
+                         topic=a.last_topic, **a.window.summary())
+                a.window = a.window.next()
 
     async def _lag_probe(self) -> None:
         """Measure how late the loop wakes a sleeper: the event loop's lag."""
@@ -577,6 +725,8 @@ class Daemon:
             self.metrics.loop_lag.observe(lag)
             for a in self.agents:
                 self.metrics.queue_depth.labels(a.binding.name).set(a.worker.depth)
+                if a.checkpointer is not None:
+                    self.metrics.export_snapshots(a.binding.name, a.checkpointer)
 
     async def _status_loop(self, link: Link, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -600,14 +750,16 @@ class Daemon:
     async def _command(self, link: Link, a: _AgentRuntime, payload: bytes) -> None:
         """Validate (size first, then fields: :mod:`lillith.runtime.commands`), run and
         reply; a bad or failing command gets an error reply, never a crash."""
-        reply: dict[str, Any]
+        reply: dict[str, Any] = {}
         try:
+            reply.update(echo_fields(payload))  # id and cmd, when they can be read at all
             cmd = parse_command(payload, self.commands)
             reply = {"id": cmd.get("id"), "cmd": cmd["cmd"]}
             reply.update(await self._run_command(a, cmd))
             reply["ok"] = True
         except Exception as e:  # a bad command gets an error reply, never a crash
-            reply = {"ok": False, "error": str(e)[:2000]}
+            reply = {**{k: v for k, v in reply.items() if k in ("id", "cmd")},
+                     "ok": False, "error": str(e)[:2000]}
             if isinstance(payload, bytes):
                 reply["excerpt"] = excerpt(payload)
             log.warning("command_failed", agent=a.binding.name, error=str(e)[:500],
@@ -651,3 +803,4 @@ class Daemon:
     def _touch(a: _AgentRuntime) -> None:
         if a.checkpointer is not None:
             a.checkpointer.touch()
+

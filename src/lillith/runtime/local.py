@@ -65,7 +65,11 @@ def open_source(source: str, seed: int) -> LocalSource:
 
         return LocalSource(source, synth.n_channels, synth_frames)
     if source.startswith("replay:"):
-        stream = read_csv_stream(Path(source[len("replay:"):]))
+        from lillith.runtime.replay import warn_without_time
+        from lillith.sensors.csvfile import AUTO_TIME
+
+        stream = read_csv_stream(Path(source[len("replay:"):]), timestamp_column=AUTO_TIME)
+        warn_without_time(stream, AUTO_TIME)
 
         def csv_frames(start: int, n: int) -> Any:
             vals = stream.values[start:start + n]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 
@@ -37,6 +39,30 @@ class DaemonMetrics:
                               ["agent", "reason"], registry=r)
         self.alarm = Gauge("lillith_alarm", "1 while the agent's alarm is on", ["agent"],
                            registry=r)
+        self.mode = Gauge("lillith_mode", "1 for the agent's current propagation mode",
+                          ["agent", "mode"], registry=r)
+        self.snapshot_time = Gauge(
+            "lillith_snapshot_last_success_timestamp_seconds",
+            "Wall-clock time of the last snapshot written (age: time() - this)", ["agent"],
+            registry=r)
+        self.snapshot_seconds = Histogram(
+            "lillith_snapshot_seconds", "Time to write a snapshot", ["agent"],
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0), registry=r)
+        self.snapshot_failures = Counter("lillith_snapshot_failures", "Snapshots that failed",
+                                         ["agent"], registry=r)
+        self.agents = Gauge("lillith_agents", "Agents the daemon hosts", registry=r)
+        self._seen: dict[str, tuple[int, int]] = {}  # agent -> (written, failures) exported
+
+    def export_snapshots(self, agent: str, cp: Any) -> None:
+        """A :class:`~lillith.runtime.checkpoint.Checkpointer`'s news as metrics:
+        the last success's time and duration, the failures since the last call."""
+        seen = self._seen.get(agent, (0, 0))
+        if cp.written != seen[0] and cp.last_written_at is not None:
+            self.snapshot_time.labels(agent).set(cp.last_written_at)
+            self.snapshot_seconds.labels(agent).observe(cp.last_seconds)
+        if cp.failures > seen[1]:
+            self.snapshot_failures.labels(agent).inc(cp.failures - seen[1])
+        self._seen[agent] = (cp.written, cp.failures)
 
     def serve(self, port: int, addr: str = "127.0.0.1") -> None:
         """Expose ``/metrics`` on ``addr:port`` (a background thread)."""

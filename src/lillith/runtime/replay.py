@@ -13,7 +13,14 @@ from lillith.agents.config import AgentConfig
 from lillith.agents.metrics import Metrics
 from lillith.runtime.logging import get_logger
 from lillith.runtime.resume import resume
-from lillith.sensors.csvfile import LABEL_COLUMNS, CsvStream, find_csv_files, read_csv_stream
+from lillith.sensors.csvfile import (
+    AUTO_TIME,
+    LABEL_COLUMNS,
+    TIME_COLUMNS,
+    CsvStream,
+    find_csv_files,
+    read_csv_stream,
+)
 from lillith.state.snapshot import SnapshotStore
 
 CHUNK = 512
@@ -128,6 +135,19 @@ def replay_stream(
                         back, repeated)
 
 
+def warn_without_time(stream: CsvStream, asked: str | None) -> None:
+    """Log ``no_time_column`` when a time column was asked for (by name, or
+    :data:`~lillith.sensors.csvfile.AUTO_TIME`) and none was found: the rows
+    are then numbered, and every column is a data channel."""
+    if asked is None or stream.timestamp_column is not None:
+        return
+    get_logger("replay").warning(
+        "no_time_column", path=str(stream.path), asked=asked, channels=stream.columns[:16],
+        detail="no time column found (looked for " + (", ".join(TIME_COLUMNS)
+               if asked == AUTO_TIME else asked) + "); rows are numbered and every column "
+               "is a data channel; name it with --timestamp-column")
+
+
 def replay_paths(
     inputs: Sequence[Path],
     out: Path,
@@ -152,6 +172,8 @@ def replay_paths(
     streams = [(read_csv_stream(f, timestamp_column=timestamp_column,
                                 value_columns=value_columns, exclude=exclude), rel)
                for f, rel in files]
+    for stream, _ in streams:
+        warn_without_time(stream, timestamp_column)
     total = sum(s.values.shape[0] for s, _ in streams)
     bar = None
     if show_progress:

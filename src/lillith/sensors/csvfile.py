@@ -30,7 +30,8 @@ class CsvStream:
         The timestamp column verbatim ('' when the file has none).
     t : ndarray, shape (n,), float64
         Stream time in seconds since the epoch (UTC) when the timestamps
-        parse as ISO 8601, else the row index.
+        parse (ISO 8601, or epoch seconds or milliseconds: :func:`parse_time`),
+        else the row index.
     values : ndarray, shape (n, C), float64
     columns : list of str
         Names of the value columns.
@@ -45,14 +46,53 @@ class CsvStream:
     timestamp_column: str | None
 
 
-def _parse_time(s: str) -> float:
+EPOCH_S = (1e8, 1e11)
+"""A number in this range is taken for epoch seconds (1973 .. 5138) ..."""
+EPOCH_MS = (1e11, 1e14)
+"""... and in this one for epoch milliseconds."""
+
+
+def parse_time(s: str) -> float:
+    """Seconds since the epoch (UTC) of a time stamp: ISO 8601 (naive: UTC), or a
+    number of epoch seconds (:data:`EPOCH_S`) or milliseconds (:data:`EPOCH_MS`);
+    NaN when it is none of them."""
+    text = s.strip()
     try:
-        dt = datetime.fromisoformat(s.strip())
+        number = float(text)
+    except ValueError:
+        number = math.nan
+    if math.isfinite(number):
+        if EPOCH_S[0] <= abs(number) < EPOCH_S[1]:
+            return number
+        if EPOCH_MS[0] <= abs(number) < EPOCH_MS[1]:
+            return number / 1000.0
+        return math.nan
+    try:
+        dt = datetime.fromisoformat(text)
     except ValueError:
         return math.nan
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
     return dt.timestamp()
+
+
+AUTO_TIME = "auto"
+"""``timestamp_column`` value asking :func:`read_csv_stream` to find the time column."""
+TIME_COLUMNS = ("timestamp", "datetime", "time", "date", "ts", "epoch", "unix_time", "t")
+"""Names (any case) auto-detection takes for the time column, in this order of preference."""
+
+
+def find_time_column(header: Sequence[str], first_row: Sequence[str] | None) -> str | None:
+    """The time column of a CSV file: the first header name in :data:`TIME_COLUMNS`
+    (any case) whose first value parses (:func:`parse_time`), else None."""
+    lower = {h.lower(): i for i, h in reversed(list(enumerate(header)))}
+    for name in TIME_COLUMNS:
+        i = lower.get(name)
+        if i is None:
+            continue
+        if first_row is None or (i < len(first_row) and math.isfinite(parse_time(first_row[i]))):
+            return header[i]
+    return None
 
 
 LABEL_COLUMNS = ("anomaly", "changepoint", "label", "labels", "is_anomaly")
@@ -83,7 +123,9 @@ def read_csv_stream(
     ----------
     path : Path
     timestamp_column : str or None
-        Name of the time column; ``None`` or a missing column means none.
+        Name of the time column; ``None`` or a missing column means none;
+        :data:`AUTO_TIME` (``"auto"``) finds it (:func:`find_time_column`);
+        the stream's ``timestamp_column`` says which was taken.
     value_columns : sequence of str, optional
         Columns to read as values; default every other column but those in
         ``exclude``.
@@ -112,7 +154,13 @@ def read_csv_stream(
         delim = delimiter or detect_delimiter(first)
         header = [h.strip() for h in next(csv.reader([first], delimiter=delim))]
         reader = csv.reader(fh, delimiter=delim)
-        tcol = timestamp_column if timestamp_column in header else None
+        if timestamp_column == AUTO_TIME:
+            here = fh.tell()
+            row = next(csv.reader([fh.readline()], delimiter=delim), None)
+            fh.seek(here)
+            tcol = find_time_column(header, row)
+        else:
+            tcol = timestamp_column if timestamp_column in header else None
         skip = set(exclude)
         cols = (list(value_columns) if value_columns
                 else [h for h in header if h != tcol and h not in skip])
@@ -133,7 +181,7 @@ def read_csv_stream(
                 raise CsvError("non-numeric or missing value", path=str(path), line=line) from e
             stamps.append(rec[tidx] if tidx >= 0 else "")
     values = np.asarray(rows, dtype=np.float64).reshape(len(rows), len(cols))
-    t = np.array([_parse_time(s) for s in stamps]) if tcol is not None else np.arange(
+    t = np.array([parse_time(s) for s in stamps]) if tcol is not None else np.arange(
         len(rows), dtype=np.float64)
     if tcol is not None and np.any(np.isnan(t)):
         t = np.arange(len(rows), dtype=np.float64)

@@ -19,7 +19,7 @@ Two runs of the same code on the same CPU print the same object; the
 numbers depend on the CPU (numba's fastmath), so they are compared between
 two runs on one machine, never stored.
 
-Run: ``python bench/behaviour_hash.py --data DIR`` (DIR: a NAB tree, or
+Run: ``python -m lillith.bench.behaviour_hash --data DIR`` (DIR: a NAB tree, or
 ``$LILLITH_DATA/nab``) ``[--config agent.json] [--out FILE]``; a few minutes.
 """
 
@@ -44,8 +44,9 @@ from lillith.state.snapshot import SnapshotStore
 EVOLUTION = {"every": 50, "warmup": 200, "fabric": {"prune_rate": 0.1},
              "tiles": {"prune_rate": 0.25}, "tile_min_observations": 1, "recent": 64}
 """Evolution of the synthetic run: a round every 50 frames from frame 200."""
-SMALL = {"fabric": {"shape": [4, 4, 8], "n_features": 16}, "som": {"map_shape": [6, 6]},
-         "predictor": {"d_model": 16, "num_tiles": 8, "tiles_per_cluster": 4}}
+SMALL: dict[str, dict[str, Any]] = {
+    "fabric": {"shape": [4, 4, 8], "n_features": 16}, "som": {"map_shape": [6, 6]},
+    "predictor": {"d_model": 16, "num_tiles": 8, "tiles_per_cluster": 4}}
 """The synthetic run's agent: small, so the run takes seconds."""
 FRAMES = 1500
 

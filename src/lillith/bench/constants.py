@@ -8,7 +8,7 @@ justified by the protocol when the groups' picks agree with the default and
 its cross-validated score is not below the in-sample one by more than the
 spread across values; docs/performance.md tabulates the result.
 
-Run: ``python bench/constants.py --data DIR --corpus nab|skab [--only a,b]``
+Run: ``python -m lillith.bench.constants --data DIR --corpus nab|skab [--only a,b]``
 (DIR as for ``lillith bench nab`` / ``skab``); about 15 minutes for NAB.
 """
 
@@ -68,14 +68,15 @@ def _evaluate(corpus: str, items: list[Any], decisions: list[Any],
               points: list[dict[str, Any]]) -> dict[str, Any]:
     if corpus == "nab":
         r = cv.logo_nab(items, decisions, points)
-        ins = [nab.score_corpus(items, {s.path: d[s.path].likelihood for s in items})["score"]
-               for d in decisions]
+        ins: list[float] = [
+            nab.score_corpus(items, {s.path: d[s.path].likelihood for s in items})["score"]
+            for d in decisions]
         return {"cv": round(r["score"], 2), "in_sample": [round(v, 2) for v in ins],
                 "picks": dict(Counter(repr(f["pick"]) for f in r["folds"]))}
     rs = cv.logo_skab(items, decisions, points)
-    ins = [skab.score(items, {f.path: d[f.path].alarm for f in items}) for d in decisions]
+    sk = [skab.score(items, {f.path: d[f.path].alarm for f in items}) for d in decisions]
     return {"cv": {"f1": round(rs["f1"], 4), "far": round(rs["far"], 2)},
-            "in_sample": [{"f1": round(v["f1"], 4), "far": round(v["far"], 2)} for v in ins],
+            "in_sample": [{"f1": round(v["f1"], 4), "far": round(v["far"], 2)} for v in sk],
             "picks": dict(Counter(repr(f["pick"]) for f in rs["folds"]))}
 
 

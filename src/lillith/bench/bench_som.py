@@ -14,7 +14,7 @@ samples (one kernel call) and, separately, a Python loop of ``update(x)``.
 Quantisation errors of both trained maps are measured on the same held-out
 samples by one float64 numpy function.
 
-Run ``python bench/bench_som.py [--quick]``; prints JSON.
+Run ``python -m lillith.bench.bench_som [--quick]``; prints JSON.
 """
 
 from __future__ import annotations

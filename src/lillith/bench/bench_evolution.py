@@ -282,8 +282,8 @@ def _summary(res: dict[tuple[str, int, str], dict[str, Any]], streams: list[NabS
     turn: dict[str, Any] = {}
     for when in ("split", "end"):
         for part in ("fabric_eligible", "fabric_all", "tiles"):
-            v = [res[condition, seed, p][f"turnover_{when}"][part]
-                 for seed in SEEDS for p in names]
+            v = np.array([res[condition, seed, p][f"turnover_{when}"][part]
+                          for seed in SEEDS for p in names])
             turn[f"{part}_{when}"] = {"mean": round(float(np.mean(v)), 4),
                                       "min": round(float(np.min(v)), 4),
                                       "max": round(float(np.max(v)), 4)}
@@ -301,7 +301,7 @@ def _summary(res: dict[tuple[str, int, str], dict[str, Any]], streams: list[NabS
         m = c["deployed_mode"]
         v = max(c["deployed_vs_pruned"]["prediction_first"],
                 c["deployed_vs_pruned"]["anomaly_score_first"])
-        by_mode[m] = max(by_mode.get(m, 0.0), v)
+        by_mode[m] = max(by_mode.get(m, 0.0), float(v))
     out["output_change"]["deployed_vs_pruned_first_by_mode"] = by_mode
     out["output_change"]["anomaly_score_unevolved_median"] = float(np.median(
         [c["anomaly_score_unevolved"] for c in checks]))

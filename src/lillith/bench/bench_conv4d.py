@@ -1,6 +1,6 @@
 """Conv4D forward: numba kernel vs torch-CPU formulation, same thread count.
 
-Run ``.venv/bin/python bench/bench_conv4d.py [--quick]``; prints JSON with,
+Run ``python -m lillith.bench.bench_conv4d [--quick]``; prints JSON with,
 per size, ``numba_ms`` and ``torch_ms`` (median forward time after warm-up,
 timed in alternating rounds), ``ratio_numba_vs_torch`` (``torch_ms / numba_ms``:
 > 1 means numba is faster) and ``backend_auto`` (what ``Conv4D(backend="auto")``

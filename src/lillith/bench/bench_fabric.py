@@ -3,7 +3,7 @@
 For each preset (small (5,5,16), medium (13,13,64), large (17,17,128)) with
 the default wiring (Local3D, 26-neighbourhood) and 5 branches x 10 segments,
 it times our numba step and the vectorised torch step of
-``bench/torch_fabric.py`` in the same run (torch in a fresh subprocess), with
+``lillith.bench.torch_fabric`` in the same run (torch in a fresh subprocess), with
 the same thread count, and checks that both compute the same step.
 Run: ``lillith bench fabric --json``.
 """
@@ -14,17 +14,14 @@ import json
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import numba
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
+from lillith.bench.torch_fabric import TorchFabric
 from lillith.fabric.neural_fabric import PRESETS, NeuralFabric3D
-from torch_fabric import TorchFabric
 
 N_INPUTS = 8
 
@@ -89,7 +86,8 @@ def run(*, quick: bool = False) -> dict[str, Any]:
     xs = _inputs()
     for name, shape in PRESETS.items():
         proc = subprocess.run(
-            [sys.executable, __file__, "--torch", name, str(threads), str(min_time)],
+            [sys.executable, "-m", "lillith.bench.bench_fabric", "--torch", name, str(threads),
+             str(min_time)],
             capture_output=True, text=True, check=True,
         )
         theirs = float(proc.stdout.strip().splitlines()[-1])
@@ -97,7 +95,7 @@ def run(*, quick: bool = False) -> dict[str, Any]:
         _warm(fab, xs, 200)  # compile + settle the dynamics
         ours = _time_loop(lambda i, f=fab: f.step(xs[i & 255]), min_time, 20)
         if fab.parallel:
-            out["threading_layer"] = numba.threading_layer()
+            out["threading_layer"] = numba.threading_layer()  # type: ignore[attr-defined]
         out[name] = {
             "shape": list(shape),
             "neurons": fab.n,

@@ -30,10 +30,10 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from lillith.agents.config import AgentConfig
+from lillith.bench.local_broker import free_port, start_mosquitto
 from lillith.runtime.config import AgentBinding
 from lillith.runtime.daemon import Daemon, _AgentRuntime
 from lillith.sensors.mqtt import Link, MqttSettings, open_link
-from local_broker import free_port, start_mosquitto
 
 CLIENTS = ("native", "paho")  # the daemon's links (``mqtt.client``)
 
@@ -79,7 +79,7 @@ async def _ours(port: int, client_id: str, n: int, client: str) -> float:
     agent's worker is not started, a stand-in takes each frame off its queue
     and acknowledges the message as the publisher does after processing."""
     settings = MqttSettings(host="127.0.0.1", port=port, client_id=client_id, protocol=311,
-                            receive_maximum=65535, client=client)  # type: ignore[arg-type]
+                            receive_maximum=65535, client=client)
     binding = AgentBinding(name="bench", topics=["bench/#"], width=4, queue_size=4096)
     daemon = Daemon(settings, [binding], AgentConfig())
     loop = asyncio.get_running_loop()
@@ -107,7 +107,7 @@ async def _ours(port: int, client_id: str, n: int, client: str) -> float:
         with contextlib.suppress(asyncio.CancelledError):
             await intake
         elapsed = time.perf_counter() - t0
-    if a.frames_in != n or sum(a.rejects.values()):
+    if a.frames_in != n or any(a.rejects.values()):
         raise RuntimeError(f"intake took {a.frames_in} frames, rejected {dict(a.rejects)}")
     return n / elapsed
 
@@ -135,7 +135,8 @@ def run(*, quick: bool = False) -> dict[str, Any]:
             broker.wait(10)
     best = {k: max(v) for k, v in rates.items()}
     ours, theirs = best["native"], best["mosquitto_sub"]
-    import bench_latency  # the daemon end to end, after the ingest runs (never at once)
+    # the daemon end to end, after the ingest runs (never at once)
+    from lillith.bench import bench_latency
 
     lat = bench_latency.run(quick=quick)
     return {"messages": n, "repeats": repeats, "client": "native",

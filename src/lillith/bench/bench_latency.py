@@ -43,7 +43,7 @@ Target: p99 <= 20 ms. Caveat: the publisher and the receiver run in the
 bench process and share the machine's cores (2 on the reference host) with
 the daemon and the broker, so they take CPU time the daemon would have on a
 dedicated machine; every phase sees the same contention.
-Run: ``python bench/bench_latency.py [--quick]``.
+Run: ``python -m lillith.bench.bench_latency [--quick]``.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from lillith.agents.config import AgentConfig
-from local_broker import free_port, start_mosquitto
+from lillith.bench.local_broker import free_port, start_mosquitto
 
 TARGET_P99_MS = 20.0
 

@@ -55,9 +55,13 @@ class TorchFabric:
         self.s_idx = t(st["s_indices"].astype(np.int64))
         self.s_w = t(st["s_wsigned"])
         self.tau = t(st["tau"])
-        for k in ("v", "m_na", "n_k", "c_ca", "vb", "cab", "hot", "ref", "adapt", "theta",
-                  "act", "w"):
-            setattr(self, k, t(st[k].copy()))
+        def arr(k: str) -> torch.Tensor:
+            return t(st[k].copy())
+
+        self.v, self.m_na, self.n_k, self.c_ca = arr("v"), arr("m_na"), arr("n_k"), arr("c_ca")
+        self.vb, self.cab, self.hot, self.ref = arr("vb"), arr("cab"), arr("hot"), arr("ref")
+        self.adapt, self.theta, self.act, self.w = (arr("adapt"), arr("theta"), arr("act"),
+                                                    arr("w"))
         self.n = n
 
     @torch.no_grad()
@@ -98,7 +102,8 @@ class TorchFabric:
         v = (v + dt / self.tau * dv).clamp_(p.v_min, p.v_max)
         self.v = v
         u = ((v - p.v_half) / p.v_scale).clamp_(min=0.0)
-        a = torch.tanh(u) * (1.0 - p.rho_ref * self.ref) / (1.0 + p.g_adapt * self.adapt)
+        a: torch.Tensor = (torch.tanh(u) * (1.0 - p.rho_ref * self.ref)
+                           / (1.0 + p.g_adapt * self.adapt))
         raw = (a * (1.0 + p.g_adapt * self.adapt)).clamp_(max=1.0)
         er = float(np.exp(-dt / p.tau_ref))
         self.ref = self.ref * er + (1.0 - er) * raw

@@ -5,9 +5,9 @@ state at step t to the input at step t - d (train on one stretch, R² on a
 later one). A reservoir useful to the predictor has R² well above 0 at small
 delays, decaying with d (fading memory); an autonomous, self-sustained regime
 has R² ≈ 0 everywhere. Also reports whether activity survives when the input
-stops. Run: ``python bench/fabric_memory.py`` compares a uniform ``Local3D``
+stops. Run: ``python -m lillith.bench.fabric_memory`` compares a uniform ``Local3D``
 fabric (every membrane time constant 20 ms) with the agent's default wiring
-(``AgentConfig().fabric.wiring``); ``python bench/fabric_memory.py
+(``AgentConfig().fabric.wiring``); ``python -m lillith.bench.fabric_memory
 '{"r_syn": 100}' '{"type": "MultiScale", "taus": [1, 5, 50]}'`` profiles one
 fabric (FabricParams overrides, then a wiring config, both JSON).
 """
