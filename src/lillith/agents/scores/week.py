@@ -45,10 +45,11 @@ class WeekProfile:
 
     Once an hour of the week has data from at least ``WEEKS`` weeks before
     (so its usual value has seen that hour on ``WEEKS`` different weeks and
-    one unusual week does not become the usual one), every frame's residual against it is measured in units of the normaliser's
-    scale. Raw values are profiled, not normalised ones: the normaliser's
-    location follows the last days, so a Monday's normalised values depend
-    on the weekend before it. The deviation is
+    one unusual week does not become the usual one), every frame's residual
+    against it is measured in units of the normaliser's scale. Raw values
+    are profiled, not normalised ones: the normaliser's location follows
+    the last days, so a Monday's normalised values depend on the weekend
+    before it. The deviation is
     ``mean_c |mean of the residuals over the last 24 hours|`` (hourly
     buckets: the current hour and the 23 before it). A whole day unlike the
     same days of earlier weeks (a holiday in traffic, a weekday that behaves
