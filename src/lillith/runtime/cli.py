@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import inspect
 import json
 import os
@@ -16,7 +17,7 @@ from lillith.errors import ConfigError, LillithError
 from lillith.sensors.csvfile import LABEL_COLUMNS
 
 BENCHMARKS = ("fabric", "som", "conv4d", "agent", "nab", "skab", "ingest", "latency",
-              "checkpoint", "evolution")
+              "checkpoint", "evolution", "cluster")
 
 
 def bench_dir() -> Path:
@@ -41,11 +42,14 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
 def cmd_bench(args: argparse.Namespace) -> int:
     """Run one benchmark; print its JSON object or a table."""
     where = bench_dir()
-    if not (where / f"bench_{args.name}.py").is_file():
-        raise LillithError("benchmark script not found (bench/ of a source checkout)",
-                           name=args.name, bench_dir=str(where))
-    sys.path.insert(0, str(where))
-    module = importlib.import_module(f"bench_{args.name}")
+    if importlib.util.find_spec(f"lillith.bench.bench_{args.name}") is not None:
+        module = importlib.import_module(f"lillith.bench.bench_{args.name}")  # packaged
+    else:
+        if not (where / f"bench_{args.name}.py").is_file():
+            raise LillithError("benchmark script not found (bench/ of a source checkout)",
+                               name=args.name, bench_dir=str(where))
+        sys.path.insert(0, str(where))
+        module = importlib.import_module(f"bench_{args.name}")
     kwargs: dict[str, Any] = {"quick": args.quick}
     params = inspect.signature(module.run).parameters
     for name in ("data", "out"):
@@ -183,6 +187,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         settings = settings.model_copy(update={"state": settings.state.model_copy(
             update={"dir": args.state})})
     configure_logging(settings.log.level, settings.log.format)
+    if args.cluster is not None:  # --cluster ray[://ADDRESS]: over the [cluster] settings
+        from lillith.runtime.config import ClusterSettings
+
+        base = settings.cluster or ClusterSettings()
+        settings = settings.model_copy(update={"cluster": ClusterSettings.model_validate(
+            {**base.model_dump(), "address": args.cluster})})
+    if settings.cluster is not None and not args.source.startswith("mqtt://"):
+        raise ConfigError("a cluster serves the MQTT daemon: use --source mqtt://...",
+                          source=args.source)
     if args.source.startswith("mqtt://"):
         parse_mqtt_url(args.source)  # a bad URL fails before anything else
     with _state_lock(settings):  # one process per state directory
@@ -230,8 +243,15 @@ def _run_daemon(settings: Any, source: str, config_path: Path | None = None, *,
     state = settings.state
     if checkpoint_every is not None:
         state = state.model_copy(update={"checkpoint_every_frames": checkpoint_every})
+    cluster = None
+    if settings.cluster is not None:  # agents in Ray actors (Ray imported from here on)
+        from lillith.runtime.cluster import RayCluster
+
+        cluster = RayCluster(settings.cluster, settings.agent, state=state, fresh=fresh,
+                             client_id=mqtt.client_id, log=settings.log,
+                             torch_threads=settings.torch_threads)
     daemon = Daemon(mqtt, bindings, settings.agent, metrics_port=settings.metrics_port,
-                    state=state, fresh=fresh, commands=settings.commands)
+                    state=state, fresh=fresh, commands=settings.commands, cluster=cluster)
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -253,7 +273,11 @@ def _run_daemon(settings: Any, source: str, config_path: Path | None = None, *,
         loop.add_signal_handler(signal.SIGHUP, on_hup)
         await daemon.run(stop)
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    finally:
+        if cluster is not None:
+            cluster.close()
     return 0
 
 
@@ -319,6 +343,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="start a new agent (older snapshots are kept)")
     run.add_argument("--checkpoint-every", type=int, default=None, metavar="N",
                      help="snapshot every N frames (default: [state] checkpoint_every_frames)")
+    run.add_argument("--cluster", default=None, metavar="ray[://ADDRESS]",
+                     help="agents as Ray actors (pip install lillith[ray]): 'ray' starts a "
+                          "local Ray, ray://ADDRESS joins a cluster (default: [cluster])")
     run.set_defaults(func=cmd_run)
     b = sub.add_parser("bench", help="run a benchmark against its baseline, side by side")
     b.add_argument("name", choices=BENCHMARKS)

@@ -20,7 +20,7 @@ import random
 import time
 from collections import Counter
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -53,6 +53,9 @@ from lillith.sensors.mqtt import (
     topic_matches,
 )
 
+if TYPE_CHECKING:  # (no import of Ray without a cluster)
+    from lillith.runtime.cluster import RayCluster
+
 log = structlog.get_logger(component="daemon")
 ROUTE_CACHE = 65_536  # topics remembered by the intake's router
 ROUTE_CACHE_BYTES = 4 << 20  # ... and their characters, at most
@@ -64,7 +67,7 @@ class _AgentRuntime:
     def __init__(self, b: AgentBinding, config: AgentConfig, results: asyncio.Queue[Result],
                  loop: asyncio.AbstractEventLoop,
                  evolutions: asyncio.Queue[tuple[_AgentRuntime, dict[str, Any]]],
-                 metrics: DaemonMetrics) -> None:
+                 metrics: DaemonMetrics, cluster: RayCluster | None = None) -> None:
         self.binding = b
         self.schema = b.frame_schema()
         def put_all(rs: list[Result]) -> None:
@@ -77,7 +80,7 @@ class _AgentRuntime:
         def evolved(report: dict[str, Any]) -> None:  # runs on the worker thread
             loop.call_soon_threadsafe(evolutions.put_nowait, (self, report))
 
-        self.worker = AgentWorker(
+        self.worker = (AgentWorker if cluster is None else cluster.worker)(
             b.name, config, queue_size=b.queue_size, policy=b.policy,
             width=self.schema.expected_width, on_results=deliver,
             on_evolution=evolved)
@@ -111,8 +114,10 @@ class Daemon:
                  *, drain_timeout_s: float = 10.0, status_every_s: float = 10.0,
                  reject_log_window_s: float = 10.0, metrics_port: int | None = None,
                  lag_probe_s: float = 0.1, state: StateSettings | None = None,
-                 fresh: bool = False, commands: CommandLimits | None = None) -> None:
+                 fresh: bool = False, commands: CommandLimits | None = None,
+                 cluster: RayCluster | None = None) -> None:
         self.mqtt = mqtt
+        self.cluster = cluster  # agents in Ray actors (lillith.runtime.cluster), else threads
         self.commands = commands or CommandLimits()
         self.bindings = bindings
         self.config = config
@@ -147,8 +152,10 @@ class Daemon:
             log.warning("mqtt_plaintext_credentials", host=self.mqtt.host, port=self.mqtt.port,
                         detail="the password goes over the network unencrypted; set tls = "
                                "true (or tls_ca), or plaintext_credentials = \"refuse\"")
+        if self.cluster is not None:
+            await asyncio.to_thread(self.cluster.start, self.bindings, self.metrics.registry)
         self.agents = [_AgentRuntime(b, self.config, self._results, loop, self._evolutions,
-                                     self.metrics) for b in self.bindings]
+                                     self.metrics, self.cluster) for b in self.bindings]
         for a in self.agents:
             await self._resume(a)
             a.worker.start()
@@ -196,6 +203,11 @@ class Daemon:
 
     async def _resume(self, a: _AgentRuntime) -> None:
         """Restore the agent from its newest intact snapshot (unless ``fresh``)."""
+        if self.cluster is not None:  # its actor resumes it, and snapshots it
+            width = await asyncio.to_thread(self.cluster.bind, a.worker)
+            if width is not None:
+                a.schema = replace(a.schema, width=width)
+            return
         if self.state is None:
             return
         st = self.state
@@ -626,6 +638,9 @@ class Daemon:
             self._touch(a)
             return {"learning": on}
         if name == "checkpoint":
+            if self.cluster is not None and self.state is not None:
+                got: dict[str, Any] = await asyncio.wrap_future(self.cluster.snapshot(a.worker))
+                return got
             if a.checkpointer is None:
                 raise ValueError("snapshots are not configured")
             await self._checkpoint(a, "command")
