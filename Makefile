@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: venv install run test soak crash chaos lint typecheck bench clean mosquitto
+.PHONY: venv install run test soak crash chaos cluster lint typecheck bench clean mosquitto
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON)"; exit 1; }
@@ -45,6 +45,11 @@ crash: $(STAMP)
 # snapshot, poison frames); each scenario prints its figures (CHAOS {...} lines)
 chaos: $(STAMP) mosquitto
 	$(PY) -m pytest -m chaos -s -p no:cacheprovider tests/test_chaos.py
+
+# agents as Ray actors on a local Ray (2 CPUs): 8 agents and 20,000 frames against one
+# process, an actor SIGKILLed mid-stream, lillith run --cluster (tests/test_cluster.py)
+cluster: $(STAMP) mosquitto
+	$(PY) -m pytest -m cluster -p no:cacheprovider tests/test_cluster.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench

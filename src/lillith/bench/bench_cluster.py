@@ -12,9 +12,14 @@ also load the numba kernels). Every output payload is compared, per agent and
 bit for bit, with the single-process run's (``identical``); ``lost`` counts frames that never
 came out. Ray: a local cluster, ``ray.init(num_cpus=2, include_dashboard=False)``,
 each actor reserving ``2 / actors`` CPUs; the agents are sharded round robin.
-``overhead_us_per_frame`` is the time per frame beyond the single-process
+``overhead_us_per_frame`` is the wall time per frame beyond the single-process
 daemon's (transfer, serialisation, the actors' processes competing for the
-same cores). The tests (``tests/test_cluster.py``) run the same harness.
+same cores); the CPU per frame (between the 10% and 90% marks) is measured in
+the daemon's process (``daemon_cpu_us_per_frame``: intake, publishing, the
+dispatch; the single process's also runs the agents) and in the actors'
+(``actors_cpu_us_per_frame``), and ``cpu_overhead_us_per_frame`` is their sum
+beyond the single process's: the figures of the scaling estimate in
+docs/operations.md. The tests (``tests/test_cluster.py``) run the same harness.
 
 Run: ``lillith bench cluster --json [--quick]``, or
 ``python -m lillith.bench.bench_cluster [--quick]``.
@@ -158,6 +163,9 @@ class Run:
     outputs: dict[str, list[bytes]]
     times: list[float]
     cluster: Any = None  # the RayCluster (closed), for the tests
+    daemon_cpu_s: float = 0.0  # CPU of this process between the 10% and 90% marks
+    actors_cpu_s: float = 0.0  # ... and of the actors' processes
+    marked_frames: int = 0  # outputs between the marks
 
     @property
     def frames_per_s(self) -> float:
@@ -168,6 +176,13 @@ class Run:
         if hi <= lo or self.times[hi] <= self.times[lo]:
             return 0.0
         return (hi - lo) / (self.times[hi] - self.times[lo])
+
+    def cpu_us_per_frame(self) -> tuple[float, float]:
+        """CPU per frame (µs) of the daemon's process (intake, publishing, the
+        dispatch to the actors or the agents themselves; with the benchmark's
+        collector) and of the actors' processes, between the 10% and 90% marks."""
+        n = max(self.marked_frames, 1)
+        return 1e6 * self.daemon_cpu_s / n, 1e6 * self.actors_cpu_s / n
 
     def lost(self, w: Workload) -> int:
         """Frames whose output never came (each frame's ``seq``, per agent)."""
@@ -217,14 +232,24 @@ def run_daemon(port: int, w: Workload, state_dir: Path, *, cluster: ClusterSetti
             box["error"] = e
             ready.set()
 
+    def cpu() -> tuple[float, float]:
+        import ray
+
+        actors = (sum(ray.get([h.cpu_seconds.remote() for h in rc.actors.values()]))
+                  if rc is not None else 0.0)
+        return time.process_time(), actors
+
     th = threading.Thread(target=serve, name="daemon", daemon=True)
     th.start()
+    marks: list[tuple[int, float, float]] = []  # (outputs, daemon cpu, actors' cpu)
     try:
         ready.wait(60)
         deadline = time.monotonic() + timeout_s
         while out.count < w.frames and time.monotonic() < deadline and "error" not in box:
             if during is not None:
                 during(out, rc)
+            if len(marks) < 2 and out.count >= w.frames * (1 + 8 * len(marks)) // 10:
+                marks.append((out.count, *cpu()))
             time.sleep(0.02)
     finally:
         if "loop" in box:
@@ -236,7 +261,12 @@ def run_daemon(port: int, w: Workload, state_dir: Path, *, cluster: ClusterSetti
         out.close()
     if "error" in box:
         raise box["error"]
-    return Run({k: list(v) for k, v in out.by_agent.items()}, list(out.times), rc)
+    run = Run({k: list(v) for k, v in out.by_agent.items()}, list(out.times), rc)
+    if len(marks) == 2:
+        run.marked_frames = marks[1][0] - marks[0][0]
+        run.daemon_cpu_s = marks[1][1] - marks[0][1]
+        run.actors_cpu_s = marks[1][2] - marks[0][2]
+    return run
 
 
 def run(*, quick: bool = False) -> dict[str, Any]:
@@ -260,11 +290,16 @@ def run(*, quick: bool = False) -> dict[str, Any]:
                     got = run_daemon(port, w, Path(d) / f"actors{n}", cluster=ClusterSettings(
                         actors=n, num_cpus=CPUS / n, namespace="lillith-bench"))
                     us = 1e6 / got.frames_per_s
+                    daemon_us, actors_us = got.cpu_us_per_frame()
                     actors[str(n)] = {
                         "frames_per_s": round(got.frames_per_s, 1), "lost": got.lost(w),
                         "identical": got.outputs == single.outputs,
                         "us_per_frame": round(us, 1),
-                        "overhead_us_per_frame": round(us - 1e6 / single.frames_per_s, 1)}
+                        "overhead_us_per_frame": round(us - 1e6 / single.frames_per_s, 1),
+                        "daemon_cpu_us_per_frame": round(daemon_us, 1),
+                        "actors_cpu_us_per_frame": round(actors_us, 1),
+                        "cpu_overhead_us_per_frame": round(
+                            daemon_us + actors_us - single.cpu_us_per_frame()[0], 1)}
             finally:
                 ray.shutdown()
         finally:
@@ -273,6 +308,7 @@ def run(*, quick: bool = False) -> dict[str, Any]:
     return {"agents": w.agents, "frames": w.frames, "cpus": CPUS,
             "single_process_frames_per_s": round(single.frames_per_s, 1),
             "single_process_us_per_frame": round(1e6 / single.frames_per_s, 1),
+            "single_process_cpu_us_per_frame": round(single.cpu_us_per_frame()[0], 1),
             "single_process_lost": single.lost(w), "actors": actors}
 
 

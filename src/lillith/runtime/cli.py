@@ -182,17 +182,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     from lillith.runtime.config import load_settings
     from lillith.runtime.logging import configure_logging
 
-    settings = load_settings(args.config, env=os.environ)
+    settings = load_settings(args.config, env=os.environ, overrides=None if args.cluster is None
+                             else {"cluster": {"address": args.cluster}})  # over [cluster]
     if args.state is not None:
         settings = settings.model_copy(update={"state": settings.state.model_copy(
             update={"dir": args.state})})
     configure_logging(settings.log.level, settings.log.format)
-    if args.cluster is not None:  # --cluster ray[://ADDRESS]: over the [cluster] settings
-        from lillith.runtime.config import ClusterSettings
-
-        base = settings.cluster or ClusterSettings()
-        settings = settings.model_copy(update={"cluster": ClusterSettings.model_validate(
-            {**base.model_dump(), "address": args.cluster})})
     if settings.cluster is not None and not args.source.startswith("mqtt://"):
         raise ConfigError("a cluster serves the MQTT daemon: use --source mqtt://...",
                           source=args.source)

@@ -152,7 +152,8 @@ class Daemon:
             log.warning("mqtt_plaintext_credentials", host=self.mqtt.host, port=self.mqtt.port,
                         detail="the password goes over the network unencrypted; set tls = "
                                "true (or tls_ca), or plaintext_credentials = \"refuse\"")
-        if self.cluster is not None:
+        if self.cluster is not None:  # (off the main thread: Ray then installs no SIGTERM
+            # handler over the daemon's, which drains and snapshots)
             await asyncio.to_thread(self.cluster.start, self.bindings, self.metrics.registry)
         self.agents = [_AgentRuntime(b, self.config, self._results, loop, self._evolutions,
                                      self.metrics, self.cluster) for b in self.bindings]

@@ -127,8 +127,9 @@ class ActorWorker(AgentWorker):
         self._log: deque[tuple[int, Frame, int | None]] = deque()  # (seq, frame, its step)
         self._log_start = 0  # the agent's step before the first frame kept
         self.pid: int | None = None
-        self.losses = 0
-        self.replayed = 0
+        self.losses = 0  # times the actor was lost
+        self.replayed = 0  # frames sent again to bring the agent back
+        self.resumed: list[int] = []  # the step each restart resumed from
         m = (actor_name, name)
         self._m_call = metrics.call_seconds.labels(*m)
         self._m_frames = metrics.frames.labels(*m)
@@ -250,6 +251,7 @@ class ActorWorker(AgentWorker):
         while True:
             info = self._info(wait_s=None)
             resumed = int(info["step"])
+            self.resumed.append(resumed)
             replay = self._replay_from(resumed)
             try:
                 if replay is None:

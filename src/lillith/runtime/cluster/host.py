@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import time
 import warnings
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -264,6 +265,10 @@ class AgentHost:
     def ping(self) -> int:
         """The actor process's pid (a liveness probe)."""
         return self.pid
+
+    def cpu_seconds(self) -> float:
+        """CPU time the actor process has used (``time.process_time``: every thread)."""
+        return time.process_time()
 
     # ------------------------------------------------------------------ snapshots
     @staticmethod
