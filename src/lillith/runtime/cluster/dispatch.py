@@ -143,7 +143,7 @@ class ActorWorker(AgentWorker):
     def bind(self) -> dict[str, Any]:
         """Wait for the actor (started, agents resumed); its answer about the agent
         (``step``, ``width``, ``snapshot``, ``pid``, ``node``)."""
-        info = self._info(wait_s=None)
+        info = self._info(at_start=True)
         self._step = self._log_start = int(info["step"])
         if info["width"] is not None:
             self.width = int(info["width"])
@@ -151,11 +151,19 @@ class ActorWorker(AgentWorker):
                  node=info["node"], step=info["step"], snapshot=info["snapshot"])
         return info
 
-    def _info(self, wait_s: float | None) -> dict[str, Any]:
-        """The actor's answer, waiting for it to come back (forever when ``wait_s`` is
-        None; logging every minute that it does not)."""
+    def _info(self, at_start: bool = False) -> dict[str, Any]:
+        """The actor's answer, waiting for it to (re)start, however long (logged
+        every minute it does not answer).
+
+        Raises
+        ------
+        ClusterError
+            ``at_start``, and the actor is dead: its creation failed (a snapshot
+            of another configuration, a store it cannot reach: the cause is
+            in the message) or it cannot be placed.
+        """
         import ray
-        from ray.exceptions import GetTimeoutError, RayActorError
+        from ray.exceptions import ActorDiedError, GetTimeoutError, RayActorError
 
         t0 = last = time.monotonic()
         delay = 0.05
@@ -164,13 +172,16 @@ class ActorWorker(AgentWorker):
                 info: dict[str, Any] = ray.get(self.actor.info.remote(self.name),
                                                timeout=INFO_TIMEOUT_S)
             except (RayActorError, GetTimeoutError) as e:
+                dead = isinstance(e, ActorDiedError)  # for good: no restart left
+                if dead and at_start:
+                    raise ClusterError("the agent's actor could not start", agent=self.name,
+                                       actor=self.actor_name, error=str(e)[-1500:]) from None
                 now = time.monotonic()
-                if wait_s is not None and now - t0 > wait_s:
-                    raise
-                if now - last > 60:
+                if now - last > 60 or (dead and last == t0):
                     last = now
-                    log.error("actor_unavailable", agent=self.name, actor=self.actor_name,
-                              seconds=round(now - t0, 1), error=repr(e)[:300])
+                    log.error("actor_dead" if dead else "actor_unavailable", agent=self.name,
+                              actor=self.actor_name, seconds=round(now - t0, 1),
+                              error=str(e)[-1500:])
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
                 continue
@@ -194,7 +205,10 @@ class ActorWorker(AgentWorker):
             steps = {r.seq: r.metrics.step for r in ok if r.metrics is not None}
             self._log.extend((seq, f, steps.get(seq)) for seq, f in frames)
         self._step = reply.step
-        self._trim(reply.snapshot_step)
+        if self._cap_log:
+            self._trim(reply.snapshot_step)
+        else:  # nothing kept: a restart is a gap unless the agent lost nothing
+            self._log_start = self._step
         if self._on_evolution is not None:
             for report in reply.evolutions:
                 self._on_evolution(report)
@@ -249,7 +263,7 @@ class ActorWorker(AgentWorker):
         log.warning("actor_lost", agent=self.name, actor=self.actor_name, pid=lost_pid,
                     step=self._step, error=error)
         while True:
-            info = self._info(wait_s=None)
+            info = self._info()
             resumed = int(info["step"])
             self.resumed.append(resumed)
             replay = self._replay_from(resumed)
