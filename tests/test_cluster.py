@@ -207,3 +207,36 @@ def test_lillith_run_cluster_joins_a_ray_cluster_and_stops_in_order(
             proc.kill()
         spy.loop_stop()
         col.close()
+
+
+def test_actor_that_cannot_resume_stops_the_daemon_with_the_cause(
+        local_ray: Any, tmp_path: Path) -> None:
+    """A snapshot of another configuration: as on one machine the daemon refuses to
+    start (a ClusterError naming the actor's own StateError), instead of waiting."""
+    import asyncio
+
+    import numpy as np
+
+    from lillith.agents.agent import Agent
+    from lillith.agents.config import AgentConfig
+    from lillith.runtime.cluster import ClusterError, RayCluster
+    from lillith.runtime.config import AgentBinding, StateSettings
+    from lillith.runtime.daemon import Daemon
+    from lillith.sensors.mqtt import MqttSettings
+
+    other = AgentConfig.model_validate({"fabric": {"shape": [2, 2, 2]}})
+    agent = Agent(2, other, name="x")
+    agent.process_many(np.zeros((10, 2)))
+    SnapshotStore(str(tmp_path / "agents" / "x")).write(agent.get_state(), step=agent.step)
+    state = StateSettings(dir=str(tmp_path))
+    rc = RayCluster(ClusterSettings(num_cpus=0.5, namespace="lillith-test"), AgentConfig(),
+                    state=state, client_id=f"bad-{uuid.uuid4().hex[:6]}")
+    daemon = Daemon(MqttSettings(port=free_port()), [AgentBinding(name="x", width=2)],
+                    AgentConfig(), state=state, cluster=rc)
+    try:
+        with pytest.raises(ClusterError) as e:
+            asyncio.run(daemon.run(asyncio.Event()))
+    finally:
+        rc.close()
+    assert "could not start" in str(e.value)
+    assert "another agent configuration" in e.value.fields["error"]

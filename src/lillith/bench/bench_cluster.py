@@ -62,6 +62,7 @@ def broker() -> Any:
     try:
         return importlib.import_module("lillith.bench.local_broker")
     except ImportError:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "bench"))
         return importlib.import_module("local_broker")
 
 
