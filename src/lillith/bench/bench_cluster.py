@@ -275,7 +275,11 @@ def run(*, quick: bool = False) -> dict[str, Any]:
     import ray
     import torch
 
+    from lillith.runtime.logging import configure_logging
+
     torch.set_num_threads(1)  # the daemon's default (torch_threads = 1)
+    configure_logging("warning")  # the daemons' logs on stderr, warnings only: stdout is
+    # the result
     lb = broker()
     w = Workload(uuid.uuid4().hex[:6], frames=8_000 if quick else 20_000)
     port = lb.free_port()
