@@ -8,7 +8,9 @@ exponential backoff and jitter. Each agent resumes from its newest intact
 snapshot at start and is checkpointed on a cadence (a copy taken by its
 worker between frames, written off the loop). Shutdown order: stop intake,
 drain the queues (within a timeout), final checkpoint, publish offline
-status, disconnect.
+status, disconnect. With a cluster (:mod:`lillith.runtime.cluster`) each
+agent lives in a Ray actor, which resumes and snapshots it; its worker in the
+daemon keeps the queue and feeds the actor.
 """
 
 from __future__ import annotations
