@@ -270,6 +270,18 @@ def run_daemon(port: int, w: Workload, state_dir: Path, *, cluster: ClusterSetti
     return run
 
 
+def warm_up(w: Workload, frames: int = 600) -> None:
+    """Load this process's numba kernels and torch before the single-process run
+    (its agents run here; the actors' processes load theirs in their first calls,
+    inside their own runs, so the comparison does not favour the actors)."""
+    import numpy as np
+
+    from lillith.agents.agent import Agent
+
+    x = np.array([json.loads(w.payload(0, i))["values"] for i in range(frames)])
+    Agent(CHANNELS, AgentConfig(), name="warm-up").process_many(x)
+
+
 def run(*, quick: bool = False) -> dict[str, Any]:
     """frames/s of the single-process daemon and of 1, 2, 4 actors on the same frames."""
     import ray
@@ -282,6 +294,7 @@ def run(*, quick: bool = False) -> dict[str, Any]:
     # the result
     lb = broker()
     w = Workload(uuid.uuid4().hex[:6], frames=8_000 if quick else 20_000)
+    warm_up(w)
     port = lb.free_port()
     with tempfile.TemporaryDirectory() as d:
         proc = lb.start_mosquitto(port, Path(d), max_inflight=0)
