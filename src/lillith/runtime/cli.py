@@ -187,10 +187,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.state is not None:
         settings = settings.model_copy(update={"state": settings.state.model_copy(
             update={"dir": args.state})})
-    configure_logging(settings.log.level, settings.log.format)
     if settings.cluster is not None and not args.source.startswith("mqtt://"):
         raise ConfigError("a cluster serves the MQTT daemon: use --source mqtt://...",
                           source=args.source)
+    configure_logging(settings.log.level, settings.log.format)
     if args.source.startswith("mqtt://"):
         parse_mqtt_url(args.source)  # a bad URL fails before anything else
     with _state_lock(settings):  # one process per state directory
