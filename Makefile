@@ -9,7 +9,7 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: venv install run test soak crash chaos lint typecheck bench clean mosquitto
+.PHONY: venv install run test soak crash chaos cluster lint typecheck bench clean mosquitto
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON)"; exit 1; }
@@ -53,6 +53,11 @@ crash: $(DEV_STAMP)
 # snapshot, poison frames); each scenario prints its figures (CHAOS {...} lines)
 chaos: $(DEV_STAMP) mosquitto
 	$(PY) -m pytest -m chaos -s -p no:cacheprovider tests/test_chaos.py
+
+# agents as Ray actors on a local Ray (2 CPUs): 8 agents and 20,000 frames against one
+# process, an actor SIGKILLed mid-stream, lillith run --cluster (tests/test_cluster.py)
+cluster: $(DEV_STAMP) mosquitto
+	$(PY) -m pytest -m cluster -p no:cacheprovider tests/test_cluster.py
 
 lint: $(DEV_STAMP)
 	$(VENV)/bin/ruff check src tests

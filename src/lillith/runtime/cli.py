@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import inspect
 import json
 import os
@@ -19,7 +20,7 @@ from lillith.sensors.csvfile import AUTO_TIME, LABEL_COLUMNS, TIME_COLUMNS
 
 CONFIG_HELP = "configuration file (default: ./lillith.toml when present)"
 BENCHMARKS = ("fabric", "som", "conv4d", "agent", "nab", "skab", "ingest", "latency",
-              "checkpoint", "evolution")
+              "checkpoint", "evolution", "cluster")
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
@@ -55,12 +56,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load(config: Path | None) -> Any:
+def _load(config: Path | None, overrides: dict[str, Any] | None = None) -> Any:
     """The settings: ``config``, else ``./lillith.toml`` when present, then the
-    environment (:func:`lillith.runtime.config.load_settings`)."""
+    environment, then ``overrides`` (:func:`lillith.runtime.config.load_settings`)."""
     from lillith.runtime.config import default_config_path, load_settings
 
-    return load_settings(default_config_path(config), env=os.environ)
+    return load_settings(default_config_path(config), env=os.environ, overrides=overrides)
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
@@ -204,10 +205,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     if mqtt_source and args.until_step is not None:
         raise ConfigError("--until-step applies to local sources (synthetic, replay:PATH); "
                           "for mqtt:// use --max-frames or --duration")
-    settings = _load(args.config)
+    settings = _load(args.config, None if args.cluster is None
+                     else {"cluster": {"address": args.cluster}})  # over [cluster]
     if args.state is not None:
         settings = settings.model_copy(update={"state": settings.state.model_copy(
             update={"dir": args.state})})
+    if settings.cluster is not None and not args.source.startswith("mqtt://"):
+        raise ConfigError("a cluster serves the MQTT daemon: use --source mqtt://...",
+                          source=args.source)
+    if settings.cluster is not None and any(b.agent_per_topic for b in settings.agents):
+        raise ConfigError("agent_per_topic creates agents as topics appear; a cluster's "
+                          "actors are placed at start: use one or the other",
+                          agents=[b.name for b in settings.agents if b.agent_per_topic])
     configure_logging(settings.log.level, settings.log.format)
     if mqtt_source:
         parse_mqtt_url(args.source)  # a bad URL fails before anything else
@@ -262,9 +271,16 @@ def _run_daemon(settings: Any, source: str, config_path: Path | None = None, *,
     state = settings.state
     if checkpoint_every is not None:
         state = state.model_copy(update={"checkpoint_every_frames": checkpoint_every})
+    cluster = None
+    if settings.cluster is not None:  # agents in Ray actors (Ray imported from here on)
+        from lillith.runtime.cluster import RayCluster
+
+        cluster = RayCluster(settings.cluster, settings.agent, state=state, fresh=fresh,
+                             client_id=mqtt.client_id, log=settings.log,
+                             torch_threads=settings.torch_threads)
     daemon = Daemon(mqtt, bindings, settings.agent, metrics_port=settings.metrics_port,
                     state=state, fresh=fresh, commands=settings.commands,
-                    max_frames=max_frames, **daemon_options(settings))
+                    max_frames=max_frames, cluster=cluster, **daemon_options(settings))
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -288,7 +304,11 @@ def _run_daemon(settings: Any, source: str, config_path: Path | None = None, *,
             loop.call_later(duration, stop.set)
         await daemon.run(stop)
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    finally:
+        if cluster is not None:
+            cluster.close()
     return 0
 
 
@@ -359,6 +379,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="start a new agent (older snapshots are kept)")
     run.add_argument("--checkpoint-every", type=int, default=None, metavar="N",
                      help="snapshot every N frames (default: [state] checkpoint_every_frames)")
+    run.add_argument("--cluster", default=None, metavar="ray[://ADDRESS]",
+                     help="agents as Ray actors (pip install lillith[ray]): 'ray' starts a "
+                          "local Ray, ray://ADDRESS joins a cluster (default: [cluster])")
     run.set_defaults(func=cmd_run)
     b = sub.add_parser("bench", help="run a benchmark against its baseline, side by side")
     b.add_argument("name", choices=BENCHMARKS)

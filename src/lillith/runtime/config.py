@@ -145,6 +145,38 @@ class StateSettings(_Model):
     """... up to this."""
 
 
+class ClusterSettings(_Model):
+    """Agents as Ray actors (``lillith run --cluster``; docs/operations.md, "Beyond
+    one machine: Ray"). Absent: every agent on a worker thread of the daemon."""
+
+    address: str = "ray"
+    """``ray``: a local Ray started by the daemon; ``ray://ADDRESS``: join the
+    cluster at ``ADDRESS`` (``auto``, or the head's ``HOST:PORT``, 6379 by
+    default; the daemon runs on one of its nodes)."""
+    actors: int | None = Field(None, ge=1)
+    """Actors the agents are sharded over (round robin); None: one per agent."""
+    num_cpus: float = Field(1.0, ge=0)
+    """CPUs Ray reserves for each actor (placement: an actor goes where they are free)."""
+    local_cpus: int | None = Field(None, ge=1)
+    """CPUs of the local Ray (``address = "ray"``); None: all of the machine's."""
+    placement: Literal["spread", "pack"] = "spread"
+    """``spread``: actors over as many nodes as possible; ``pack``: Ray's default."""
+    max_restarts: int = Field(10, ge=-1)
+    """Times Ray restarts a dead actor (-1: always)."""
+    replay_frames: int = Field(50_000, ge=0)
+    """Frames per agent the daemon keeps since the agent's last snapshot, to bring a
+    restarted actor back to the exact state it had (beyond: it resumes with a gap)."""
+    namespace: str = "lillith"
+    """Ray namespace of the actors (named ``<mqtt client_id>/<index>``)."""
+
+    @model_validator(mode="after")
+    def _known_scheme(self) -> ClusterSettings:
+        if self.address != "ray" and not (self.address.startswith("ray://")
+                                          and len(self.address) > len("ray://")):
+            raise ValueError("cluster address must be 'ray' or 'ray://ADDRESS'")
+        return self
+
+
 class Settings(BaseSettings):
     """Root of the configuration."""
 
@@ -162,6 +194,9 @@ class Settings(BaseSettings):
     """Address the metrics endpoint binds (``0.0.0.0``: every interface, for a
     Prometheus in another container)."""
     homeassistant: HomeAssistantSettings = Field(default_factory=HomeAssistantSettings)
+
+    cluster: ClusterSettings | None = None
+    """Agents as Ray actors (``lillith run --cluster``); None: worker threads."""
 
     @classmethod
     def settings_customise_sources(

@@ -8,7 +8,9 @@ exponential backoff and jitter. Each agent resumes from its newest intact
 snapshot at start and is checkpointed on a cadence (a copy taken by its
 worker between frames, written off the loop). Shutdown order: stop intake,
 drain the queues (within a timeout), final checkpoint, publish offline
-status, disconnect.
+status, disconnect. With a cluster (:mod:`lillith.runtime.cluster`) each
+agent lives in a Ray actor, which resumes and snapshots it; its worker in the
+daemon keeps the queue and feeds the actor.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -57,6 +59,9 @@ from lillith.sensors.mqtt import (
     topic_matches,
 )
 
+if TYPE_CHECKING:  # (no import of Ray without a cluster)
+    from lillith.runtime.cluster import RayCluster
+
 log = structlog.get_logger(component="daemon")
 ROUTE_CACHE = 65_536  # topics remembered by the intake's router
 ROUTE_CACHE_BYTES = 4 << 20  # ... and their characters, at most
@@ -68,7 +73,7 @@ class _AgentRuntime:
     def __init__(self, b: AgentBinding, config: AgentConfig, results: asyncio.Queue[Result],
                  loop: asyncio.AbstractEventLoop,
                  evolutions: asyncio.Queue[tuple[_AgentRuntime, dict[str, Any]]],
-                 metrics: DaemonMetrics) -> None:
+                 metrics: DaemonMetrics, cluster: RayCluster | None = None) -> None:
         self.binding = b
         self.schema = b.frame_schema()
         def put_all(rs: list[Result]) -> None:
@@ -81,7 +86,7 @@ class _AgentRuntime:
         def evolved(report: dict[str, Any]) -> None:  # runs on the worker thread
             loop.call_soon_threadsafe(evolutions.put_nowait, (self, report))
 
-        self.worker = AgentWorker(
+        self.worker = (AgentWorker if cluster is None else cluster.worker)(
             b.name, config, queue_size=b.queue_size, policy=b.policy,
             width=self.schema.expected_width, on_results=deliver,
             on_evolution=evolved)
@@ -122,15 +127,19 @@ class Daemon:
                  fresh: bool = False, commands: CommandLimits | None = None,
                  max_frames: int | None = None, metrics_addr: str = "127.0.0.1",
                  summary_every_s: float = 10.0,
-                 homeassistant: HomeAssistantSettings | None = None) -> None:
+                 homeassistant: HomeAssistantSettings | None = None,
+                 cluster: RayCluster | None = None) -> None:
         """``max_frames``: stop (as SIGTERM does) once this many frames are
         processed, all agents together; ``metrics_addr``: the address the
         metrics endpoint binds; ``summary_every_s``: period of the
         ``frames_processed`` log line per agent (0: none); ``homeassistant``:
         Home Assistant discovery (:mod:`lillith.runtime.homeassistant`).
         Bindings with ``agent_per_topic`` start no agent: one is created for
-        each topic their filters receive (:mod:`lillith.runtime.topic_agents`)."""
+        each topic their filters receive (:mod:`lillith.runtime.topic_agents`).
+        ``cluster``: the agents live in its Ray actors instead of worker threads
+        (:mod:`lillith.runtime.cluster`; not with ``agent_per_topic``)."""
         self.mqtt = mqtt
+        self.cluster = cluster  # agents in Ray actors (lillith.runtime.cluster), else threads
         self.commands = commands or CommandLimits()
         self.bindings = bindings
         self.config = config
@@ -175,6 +184,9 @@ class Daemon:
             log.warning("mqtt_plaintext_credentials", host=self.mqtt.host, port=self.mqtt.port,
                         detail="the password goes over the network unencrypted; set tls = "
                                "true (or tls_ca), or plaintext_credentials = \"refuse\"")
+        if self.cluster is not None:  # (off the main thread: Ray then installs no SIGTERM
+            # handler over the daemon's, which drains and snapshots)
+            await asyncio.to_thread(self.cluster.start, self.bindings, self.metrics.registry)
         self.agents = []
         for b in self.bindings:
             if not b.agent_per_topic:
@@ -226,7 +238,7 @@ class Daemon:
     async def _add_agent(self, b: AgentBinding) -> _AgentRuntime:
         """Create, resume and start the agent of binding ``b``."""
         a = _AgentRuntime(b, self.config, self._results, asyncio.get_running_loop(),
-                          self._evolutions, self.metrics)
+                          self._evolutions, self.metrics, self.cluster)
         await self._resume(a)
         a.worker.start()
         self.agents.append(a)
@@ -267,6 +279,11 @@ class Daemon:
 
     async def _resume(self, a: _AgentRuntime) -> None:
         """Restore the agent from its newest intact snapshot (unless ``fresh``)."""
+        if self.cluster is not None:  # its actor resumes it, and snapshots it
+            width = await asyncio.to_thread(self.cluster.bind, a.worker)
+            if width is not None:
+                a.schema = replace(a.schema, width=width)
+            return
         if self.state is None:
             return
         st = self.state
@@ -778,6 +795,9 @@ class Daemon:
             self._touch(a)
             return {"learning": on}
         if name == "checkpoint":
+            if self.cluster is not None and self.state is not None:
+                got: dict[str, Any] = await asyncio.wrap_future(self.cluster.snapshot(a.worker))
+                return got
             if a.checkpointer is None:
                 raise ValueError("snapshots are not configured")
             await self._checkpoint(a, "command")
