@@ -28,6 +28,7 @@ LAYERS: dict[str, int] = {
     "lillith.agents": 3,
     "lillith.eval": 4,
     "lillith.runtime": 5,
+    "lillith.bench": 6,  # the benchmarks measure everything below
 }
 """Each top-level part of the package and its floor: a module imports only from
 its own part and from parts on lower floors (``lillith/__init__.py``, the
