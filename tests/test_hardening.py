@@ -289,10 +289,10 @@ def test_6_distinct_long_topics_do_not_stay_in_memory() -> None:
 
     async def main() -> int:
         d = Daemon(MqttSettings(), [AgentBinding(topics=["s/#"])], AgentConfig())
-        from lillith.runtime.daemon import _AgentRuntime
+        from lillith.runtime.hosted import HostedAgent
 
         loop = asyncio.get_running_loop()
-        d.agents = [_AgentRuntime(d.bindings[0], d.config, asyncio.Queue(), loop,
+        d.agents = [HostedAgent(d.bindings[0], d.config, asyncio.Queue(), loop,
                                   asyncio.Queue(), d.metrics)]
         tracemalloc.start()
         base = tracemalloc.get_traced_memory()[0]

@@ -32,7 +32,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from lillith.agents.config import AgentConfig
 from lillith.bench.local_broker import free_port, start_mosquitto
 from lillith.runtime.config import AgentBinding
-from lillith.runtime.daemon import Daemon, _AgentRuntime
+from lillith.runtime.daemon import Daemon
+from lillith.runtime.hosted import HostedAgent
 from lillith.sensors.mqtt import Link, MqttSettings, open_link
 
 CLIENTS = ("native", "paho")  # the daemon's links (``mqtt.client``)
@@ -83,7 +84,7 @@ async def _ours(port: int, client_id: str, n: int, client: str) -> float:
     binding = AgentBinding(name="bench", topics=["bench/#"], width=4, queue_size=4096)
     daemon = Daemon(settings, [binding], AgentConfig())
     loop = asyncio.get_running_loop()
-    a = _AgentRuntime(binding, daemon.config, daemon._results, loop, daemon._evolutions,
+    a = HostedAgent(binding, daemon.config, daemon._results, loop, daemon._evolutions,
                       daemon.metrics)
     daemon.agents = [a]
     stop = asyncio.Event()

@@ -20,7 +20,6 @@ import contextlib
 import json
 import random
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -35,16 +34,14 @@ from lillith.runtime.checkpoint import Checkpointer
 from lillith.runtime.commands import CommandLimits, echo_fields, parse_command
 from lillith.runtime.config import AgentBinding, HomeAssistantSettings, StateSettings
 from lillith.runtime.evolution import log_evolution, surgery_command
+from lillith.runtime.hosted import HostedAgent
 from lillith.runtime.metrics import DaemonMetrics
 from lillith.runtime.resume import agent_store, resume
-from lillith.runtime.summary import Window
 from lillith.runtime.topic_agents import TopicAgents, topic_agent_binding
-from lillith.runtime.worker import AgentWorker, Result
-from lillith.sensors.assemble import Assembled, Assembler
+from lillith.runtime.worker import Result
 from lillith.sensors.codec import (
     Frame,
     RejectError,
-    Schema,
     decode,
     excerpt,
 )
@@ -67,54 +64,6 @@ ROUTE_CACHE = 65_536  # topics remembered by the intake's router
 ROUTE_CACHE_BYTES = 4 << 20  # ... and their characters, at most
 TOPIC_EXCERPT = 512  # characters of a topic quoted in a dead letter
 _MISS = object()
-
-
-class _AgentRuntime:
-    def __init__(self, b: AgentBinding, config: AgentConfig, results: asyncio.Queue[Result],
-                 loop: asyncio.AbstractEventLoop,
-                 evolutions: asyncio.Queue[tuple[_AgentRuntime, dict[str, Any]]],
-                 metrics: DaemonMetrics, cluster: RayCluster | None = None) -> None:
-        self.binding = b
-        self.schema = b.frame_schema()
-        def put_all(rs: list[Result]) -> None:
-            for r in rs:
-                results.put_nowait(r)
-
-        def deliver(rs: list[Result]) -> None:  # runs on the worker thread
-            loop.call_soon_threadsafe(put_all, rs)  # one wake-up of the loop per run
-
-        def evolved(report: dict[str, Any]) -> None:  # runs on the worker thread
-            loop.call_soon_threadsafe(evolutions.put_nowait, (self, report))
-
-        self.worker = (AgentWorker if cluster is None else cluster.worker)(
-            b.name, config, queue_size=b.queue_size, policy=b.policy,
-            width=self.schema.expected_width, on_results=deliver,
-            on_evolution=evolved)
-        self.seq = 0
-        self.frames_in = 0
-        self.frames_out = 0
-        self.dropped_reported = 0
-        self.alarm_on = False  # the last published frame's alarm (edges are always published)
-        self.unacked: dict[int, Incoming] = {}  # seq -> message, acked once processed
-        self.checkpointer: Checkpointer | None = None
-        self.rejects: Counter[str] = Counter()
-        self.last_log: dict[str, float] = {}
-        self.frames_in_metric = metrics.frames_in.labels(b.name)  # bound once: hot path
-        self.assembler: Assembler | None = None
-        self.assembled: dict[int, Assembled] = {}  # seq -> its assembled frame, until output
-        self.ticks_skipped = 0
-        self.first_topic: str | None = None  # the first topic a frame came from ...
-        self.several_topics = False  # ... and whether another has since (warned once)
-        self.last_topic: str | None = None
-        self.window = Window()  # what the next summary log line reports
-        if b.tick_s is not None and b.channels:
-            self.assembler = Assembler(b.channels, stale_s=b.stale_s or 3 * b.tick_s)
-            self.channel_schema = Schema(width=1, low=b.low, high=b.high,
-                                         max_bytes=b.max_bytes, max_depth=b.max_depth)
-
-    @property
-    def prefix(self) -> str:
-        return f"lillith/{self.binding.name}"
 
 
 class Daemon:
@@ -146,11 +95,11 @@ class Daemon:
         self.drain_timeout_s = drain_timeout_s
         self.status_every_s = status_every_s
         self.reject_log_window_s = reject_log_window_s
-        self.agents: list[_AgentRuntime] = []
-        self._routes: dict[str, tuple[_AgentRuntime, bool] | None] = {}
+        self.agents: list[HostedAgent] = []
+        self._routes: dict[str, tuple[HostedAgent, bool] | None] = {}
         self._route_chars = 0
         self._results: asyncio.Queue[Result] = asyncio.Queue()
-        self._evolutions: asyncio.Queue[tuple[_AgentRuntime, dict[str, Any]]] = asyncio.Queue()
+        self._evolutions: asyncio.Queue[tuple[HostedAgent, dict[str, Any]]] = asyncio.Queue()
         self.metrics = DaemonMetrics()
         self.metrics_port = metrics_port
         self.lag_probe_s = lag_probe_s
@@ -163,7 +112,7 @@ class Daemon:
         self.summary_every_s = summary_every_s
         self.homeassistant = homeassistant or HomeAssistantSettings()
         self._stop: asyncio.Event | None = None
-        self._by_name: dict[str, _AgentRuntime] = {}
+        self._by_name: dict[str, HostedAgent] = {}
         self.topic_agents = TopicAgents([b for b in bindings if b.agent_per_topic])
         self.discovery = (ha.Discovery(self.homeassistant, mqtt.client_id, mqtt.qos)
                           if self.homeassistant.enabled else None)
@@ -235,9 +184,9 @@ class Daemon:
                 await asyncio.sleep(0.01)
         await self._final_checkpoints()
 
-    async def _add_agent(self, b: AgentBinding) -> _AgentRuntime:
+    async def _add_agent(self, b: AgentBinding) -> HostedAgent:
         """Create, resume and start the agent of binding ``b``."""
-        a = _AgentRuntime(b, self.config, self._results, asyncio.get_running_loop(),
+        a = HostedAgent(b, self.config, self._results, asyncio.get_running_loop(),
                           self._evolutions, self.metrics, self.cluster)
         await self._resume(a)
         a.worker.start()
@@ -246,7 +195,7 @@ class Daemon:
         self.metrics.agents.set(len(self.agents))
         return a
 
-    async def _announce(self, link: Link, a: _AgentRuntime) -> None:
+    async def _announce(self, link: Link, a: HostedAgent) -> None:
         """An agent's online status, subscriptions and discovery messages."""
         await self._publish_status(link, a, "online")
         if not a.binding.agent_per_topic:
@@ -256,7 +205,7 @@ class Daemon:
         if self.discovery is not None:
             await self.discovery.announce(link, a.binding.name)
 
-    async def _topic_agent(self, link: Link, msg: Incoming) -> _AgentRuntime | None:
+    async def _topic_agent(self, link: Link, msg: Incoming) -> HostedAgent | None:
         """The agent of a topic of an ``agent_per_topic`` binding, created at its
         first frame (None: not such a topic, or over ``max_topic_agents``)."""
         b = self.topic_agents.binding_of(msg.topic)
@@ -277,7 +226,7 @@ class Daemon:
         self._route_chars = 0
         return a
 
-    async def _resume(self, a: _AgentRuntime) -> None:
+    async def _resume(self, a: HostedAgent) -> None:
         """Restore the agent from its newest intact snapshot (unless ``fresh``)."""
         if self.cluster is not None:  # its actor resumes it, and snapshots it
             width = await asyncio.to_thread(self.cluster.bind, a.worker)
@@ -302,7 +251,7 @@ class Daemon:
         a.schema = replace(a.schema, width=agent.n_channels)
         a.checkpointer.mark(agent.step)
 
-    async def _checkpoint(self, a: _AgentRuntime, reason: str) -> None:
+    async def _checkpoint(self, a: HostedAgent, reason: str) -> None:
         """Copy the state on the worker (between frames), write it off the loop.
 
         Never raises: a state that cannot be copied counts as a failed
@@ -341,11 +290,11 @@ class Daemon:
             except Exception as e:  # a report that cannot be logged must not stop the daemon
                 log.error("evolution_report_failed", agent=a.binding.name, error=repr(e)[:500])
 
-    def _after_evolution(self, a: _AgentRuntime, report: dict[str, Any], reason: str) -> None:
+    def _after_evolution(self, a: HostedAgent, report: dict[str, Any], reason: str) -> None:
         self._touch(a)
         log_evolution(a.binding.name, report, reason)
 
-    async def _evolve_now(self, a: _AgentRuntime) -> dict[str, Any]:
+    async def _evolve_now(self, a: HostedAgent) -> dict[str, Any]:
         """The ``evolve`` command: one round at once, on the worker between frames."""
         def act(ag: Agent | None) -> dict[str, Any]:
             if ag is None:
@@ -471,7 +420,7 @@ class Daemon:
                      low=new.low, high=new.high, max_bytes=new.max_bytes, policy=new.policy)
 
     # ------------------------------------------------------------------ tasks
-    def _route(self, topic: str) -> tuple[_AgentRuntime, bool] | None:
+    def _route(self, topic: str) -> tuple[HostedAgent, bool] | None:
         """Which agent a topic is for, and whether it is that agent's command topic.
 
         Topics repeat, so the answer is cached (the cache is cleared when it
@@ -482,7 +431,7 @@ class Daemon:
         hit = self._routes.get(topic, _MISS)
         if hit is not _MISS:
             return hit  # type: ignore[return-value]
-        target: tuple[_AgentRuntime, bool] | None = None
+        target: tuple[HostedAgent, bool] | None = None
         for a in self.agents:
             if topic == f"{a.prefix}/cmd":
                 target = (a, True)
@@ -529,14 +478,14 @@ class Daemon:
             if stop.is_set():
                 return
 
-    async def _reject(self, link: Link, a: _AgentRuntime, msg: Incoming, e: RejectError
+    async def _reject(self, link: Link, a: HostedAgent, msg: Incoming, e: RejectError
                       ) -> None:
         """Count, log (rate-limited) and dead-letter a rejected payload; it is done with."""
         await self._dead_letter(link, a, msg.topic, msg.payload, e.reason, e.message,
                                 "payload_rejected")
         link.ack(msg)  # handled: rejected for good
 
-    async def _dead_letter(self, link: Link, a: _AgentRuntime, topic: str, payload: bytes,
+    async def _dead_letter(self, link: Link, a: HostedAgent, topic: str, payload: bytes,
                            reason: str, detail: str, event: str, **fields: Any) -> None:
         """Count ``reason``, log ``event`` (at most once per window and reason, with
         the count) and publish the dead letter."""
@@ -552,7 +501,7 @@ class Daemon:
                 "excerpt": excerpt(payload)}
         await link.publish(f"{a.prefix}/deadletter", json.dumps(dead).encode(), qos=0)
 
-    async def _accept_channel(self, link: Link, a: _AgentRuntime, msg: Incoming) -> None:
+    async def _accept_channel(self, link: Link, a: HostedAgent, msg: Incoming) -> None:
         """One channel's value (per-channel topics): validated, held for the next tick.
 
         Acknowledged at once: with last-value hold a value is used by the ticks
@@ -571,7 +520,7 @@ class Daemon:
         a.assembler.update(channel, float(frame.values[0]), time.monotonic())
         link.ack(msg)
 
-    async def _accept(self, link: Link, a: _AgentRuntime, msg: Incoming) -> None:
+    async def _accept(self, link: Link, a: HostedAgent, msg: Incoming) -> None:
         try:
             frame = decode(msg.payload, a.schema, content_type=msg.content_type)
         except RejectError as e:
@@ -597,7 +546,7 @@ class Daemon:
         if lost is not None:  # drop_oldest: the dropped frame is done with
             link.ack(a.unacked.pop(lost))
 
-    def _topic_changed(self, a: _AgentRuntime, topic: str) -> None:
+    def _topic_changed(self, a: HostedAgent, topic: str) -> None:
         """Remember the frame's topic; warn once when an agent's filter brings
         frames from a second topic (they are merged into one stream)."""
         a.last_topic = topic
@@ -619,7 +568,7 @@ class Daemon:
         parents = tuple(ha.slug(b.name + ".") for b in self.topic_agents.bindings)
         return lambda slug: slug in names or (bool(parents) and slug.startswith(parents))
 
-    async def _tick_loop(self, a: _AgentRuntime, stop: asyncio.Event) -> None:
+    async def _tick_loop(self, a: HostedAgent, stop: asyncio.Event) -> None:
         """Assemble a frame of the latest channel values every ``tick_s`` seconds.
 
         Ticks keep an absolute schedule; ticks missed while the loop was late
@@ -709,7 +658,7 @@ class Daemon:
             finally:
                 self._results.task_done()
 
-    def _observe(self, a: _AgentRuntime, m: Any) -> None:
+    def _observe(self, a: HostedAgent, m: Any) -> None:
         """Fold one result into the agent's summary window and mode gauge."""
         before = a.window.mode
         a.window.observe(m)
@@ -751,7 +700,7 @@ class Daemon:
             for a in self.agents:
                 await self._publish_status(link, a, "online")
 
-    async def _publish_status(self, link: Link, a: _AgentRuntime, state: str) -> None:
+    async def _publish_status(self, link: Link, a: HostedAgent, state: str) -> None:
         body: dict[str, Any] = {"state": state, "step": a.frames_out, "frames_in": a.frames_in,
                 "frames_out": a.frames_out, "max_loop_lag_ms": round(self.max_lag_s * 1e3, 3),
                 "queue_depth": a.worker.depth, "dropped": a.worker.dropped,
@@ -764,7 +713,7 @@ class Daemon:
         await link.publish(f"{a.prefix}/status", json.dumps(body).encode(), retain=True, qos=1,
                            wait=state == "offline")
 
-    async def _command(self, link: Link, a: _AgentRuntime, payload: bytes) -> None:
+    async def _command(self, link: Link, a: HostedAgent, payload: bytes) -> None:
         """Validate (size first, then fields: :mod:`lillith.runtime.commands`), run and
         reply; a bad or failing command gets an error reply, never a crash."""
         reply: dict[str, Any] = {}
@@ -783,7 +732,7 @@ class Daemon:
                         bytes=len(payload))
         await link.publish(f"{a.prefix}/cmd/reply", json.dumps(reply).encode())
 
-    async def _run_command(self, a: _AgentRuntime, cmd: dict[str, Any]) -> dict[str, Any]:
+    async def _run_command(self, a: HostedAgent, cmd: dict[str, Any]) -> dict[str, Any]:
         name = cmd["cmd"]
         if name == "status":
             return {"frames_in": a.frames_in, "frames_out": a.frames_out,
@@ -820,7 +769,7 @@ class Daemon:
         raise ValueError(f"unknown command {name!r}")
 
     @staticmethod
-    def _touch(a: _AgentRuntime) -> None:
+    def _touch(a: HostedAgent) -> None:
         if a.checkpointer is not None:
             a.checkpointer.touch()
 
