@@ -348,7 +348,15 @@ def test_corrupted_newest_snapshot(chaos: Any) -> None:
     n = 3000
     c: Chaos = chaos(LILLITH_STATE__CHECKPOINT_EVERY_FRAMES="250", LILLITH_STATE__KEEP_LAST="2")
     proc = c.start()
-    c.feed(c.frames(range(1500))).join(60)
+    # two snapshots for certain, whatever the host's speed: one written by the
+    # cadence within the first 750 frames, then one at step 1500 (cadence or shutdown)
+    c.feed(c.frames(range(750))).join(60)
+    assert len(c.wait_outputs(750, 120)) >= 750
+    deadline = time.monotonic() + 60
+    while not c.events("snapshot_written") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert c.events("snapshot_written"), c.tail()
+    c.feed(c.frames(range(750, 1500))).join(60)
     assert len(c.wait_outputs(1500, 120)) >= 1500
     c.stop(proc)
     latest = (c.store / "LATEST").read_text().strip()
