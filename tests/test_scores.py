@@ -1,4 +1,5 @@
-"""The alarm state, the shift detector and the detector's replay (lillith.agents.scores)."""
+"""The alarm state, the shift detector, the detector's replay and the score sources'
+state records (lillith.agents.scores)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from lillith.agents.config import AgentConfig, ScoreSettings
 from lillith.agents.scores._kernels import _shift_stat
 from lillith.agents.scores.alarm import REASONS, AlarmState, Evidence
 from lillith.agents.scores.detector import Detector
+from lillith.agents.scores.normalizer import RobustNormalizer
 from lillith.agents.scores.shift import ShiftDetector, chi2_likelihood
 from lillith.errors import StateError
 from lillith.eval.record import decide, evidence, record
@@ -323,3 +325,67 @@ def test_shift_kernel_without_jit_matches_the_compiled_one() -> None:
         "    sd.learn_one(r)\n"
         "print(repr(out))\n")
     assert run_python(script, jit=False) == run_python(script, jit=True)
+
+
+# arrays a source may lack (older snapshots) and may hold in another layout (another
+# ``range_days``: the day blocks start over); every other array is required and checked
+_MAY_LACK = {"range": {"blk_lo", "blk_hi", "blk_day", "blk_n", "day", "days"},
+             "stuck": {"flagged"}}
+_MAY_MISFIT = {"range": {"blk_lo", "blk_hi", "blk_day", "blk_n"}}
+_SOURCES = {"lik": "likelihood", "range": "range", "stuck": "stuck", "week": "week",
+            "wlik": "week_lik", "echo": "echo", "shift": "shift"}
+
+
+def _trained(n: int = 1300) -> Detector:
+    from lillith.agents.scores.detector import FrameTerms
+
+    x, ts = _stream(n, 3)
+    d = Detector(2, ScoreSettings(), som=True)
+    for i in range(n):
+        d.score(FrameTerms(x[i], (x[i] - 5) / 3, None if i == 0 else np.abs(x[i] - x[i - 1]),
+                           0.1, np.ones(2), ts[i]))
+    return d
+
+
+def _source(section: str, *, trained: bool) -> Any:
+    if section == "norm":
+        norm = RobustNormalizer(2)
+        for row in _stream(300, 4)[0] if trained else []:
+            norm.learn_one(row)
+        return norm
+    return getattr(_trained() if trained else Detector(2, ScoreSettings(), som=True),
+                   _SOURCES[section])
+
+
+@pytest.mark.parametrize("section", [*sorted(_SOURCES), "norm"])
+def test_every_source_refuses_a_state_that_lacks_or_misfits_an_array(section: str) -> None:
+    """A source (and the normaliser) restores every array of its state, checked:
+    a missing one, one of another shape or one whose values would change kind
+    (float to int) is a StateError naming it, and nothing of the source
+    changes; the arrays it may lack by design restore without them."""
+    state = _source(section, trained=True).get_state()
+
+    def fresh() -> Any:
+        return _source(section, trained=False)
+
+    twin = fresh()
+    twin.set_state(state)
+    assert all(np.array_equal(v, twin.get_state()[k]) for k, v in state.items())
+    for key, arr in state.items():
+        cases = [("lack", {k: v for k, v in state.items() if k != key},
+                  key in _MAY_LACK.get(section, set())),
+                 ("shape", dict(state, **{key: np.append(arr, arr.reshape(-1)[:1])}),
+                  key in _MAY_MISFIT.get(section, set()))]
+        if arr.dtype.kind in "iu":
+            cases.append(("kind", dict(state, **{key: arr.astype(np.float64) + 0.5}), False))
+        for what, broken, tolerated in cases:
+            src = fresh()
+            before = src.get_state()
+            if tolerated:
+                src.set_state(broken)
+                continue
+            with pytest.raises(StateError) as e:
+                src.set_state(broken)
+            named = [e.value.fields.get("array"), *e.value.fields.get("missing", [])]
+            assert key in named, (what, e.value)
+            assert all(np.array_equal(v, src.get_state()[k]) for k, v in before.items())

@@ -7,6 +7,8 @@ from typing import Any, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
+from lillith.records import read_arrays
+
 # the raw score's terms, by index (Evidence.source): the reason an alarm gives
 TERMS = ("forecast", "novelty", "level")
 # every alarm reason, in the order of REASON_CODES (0: no alarm)
@@ -196,11 +198,24 @@ class AlarmState:
                 "reason": np.array(REASON_CODES[self.reason], dtype=np.int64)}
 
     def set_state(self, state: dict[str, npt.NDArray[Any]]) -> None:
-        """Restore from :meth:`get_state` (a smaller budget caps the tokens)."""
-        self.rest = int(state.get("rest", 0))
-        self.tokens = (min(float(state["tokens"]), float(self.budget)) if "tokens" in state
-                       else float(self.budget))
-        on = np.asarray(state.get("on", np.zeros(4, dtype=bool)), dtype=bool)
-        self.on = on.copy() if on.shape == (4,) else np.zeros(4, dtype=bool)
-        code = int(state.get("reason", 0))
+        """Restore from :meth:`get_state` (a smaller budget caps the tokens).
+
+        Every array may be missing, and the conditions and reason may be in
+        another layout (older snapshots): the rest is then over, the budget
+        full, no condition on.
+
+        Raises
+        ------
+        StateError
+            When an array is not one number (rest, tokens, reason) or holds a
+            float where an int is kept.
+        """
+        a = read_arrays(state, {"rest": (np.int64, ()), "tokens": (np.float64, ()),
+                                "on": (np.bool_, None), "reason": (np.int64, ())},
+                        what="alarm", optional=("rest", "tokens", "on", "reason"))
+        self.rest = int(a.get("rest", 0))
+        self.tokens = min(float(a.get("tokens", self.budget)), float(self.budget))
+        on = a.get("on")
+        self.on = on if on is not None and on.shape == (4,) else np.zeros(4, dtype=bool)
+        code = int(a.get("reason", 0))
         self.reason = REASONS[code] if 0 <= code < len(REASONS) else ""

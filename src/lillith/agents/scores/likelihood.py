@@ -9,6 +9,7 @@ import numpy as np
 import numpy.typing as npt
 
 from lillith.errors import StateError
+from lillith.records import read_arrays
 
 F64 = npt.NDArray[np.float64]
 A = npt.NDArray[Any]
@@ -130,17 +131,19 @@ class AnomalyLikelihood:
         Raises
         ------
         StateError
-            When the windows have another length.
+            When an array is missing or does not fit (another window length,
+            a position outside the window).
         """
-        buf = np.asarray(state["buf"], dtype=np.float64)
-        raw = np.asarray(state["raw"], dtype=np.float64)
-        if buf.shape != (self.window,) or raw.shape != (self.short,):
-            raise StateError("likelihood windows have another length", shape=buf.shape,
-                             expected=(self.window,))
-        self.sum, self.sumsq = (float(v) for v in state["sums"])
-        self.buf = buf.copy()
-        self.raw = raw.copy()
-        self.pos = int(state["pos"])
-        self.count = int(state["count"])
+        a = read_arrays(state, {"raw": (np.float64, (self.short,)),
+                                "buf": (np.float64, (self.window,)),
+                                "pos": (np.int64, ()), "count": (np.int64, ()),
+                                "sums": (np.float64, (2,))}, what="likelihood")
+        if not 0 <= int(a["pos"]) < self.window or int(a["count"]) < 0:
+            raise StateError("likelihood state has a position out of its window",
+                             pos=int(a["pos"]), window=self.window, count=int(a["count"]))
+        self.sum, self.sumsq = (float(v) for v in a["sums"])
+        self.buf, self.raw = a["buf"], a["raw"]
+        self.pos = int(a["pos"])
+        self.count = int(a["count"])
         m = min(self.count, self.short)
         self.level = float(self.raw[:m].sum() / m) if m else 0.0

@@ -7,7 +7,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-from lillith.errors import StateError
+from lillith.records import read_arrays
 
 F64 = npt.NDArray[np.float64]
 A = npt.NDArray[Any]
@@ -120,11 +120,15 @@ class RobustNormalizer:
         return self.state()._asdict()
 
     def set_state(self, state: dict[str, npt.NDArray[Any]]) -> None:
-        """Restore from :meth:`get_state`."""
-        mean = np.asarray(state["mean"], dtype=np.float64)
-        if mean.shape != (self.n_channels,):
-            raise StateError("normaliser state has another width", shape=mean.shape,
-                             expected=(self.n_channels,))
-        self.mean = mean.copy()
-        self.scale = np.asarray(state["scale"], dtype=np.float64).copy()
-        self.count = int(state["count"])
+        """Restore from :meth:`get_state`.
+
+        Raises
+        ------
+        StateError
+            When an array is missing or does not fit (another width).
+        """
+        c = self.n_channels
+        a = read_arrays(state, {"mean": (np.float64, (c,)), "scale": (np.float64, (c,)),
+                                "count": (np.int64, ())}, what="normaliser")
+        self.mean, self.scale = a["mean"], a["scale"]
+        self.count = int(a["count"])

@@ -8,7 +8,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-from lillith.errors import StateError
+from lillith.records import read_arrays
 
 F64 = npt.NDArray[np.float64]
 A = npt.NDArray[Any]
@@ -176,25 +176,31 @@ class RangeNovelty:
     def set_state(self, state: dict[str, npt.NDArray[Any]]) -> None:
         """Restore from :meth:`get_state`. Without day blocks of this length
         (an older snapshot, or another ``days``), the range since the start
-        stands for the first day that follows."""
-        lo = np.asarray(state["lo"], dtype=np.float64)
-        hi = np.asarray(state["hi"], dtype=np.float64)
-        if lo.shape != (self.n_channels,) or hi.shape != (self.n_channels,):
-            raise StateError("range state has another width", shape=lo.shape,
-                             expected=(self.n_channels,))
-        self.lo, self.hi = lo.copy(), hi.copy()
-        self.count = int(state["count"])
+        stands for the first day that follows.
+
+        Raises
+        ------
+        StateError
+            When an array is missing or does not fit (another width).
+        """
+        c = self.n_channels
+        blocks = ("blk_lo", "blk_hi", "blk_day", "blk_n", "day", "days")
+        a = read_arrays(state, {"lo": (np.float64, (c,)), "hi": (np.float64, (c,)),
+                                "count": (np.int64, ()), "blk_lo": (np.float64, None),
+                                "blk_hi": (np.float64, None), "blk_day": (np.int64, None),
+                                "blk_n": (np.int64, None), "day": (np.int64, ()),
+                                "days": (np.int64, ())}, what="range", optional=blocks)
+        self.lo, self.hi = a["lo"], a["hi"]
+        self.count = int(a["count"])
         k = max(self.days, 1)
-        day = np.asarray(state.get("blk_day", np.zeros(0)), dtype=np.int64)
-        if (self.days > 0 and int(state.get("days", -1)) == self.days and day.shape == (k,)
-                and np.asarray(state["blk_lo"]).shape == (k, self.n_channels)):
-            self.blk_lo = np.asarray(state["blk_lo"], dtype=np.float64).copy()
-            self.blk_hi = np.asarray(state["blk_hi"], dtype=np.float64).copy()
-            self.blk_day = day.copy()
-            self.blk_n = np.asarray(state["blk_n"], dtype=np.int64).copy()
+        if (self.days > 0 and all(b in a for b in blocks) and int(a["days"]) == self.days
+                and a["blk_lo"].shape == a["blk_hi"].shape == (k, c)
+                and a["blk_day"].shape == a["blk_n"].shape == (k,)):
+            self.blk_lo, self.blk_hi = a["blk_lo"], a["blk_hi"]
+            self.blk_day, self.blk_n = a["blk_day"], a["blk_n"]
             self.day = _NO_DAY
             self._seed = False
-            d = int(state["day"])
+            d = int(a["day"])
             if d != _NO_DAY:
                 self._enter_day(d)
         else:

@@ -8,7 +8,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-from lillith.errors import StateError
+from lillith.records import read_arrays
 
 F64 = npt.NDArray[np.float64]
 A = npt.NDArray[Any]
@@ -139,15 +139,16 @@ class DailyRecurrence:
         return self.state()._asdict()
 
     def set_state(self, state: dict[str, npt.NDArray[Any]]) -> None:
-        """Restore from :meth:`get_state`."""
-        ids = np.asarray(state["ids"], dtype=np.int64)
-        peak = np.asarray(state["peak"], dtype=np.float64)
-        ring = np.asarray(state.get("ring", np.zeros(0)), dtype=np.float64)
-        if ids.shape != self.ids.shape or peak.shape != self.peak.shape \
-                or ring.shape != self.ring.shape:
-            raise StateError("daily recurrence bins have another shape", shape=peak.shape,
-                             expected=self.peak.shape)
-        self.ids = ids.copy()
-        self.peak = peak.copy()
-        self.ring = ring.copy()
-        self.count = int(state["count"])
+        """Restore from :meth:`get_state`.
+
+        Raises
+        ------
+        StateError
+            When an array is missing or does not fit (another number of bins or terms).
+        """
+        a = read_arrays(state, {"ids": (np.int64, self.ids.shape),
+                                "peak": (np.float64, self.peak.shape),
+                                "ring": (np.float64, self.ring.shape),
+                                "count": (np.int64, ())}, what="daily recurrence")
+        self.ids, self.peak, self.ring = a["ids"], a["peak"], a["ring"]
+        self.count = int(a["count"])

@@ -9,7 +9,7 @@ import numpy as np
 import numpy.typing as npt
 
 from lillith.agents.scores._kernels import _shift_stat, _shift_step
-from lillith.errors import StateError
+from lillith.records import read_arrays
 
 F64 = npt.NDArray[np.float64]
 
@@ -116,14 +116,13 @@ class ShiftDetector:
         Raises
         ------
         StateError
-            When the arrays have another width.
+            When an array is missing or does not fit (another width).
         """
-        arrs = {k: np.asarray(state[k], dtype=np.float64) for k in ("loc", "scale", "ewma",
-                                                                      "var")}
-        if any(a.shape != (self.n_channels,) for a in arrs.values()):
-            raise StateError("shift state has another width", expected=(self.n_channels,),
-                             shapes={k: a.shape for k, a in arrs.items()})
-        self.loc, self.scale = arrs["loc"].copy(), arrs["scale"].copy()
-        self.ewma, self.var = arrs["ewma"].copy(), arrs["var"].copy()
-        self.count = int(state["count"])
-        self.stat = float(state["stat"])
+        c = self.n_channels
+        a = read_arrays(state, {"loc": (np.float64, (c,)), "scale": (np.float64, (c,)),
+                                "ewma": (np.float64, (c,)), "var": (np.float64, (c,)),
+                                "count": (np.int64, ()), "stat": (np.float64, ())},
+                        what="shift")
+        self.loc, self.scale, self.ewma, self.var = a["loc"], a["scale"], a["ewma"], a["var"]
+        self.count = int(a["count"])
+        self.stat = float(a["stat"])

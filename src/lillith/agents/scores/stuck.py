@@ -7,7 +7,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-from lillith.errors import StateError
+from lillith.records import read_arrays
 
 F64 = npt.NDArray[np.float64]
 A = npt.NDArray[Any]
@@ -122,17 +122,20 @@ class StuckSensor:
         return self.state()._asdict()
 
     def set_state(self, state: dict[str, npt.NDArray[Any]]) -> None:
-        """Restore from :meth:`get_state`."""
-        last = np.asarray(state["last"], dtype=np.float64)
-        if last.shape != (self.n_channels,):
-            raise StateError("stuck-sensor state has another width", shape=last.shape,
-                             expected=(self.n_channels,))
-        self.last = last.copy()
-        self.run = np.asarray(state["run"], dtype=np.int64).copy()
-        self.longest = np.asarray(state["longest"], dtype=np.int64).copy()
+        """Restore from :meth:`get_state`.
+
+        Raises
+        ------
+        StateError
+            When an array is missing or does not fit (another width).
+        """
+        c = self.n_channels
+        a = read_arrays(state, {"last": (np.float64, (c,)), "run": (np.int64, (c,)),
+                                "longest": (np.int64, (c,)), "flagged": (np.bool_, (c,)),
+                                "count": (np.int64, ())}, what="stuck-sensor",
+                        optional=("flagged",))
+        self.last, self.run, self.longest = a["last"], a["run"], a["longest"]
         # (older snapshots: no run counts as flagged)
-        flagged = np.asarray(state.get("flagged", np.zeros(self.n_channels)), dtype=bool)
-        self.flagged = flagged.copy() if flagged.shape == (self.n_channels,) else np.zeros(
-            self.n_channels, dtype=bool)
+        self.flagged = a.get("flagged", np.zeros(c, dtype=bool))
         self._stuck = bool(self.flagged.any())
-        self.count = int(state["count"])
+        self.count = int(a["count"])

@@ -8,7 +8,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-from lillith.errors import StateError
+from lillith.records import read_arrays
 
 F64 = npt.NDArray[np.float64]
 A = npt.NDArray[Any]
@@ -153,17 +153,24 @@ class WeekProfile:
         return self.state()._asdict()
 
     def set_state(self, state: dict[str, npt.NDArray[Any]]) -> None:
-        """Restore from :meth:`get_state`."""
-        prof = np.asarray(state["prof"], dtype=np.float64)
-        if prof.shape != (self.BINS, self.n_channels):
-            raise StateError("week profile has another shape", shape=prof.shape,
-                             expected=(self.BINS, self.n_channels))
-        self.prof = prof.copy()
-        self.seen = np.asarray(state["seen"], dtype=np.int64).copy()
-        self.first = np.asarray(state["first"], dtype=np.float64).copy()
-        self.bsum = np.asarray(state["bsum"], dtype=np.float64).copy()
-        self.bcount = np.asarray(state["bcount"], dtype=np.float64).copy()
-        self.hour = int(state["hour"])
-        self.start = float(state["start"])
-        self.last = float(state["last"])
-        self.frames = int(state["frames"])
+        """Restore from :meth:`get_state`.
+
+        Raises
+        ------
+        StateError
+            When an array is missing or does not fit (another width).
+        """
+        b, c = self.BINS, self.n_channels
+        a = read_arrays(state, {"prof": (np.float64, (b, c)), "seen": (np.int64, (b,)),
+                                "first": (np.float64, (b,)),
+                                "bsum": (np.float64, self.bsum.shape),
+                                "bcount": (np.float64, self.bcount.shape),
+                                "hour": (np.int64, ()), "start": (np.float64, ()),
+                                "last": (np.float64, ()), "frames": (np.int64, ())},
+                        what="week profile")
+        self.prof, self.seen, self.first = a["prof"], a["seen"], a["first"]
+        self.bsum, self.bcount = a["bsum"], a["bcount"]
+        self.hour = int(a["hour"])
+        self.start = float(a["start"])
+        self.last = float(a["last"])
+        self.frames = int(a["frames"])
