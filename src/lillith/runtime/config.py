@@ -244,6 +244,14 @@ def default_config_path(given: Path | None) -> Path | None:
 
 
 def _env_layer(env: Mapping[str, str]) -> dict[str, Any]:
+    """The ``LILLITH_*`` variables of ``env`` as a nested layer (keys split on
+    ``__``, values JSON when they parse, else strings), tool variables left out.
+
+    Every such variable becomes a key, so a misspelt one (``LILLITH_MQTT__HOSTT``)
+    is refused by the models' ``extra="forbid"``; pydantic-settings' own
+    environment source reads only the fields it knows and would skip it
+    silently, and reads the process environment rather than ``env``.
+    """
     layer: dict[str, Any] = {}
     for key, raw in env.items():
         if not key.startswith(ENV_PREFIX) or key in TOOL_VARIABLES:
