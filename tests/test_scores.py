@@ -389,3 +389,47 @@ def test_every_source_refuses_a_state_that_lacks_or_misfits_an_array(section: st
             named = [e.value.fields.get("array"), *e.value.fields.get("missing", [])]
             assert key in named, (what, e.value)
             assert all(np.array_equal(v, src.get_state()[k]) for k, v in before.items())
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.integers(1, 3), st.sampled_from([600.0, 1800.0, 3600.0]))
+def test_update_one_is_score_one_then_learn_one(seed: int, c: int, step_s: float) -> None:
+    """Every source's one-pass ``update_one`` returns what ``score_one`` says and
+    leaves the state ``learn_one`` leaves, bit for bit (the detector uses it)."""
+    from lillith.agents.scores.likelihood import AnomalyLikelihood
+    from lillith.agents.scores.range_novelty import RangeNovelty
+    from lillith.agents.scores.stuck import StuckSensor
+    from lillith.agents.scores.week import WeekProfile
+
+    rng = np.random.default_rng(seed)
+    n = int(30 * 86400 / step_s)  # a month: the weekly context answers from the third week
+    x = np.round(rng.standard_normal((n, c)).cumsum(axis=0) * 0.3, 1)  # repeats: stuck runs
+    x[rng.random(n) < 0.2] = 0.0
+    x[rng.integers(n // 4, n, 5)] += 100.0  # excursions
+    x[n // 2:n // 2 + n // 8] = x[n // 2]  # a stuck stretch
+    t = 1_700_000_000.0 + step_s * np.arange(n) - step_s * (rng.random(n) < 0.02)  # steps back
+    scale = 0.5 + rng.random(c)
+    pairs: list[tuple[Any, Any]] = [
+        (lambda: ShiftDetector(c, rate=0.05, memory=500, warm=20), lambda i: (x[i],)),
+        (lambda: StuckSensor(c, factor=2.0, min_run=3, warm=20), lambda i: (x[i],)),
+        (lambda: RangeNovelty(c, warm=20, days=2), lambda i: (x[i], float(t[i]))),
+        (lambda: WeekProfile(c), lambda i: (x[i], scale, float(t[i]))),
+        (lambda: RobustNormalizer(c), lambda i: (x[i],)),
+        (lambda: AnomalyLikelihood(window=300, short=3, min_history=20),
+         lambda i: (float(np.abs(x[i]).sum()),))]
+    for make, args in pairs:
+        one, two = make(), make()
+        said: set[bool | None] = set()
+        for i in range(n):
+            got = one.update_one(*args(i))
+            want = two.score_one(*args(i))
+            two.learn_one(*args(i))
+            if isinstance(got, np.ndarray):  # (the normaliser's z)
+                assert np.array_equal(got, want), (type(one).__name__, i)
+                said.add(bool(got.any()))
+                continue
+            assert got == want, (type(one).__name__, i)
+            said.add(got if isinstance(got, bool) or got is None else 0.0 < got != 0.5)
+        assert said >= {True, False} or said >= {True, None}, (type(one).__name__, said)
+        a, b = one.get_state(), two.get_state()
+        assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)

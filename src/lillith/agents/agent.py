@@ -239,9 +239,8 @@ class Agent(AgentState):
         plast = self._batch_scale
         for r in range(n):
             x = X[r]
-            z = self.normalizer.score_one(x)
+            z = self.normalizer.update_one(x)  # statistics, not learning work: never gated
             zs[r] = z
-            self.normalizer.learn_one(x)  # statistics, not learning work: never gated
             # the forecast is reported in the units of the statistics after this frame
             locs[r] = self.normalizer.mean
             scales[r] = self.normalizer.effective_scale()

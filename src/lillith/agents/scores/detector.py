@@ -157,8 +157,7 @@ class Detector:
 
     def evidence(self, f: FrameTerms) -> Evidence:
         """Fold one frame into every source and return what they say of it."""
-        stuck = self.stuck.score_one(f.x)
-        self.stuck.learn_one(f.x)
+        stuck = self.stuck.update_one(f.x)
         if f.miss is None:
             err = 0.0
         else:
@@ -185,25 +184,20 @@ class Detector:
         p0, p1, p2 = w[0] * err / (m0 + 1e-9), w[1] * f.qe / (m1 + 1e-9), w[2] * lvl / (m2 + 1e-9)
         raw = p0 + p1 + p2
         source = 0 if p0 >= p1 and p0 >= p2 else (1 if p1 >= p2 else 2)
-        lik = self.likelihood.score_one(raw)
-        self.likelihood.learn_one(raw)
-        outside = self.range.score_one(f.x, f.t)
-        self.range.learn_one(f.x, f.t)
+        lik = self.likelihood.update_one(raw)
+        outside = self.range.update_one(f.x, f.t)
         context = 0.5
         recurs = False
         if f.t is not None:
-            dev = self.week.score_one(f.x, f.scale, f.t)
-            self.week.learn_one(f.x, f.scale, f.t)
+            dev = self.week.update_one(f.x, f.scale, f.t)
             if dev is not None:
-                context = self.week_lik.score_one(dev + 1e-6)
-                self.week_lik.learn_one(dev + 1e-6)
+                context = self.week_lik.update_one(dev + 1e-6)
             if self.echo is not None:
                 if lik >= self.recurs_floor:
                     recurs = self.echo.score_one(f.t, self.likelihood.level,
                                                  weights=self.weights / (self.means + 1e-9))
                 self.echo.learn_one(f.t, terms)
-        shift = self.shift.score_one(f.x)
-        self.shift.learn_one(f.x)
+        shift = self.shift.update_one(f.x)
         return Evidence(raw, lik, source, recurs, outside, stuck, self.stuck.stuck(), context,
                         shift)
 

@@ -82,6 +82,10 @@ class AnomalyLikelihood:
         count = self.count + 1
         m = min(count, short)
         level = float(ring[:m].sum() / m)  # (np.mean's bits, less overhead)
+        return self._likelihood(level, count)
+
+    def _likelihood(self, level: float, count: int) -> float:
+        """The likelihood of ``level``, the ``count``-th, against the window before it."""
         n = min(count - 1, self.window)
         if count <= self.min_history or n <= 0:
             return 0.5
@@ -93,11 +97,17 @@ class AnomalyLikelihood:
 
     def learn_one(self, raw: float) -> None:
         """Fold raw score ``raw`` in: the level (kept in :attr:`level`) and the window."""
+        self.update_one(raw)
+
+    def update_one(self, raw: float) -> float:
+        """:meth:`score_one` then :meth:`learn_one` in one pass: returns the
+        likelihood ``score_one(raw)`` returned, then folds ``raw`` in."""
         self.raw[self.count % self.short] = raw
         self.count += 1
         m = min(self.count, self.short)
         level = float(self.raw[:m].sum() / m)
         self.level = level
+        lik = self._likelihood(level, self.count)  # (against the window before it)
         n = min(self.count - 1, self.window)
         # running sums over the window; recomputed exactly once per window so
         # rounding cannot drift
@@ -112,6 +122,7 @@ class AnomalyLikelihood:
         if self.pos == 0:
             self.sum = float(self.buf.sum())
             self.sumsq = float(np.dot(self.buf, self.buf))
+        return lik
 
     def state(self) -> LikelihoodState:
         """The windows and counters as a :class:`LikelihoodState` of copies."""

@@ -94,21 +94,31 @@ class RobustNormalizer:
 
     def learn_one(self, x: F64) -> None:
         """Update the statistics with one frame ``x`` (shape (C,))."""
+        self.update_one(x)
+
+    def update_one(self, x: F64) -> F64:
+        """:meth:`score_one` then :meth:`learn_one` in one pass: returns ``x``
+        normalised as ``score_one(x)`` returns it (shape (C,)), then updates
+        the statistics with it."""
         if self.count == 0:
             self.mean = x.astype(np.float64).copy()
             self.scale = np.maximum(np.abs(x) * 0.1, self._floor())
             self.count = 1
-            return
+            return np.zeros(self.n_channels)
         rate = max(1.0 / (self.count + 1), self.alpha)
         s = np.maximum(self.scale, self._floor())
-        lim = self.clip * s
-        dev = x - self.mean  # clipped to [-lim, lim] (np.clip's values, less overhead)
+        dev = x - self.mean
+        z: F64 = dev / s  # (score_one's values)
+        np.maximum(z, -self.z_max, out=z)
+        np.minimum(z, self.z_max, out=z)
+        lim = self.clip * s  # dev clipped to [-lim, lim] (np.clip's values, less overhead)
         np.maximum(dev, -lim, out=dev)
         np.minimum(dev, lim, out=dev)
         self.mean = self.mean + rate * dev
         # mean absolute deviation * 1.25 estimates the std of a normal
         self.scale = self.scale + rate * (1.25 * np.abs(dev) - self.scale)
         self.count += 1
+        return z
 
     def state(self) -> NormalizerState:
         """The statistics as a :class:`NormalizerState` of copies."""

@@ -144,6 +144,13 @@ class RangeNovelty:
                     and self._beyond(x, np.minimum(past_lo, lo), np.maximum(past_hi, hi)))
         return self.count >= max(self.warm, 1) and self._beyond(x, self.lo, self.hi)
 
+    def update_one(self, x: F64, t: float | None = None) -> bool:
+        """:meth:`score_one` then :meth:`learn_one`: whether ``x`` at ``t`` is an
+        excursion, then has it folded into the range."""
+        outside = self.score_one(x, t)
+        self.learn_one(x, t)
+        return outside
+
     def learn_one(self, x: F64, t: float | None = None) -> None:
         """Fold frame ``x`` at stream time ``t`` into the range (and its day block)."""
         d = self._day_of(t)

@@ -90,6 +90,14 @@ class ShiftDetector:
                         self.ewma, self.var, self.rate)
         return chi2_likelihood(q, self.n_channels)
 
+    def update_one(self, x: F64) -> float:
+        """:meth:`score_one` then :meth:`learn_one` in one pass: returns the
+        likelihood ``score_one(x)`` returned (the statistic the step computes
+        is the one ``score_one`` computes), then has ``x`` folded in."""
+        warming = self.count == 0 or self.count + 1 <= self.warm
+        self.learn_one(x)
+        return 0.5 if warming else chi2_likelihood(self.stat, self.n_channels)
+
     def learn_one(self, x: F64) -> None:
         """Fold frame ``x`` into the baseline, the moving average and its usual
         square (the statistic of this frame is kept in :attr:`stat`)."""

@@ -79,6 +79,12 @@ class StuckSensor:
 
     def learn_one(self, x: F64) -> None:
         """Fold frame ``x`` into the runs (a run that reaches its alarm length is flagged)."""
+        self.update_one(x)
+
+    def update_one(self, x: F64) -> bool:
+        """:meth:`score_one` then :meth:`learn_one` in one pass: returns whether
+        ``x`` made a run reach its alarm length, then has it folded in."""
+        reached = False
         if self.count > 0:
             same = x == self.last
             if same.any():
@@ -93,6 +99,7 @@ class StuckSensor:
                     if hit.any():
                         self.flagged |= hit
                         self._stuck = True
+                        reached = True
             elif self.run.any():  # (the usual frame: nothing repeats, no run to end)
                 np.maximum(self.longest, self.run, out=self.longest)
                 self.run[:] = 0
@@ -101,6 +108,7 @@ class StuckSensor:
                     self._stuck = False
         self.last[:] = x
         self.count += 1
+        return reached
 
     def stuck(self) -> bool:
         """Whether a run that was flagged still goes on (the sensor is still stuck)."""

@@ -121,12 +121,22 @@ class WeekProfile:
         r = (x - self.prof[b]) / scale if usual else np.zeros(self.n_channels)
         bsum, bcount = self.bsum.copy(), self.bcount.copy()
         self._buckets(h, r, bsum, bcount)
+        return self._deviation(bsum, bcount)
+
+    @staticmethod
+    def _deviation(bsum: F64, bcount: F64) -> float:
         mean = bsum.sum(axis=0) / max(float(bcount.sum()), 1.0)
         return float(np.abs(mean).sum() / mean.size)
 
     def learn_one(self, x: F64, scale: F64, t: float) -> None:
         """Fold frame ``x`` at stream time ``t`` into its hour's usual value and
         its residual (in ``scale``) into the hourly buckets."""
+        self.update_one(x, scale, t)
+
+    def update_one(self, x: F64, scale: F64, t: float) -> float | None:
+        """:meth:`score_one` then :meth:`learn_one` in one pass: returns the
+        deviation ``score_one(x, scale, t)`` returned (the buckets it reads are
+        the ones the frame leaves), then has the frame folded in."""
         if self.frames == 0:
             self.start = self.last = t
         dt = min(max(t - self.last, 0.0), 3600.0)
@@ -140,6 +150,9 @@ class WeekProfile:
         self.seen[b] = n + 1
         self.hour = self._buckets(h, r, self.bsum, self.bcount)
         self.frames += 1
+        if t - self.start < self.WEEKS * 7 * 86400.0:
+            return None
+        return self._deviation(self.bsum, self.bcount)
 
     def state(self) -> WeekState:
         """The profile, visits and buckets as a :class:`WeekState` of copies."""
