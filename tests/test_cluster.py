@@ -1,6 +1,7 @@
 """Agents as Ray actors, on a local Ray cluster (2 CPUs, no dashboard) and a real
 mosquitto: outputs bit for bit those of one process, an actor killed mid-stream
-comes back and loses nothing, and ``lillith run --cluster`` end to end.
+comes back and loses nothing (restarted by Ray, or replaced by the daemon once
+Ray gives up on it), and ``lillith run --cluster`` end to end.
 
 Marked ``cluster`` (out of the default suite): ``make cluster`` runs them, and
 CI does (``.ci/run``). The workload and the daemon runs are those of
@@ -134,6 +135,45 @@ def test_killed_actor_comes_back_from_its_snapshot_and_nothing_is_lost(
     for k in range(workload.agents):  # the shard's other agents came back too; the
         name = workload.name(k)        # other actor's agents never noticed
         assert rc.workers[name].losses == (1 if rc.placement[name] == actor else 0), name
+
+
+def test_actor_ray_gives_up_on_is_replaced_and_nothing_is_lost(
+        port: int, workload: Workload, single: Run, local_ray: Any, tmp_path: Path) -> None:
+    """With no restart left (``max_restarts`` 0), a killed actor is dead for Ray:
+    the daemon creates a new one in its place, twice, and every frame is
+    published once with the outputs of one process."""
+    victim = workload.name(1)
+    killed: list[int] = []
+    at: list[int] = []  # the victim's frames processed at each kill
+
+    def kill(out: Outputs, rc: Any) -> None:
+        w = rc.workers.get(victim)
+        if w is None or w.pid is None or len(killed) == 2:
+            return
+        # the first a quarter in; the second once the victim is back (replayed) and
+        # has processed new frames in the replacement
+        due = (out.count >= FRAMES // 4 if not killed
+               else w.replayed > 0 and w.pid not in killed and w.processed >= at[0] + 300)
+        if due:
+            killed.append(w.pid)
+            at.append(w.processed)
+            os.kill(w.pid, signal.SIGKILL)
+
+    run = run_daemon(port, workload, tmp_path, checkpoint_every=500, during=kill,
+                     cluster=ClusterSettings(actors=2, num_cpus=1.0, max_restarts=0,
+                                             namespace="lillith-test"))
+    assert len(killed) == 2
+    rc = run.cluster
+    assert_identical(run, single, workload)
+    actor = rc.placement[victim]
+    assert rc.replacements == {actor: 2}
+    w = rc.workers[victim]
+    assert w.losses == 2 and w.pid not in killed and len(w.resumed) >= 2
+    assert f'lillith_actor_replacements_total{{actor="{actor}"}} 2.0' in scrape(run)
+    for k in range(workload.agents):  # (the shard's others may still have been recovering
+        name = workload.name(k)        # from the first loss at the second)
+        losses = rc.workers[name].losses
+        assert losses in ((1, 2) if rc.placement[name] == actor else (0,)), (name, losses)
 
 
 def test_lillith_run_cluster_joins_a_ray_cluster_and_stops_in_order(

@@ -162,7 +162,8 @@ class ClusterSettings(_Model):
     placement: Literal["spread", "pack"] = "spread"
     """``spread``: actors over as many nodes as possible; ``pack``: Ray's default."""
     max_restarts: int = Field(10, ge=-1)
-    """Times Ray restarts a dead actor (-1: always)."""
+    """Times Ray restarts a dead actor (-1: always); then the daemon creates a new one
+    in its place."""
     replay_frames: int = Field(50_000, ge=0)
     """Frames per agent the daemon keeps since the agent's last snapshot, to bring a
     restarted actor back to the exact state it had (beyond: it resumes with a gap)."""

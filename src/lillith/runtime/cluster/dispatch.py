@@ -13,7 +13,11 @@ the agent's frames are processed in order, so its outputs are bit for bit
 those of a single-process daemon.
 
 When an actor dies, Ray restarts it (``max_restarts``) and its agents resume
-from their newest snapshot (:mod:`lillith.runtime.cluster.host`). The worker
+from their newest snapshot (:mod:`lillith.runtime.cluster.host`); once Ray
+has no restart left for it, the daemon creates a new actor in its place, with
+the same arguments (``actor_replaced``; at most one per actor every 2**k
+seconds, k the replacements so far, up to a minute), and the agents resume the
+same way. The worker
 notices (the call fails, or the agent answers from another step), waits for
 the actor, and sends again the frames it had processed since that snapshot
 (kept for this, at most ``replay_frames``; their outputs were published, and
@@ -30,6 +34,7 @@ redelivers them).
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -85,6 +90,9 @@ class ClusterMetrics:
                            registry=registry)
         self.up = Gauge("lillith_actor_up", "1 while the agent's actor answers", labels,
                         registry=registry)
+        self.replaced = Counter("lillith_actor_replacements", "Times the daemon created a "
+                                "new actor in place of one Ray would not restart again",
+                                ["actor"], registry=registry)
         self.log_frames = Gauge("lillith_actor_replay_log_frames", "Frames kept to replay "
                                 "after a restart (since the last snapshot)", labels,
                                 registry=registry)
@@ -114,7 +122,7 @@ class ActorWorker(AgentWorker):
                  width: int | None, on_results: Callable[[list[Result]], None],
                  on_evolution: Callable[[dict[str, Any]], None] | None = None,
                  actor: Any, actor_name: str, metrics: ClusterMetrics, replay_frames: int,
-                 snapshots: bool) -> None:
+                 snapshots: bool, replace: Callable[[str, Any], Any] | None = None) -> None:
         super().__init__(name, config, queue_size=queue_size, policy=policy, width=None,
                          on_results=on_results, on_evolution=on_evolution)
         self.width = width
@@ -122,6 +130,8 @@ class ActorWorker(AgentWorker):
         self.actor = actor
         self.actor_name = actor_name
         self.snapshots = snapshots
+        # replace(actor_name, dead handle) -> the handle of the actor in its place
+        self._replace = replace
         self._cap_log = replay_frames if snapshots else 0
         self._step = 0  # the agent's step as last answered
         self._log: deque[tuple[int, Frame, int | None]] = deque()  # (seq, frame, its step)
@@ -182,6 +192,8 @@ class ActorWorker(AgentWorker):
                     log.error("actor_dead" if dead else "actor_unavailable", agent=self.name,
                               actor=self.actor_name, seconds=round(now - t0, 1),
                               error=str(e)[-1500:])
+                if dead and self._replace is not None:
+                    self.actor = self._replace(self.actor_name, self.actor)
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
                 continue
@@ -385,6 +397,10 @@ class RayCluster:
         self.placement: dict[str, str] = {}  # agent -> actor name
         self.workers: dict[str, ActorWorker] = {}
         self.metrics: ClusterMetrics | None = None
+        self.replacements: dict[str, int] = {}  # actor name -> actors created in its place
+        self._create: dict[str, Callable[[], Any]] = {}  # actor name -> a new actor
+        self._replaced_at: dict[str, float] = {}
+        self._replace_lock = threading.Lock()
         self._owns_ray = False
 
     def start(self, bindings: list[AgentBinding], registry: CollectorRegistry) -> None:
@@ -416,25 +432,62 @@ class RayCluster:
         strategy = "SPREAD" if s.placement == "spread" else "DEFAULT"
         for k, shard in enumerate(shards):
             name = f"{self.client_id}/{k}"
-            try:
-                handle = host.options(
-                    name=name, namespace=s.namespace, max_restarts=s.max_restarts,
-                    max_task_retries=0, max_concurrency=len(shard) + 1, num_cpus=s.num_cpus,
+
+            def create(name: str = name, shard: list[AgentBinding] = shard) -> Any:
+                # (Ray keeps a dead actor's name taken: a replacement gets name~k)
+                k = self.replacements.get(name, 0)
+                return host.options(
+                    name=name if k == 0 else f"{name}~{k}", namespace=s.namespace,
+                    max_restarts=s.max_restarts, max_task_retries=0,
+                    max_concurrency=len(shard) + 1, num_cpus=s.num_cpus,
                     scheduling_strategy=strategy,
                 ).remote({b.name: b.frame_schema().expected_width for b in shard},
                          self.config, self.state, fresh=self.fresh,
                          floors={b.name: floors.get(b.name, 0) for b in shard},
                          log_level=self.log.level, log_format=self.log.format,
                          torch_threads=self.torch_threads)
+
+            try:
+                handle = create()
             except Exception as e:
                 raise ClusterError("cannot create the actor", actor=name,
                                    error=repr(e)[:500]) from None
+            self._create[name] = create
             self.actors[name] = handle
             for b in shard:
                 self.placement[b.name] = name
         log.info("cluster_started", address=s.address, actors=len(shards),
                  placement=self.placement, state_dir=None if self.state is None
                  else self.state.dir, nodes=len(ray.nodes()))  # type: ignore[no-untyped-call]
+
+    def replace(self, name: str, dead: Any) -> Any:
+        """The actor in place of ``dead``, actor ``name`` that Ray will not restart
+        again: a new one with the same arguments (its agents resume from their
+        snapshots), created by the first of its workers to ask; the others get
+        it. Not before 2**k seconds (k: replacements so far, up to 60) since the
+        last one; until then, and when it cannot be created, ``dead``."""
+        with self._replace_lock:
+            current = self.actors.get(name)
+            if current is not dead or name not in self._create:
+                return current if current is not None else dead
+            k = self.replacements.get(name, 0)
+            if time.monotonic() - self._replaced_at.get(name, -1e9) < min(2.0 ** k, 60.0):
+                return dead
+            self._replaced_at[name] = time.monotonic()
+            self.replacements[name] = k + 1  # (also names the new actor)
+            try:
+                handle = self._create[name]()
+            except Exception as e:  # (Ray unreachable, no room): next time
+                self.replacements[name] = k
+                log.error("actor_replace_failed", actor=name, error=repr(e)[:500])
+                return dead
+            self.actors[name] = handle
+            if self.metrics is not None:
+                self.metrics.replaced.labels(name).inc()
+            log.warning("actor_replaced", actor=name, ray_name=f"{name}~{k + 1}",
+                        replacements=k + 1,
+                        agents=sorted(a for a, n in self.placement.items() if n == name))
+            return handle
 
     def _floors(self, bindings: list[AgentBinding]) -> dict[str, int]:
         """Per agent, the highest sequence number of its snapshots before this
@@ -461,7 +514,7 @@ class RayCluster:
                         on_results=on_results, on_evolution=on_evolution,
                         actor=self.actors[actor], actor_name=actor, metrics=self.metrics,
                         replay_frames=self.settings.replay_frames,
-                        snapshots=self.state is not None)
+                        snapshots=self.state is not None, replace=self.replace)
         self.workers[name] = w
         return w
 
