@@ -19,7 +19,13 @@ the daemon's process (``daemon_cpu_us_per_frame``: intake, publishing, the
 dispatch; the single process's also runs the agents) and in the actors'
 (``actors_cpu_us_per_frame``), and ``cpu_overhead_us_per_frame`` is their sum
 beyond the single process's: the figures of the scaling estimate in
-docs/operations.md. The tests (``tests/test_cluster.py``) run the same harness.
+docs/operations.md. Latency: the same frames published at a steady
+``LATENCY_RATE`` frames/s (all agents together, well below what either set-up
+processes) to the single-process daemon and to ``LATENCY_ACTORS`` actors, each
+output's arrival minus its frame's publication, both in this process
+(``latency``: percentiles in ms over the frames published from 2 s after the
+first output on; the ones before waited for the start). The tests
+(``tests/test_cluster.py``) run the same harness.
 
 Run: ``lillith bench cluster --json [--quick]``, or
 ``python -m lillith.bench.bench_cluster [--quick]``.
@@ -54,6 +60,8 @@ CHANNELS = 3
 QUEUE = 1024  # each agent's bounded queue (the default)
 ACTORS = (1, 2, 4)
 CPUS = 2
+LATENCY_RATE = 400.0  # frames/s, all agents together
+LATENCY_ACTORS = 2
 
 
 def broker() -> Any:
@@ -95,9 +103,9 @@ class Workload:
                              queue_size=QUEUE) for k in range(self.agents)]
 
 
-def queue_backlog(port: int, client_id: str, w: Workload) -> None:
-    """Register ``client_id``'s persistent session on the workload's topics and
-    publish every frame into it (QoS 1), agents interleaved."""
+def register_session(port: int, client_id: str, w: Workload) -> None:
+    """Register ``client_id``'s persistent session on the workload's topics (the
+    broker keeps what is published for it before the daemon connects)."""
     c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False)
     c.connect("127.0.0.1", port)
     c.loop_start()
@@ -105,11 +113,22 @@ def queue_backlog(port: int, client_id: str, w: Workload) -> None:
     time.sleep(0.3)
     c.loop_stop()
     c.disconnect()
+
+
+def _publisher(port: int) -> mqtt.Client:
     p = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"pub-{uuid.uuid4().hex[:8]}")
     p.max_inflight_messages_set(1000)
     p.max_queued_messages_set(0)
     p.connect("127.0.0.1", port)
     p.loop_start()
+    return p
+
+
+def queue_backlog(port: int, client_id: str, w: Workload) -> None:
+    """Register ``client_id``'s persistent session on the workload's topics and
+    publish every frame into it (QoS 1), agents interleaved."""
+    register_session(port, client_id, w)
+    p = _publisher(port)
     rows = max(w.per_agent(k) for k in range(w.agents))
     infos = []
     for i in range(rows):
@@ -126,12 +145,34 @@ def queue_backlog(port: int, client_id: str, w: Workload) -> None:
     p.disconnect()
 
 
+def publish_paced(port: int, w: Workload, rate: float, sent: dict[str, list[float]]) -> None:
+    """Publish the workload (QoS 1, agents interleaved) at ``rate`` frames/s,
+    recording in ``sent[agent]`` the monotonic time of each of its frames."""
+    p = _publisher(port)
+    rows = max(w.per_agent(k) for k in range(w.agents))
+    t0 = time.monotonic()
+    n = 0
+    for i in range(rows):
+        for k in range(w.agents):
+            if i < w.per_agent(k):
+                wait = t0 + n / rate - time.monotonic()
+                if wait > 0:
+                    time.sleep(wait)
+                sent[w.name(k)].append(time.monotonic())
+                p.publish(w.topic(k), w.payload(k, i), qos=1)
+                n += 1
+    time.sleep(0.5)
+    p.loop_stop()
+    p.disconnect()
+
+
 class Outputs:
     """Every ``lillith/<agent>/out`` payload of the workload's agents, in order,
     and the arrival time of each."""
 
     def __init__(self, port: int, w: Workload) -> None:
         self.by_agent: dict[str, list[bytes]] = {w.name(k): [] for k in range(w.agents)}
+        self.arrivals: dict[str, list[float]] = {name: [] for name in self.by_agent}
         self.count = 0
         self.times: list[float] = []  # arrival of each output
         self.lock = threading.Lock()
@@ -149,6 +190,7 @@ class Outputs:
         with self.lock:
             if name in self.by_agent:
                 self.by_agent[name].append(bytes(msg.payload))
+                self.arrivals[name].append(now)
                 self.count += 1
                 self.times.append(now)
 
@@ -164,6 +206,8 @@ class Run:
     outputs: dict[str, list[bytes]]
     times: list[float]
     cluster: Any = None  # the RayCluster (closed), for the tests
+    arrivals: dict[str, list[float]] | None = None  # per agent, each output's arrival
+    sent: dict[str, list[float]] | None = None  # per agent, each frame's publication
     daemon_cpu_s: float = 0.0  # CPU of this process between the 10% and 90% marks
     actors_cpu_s: float = 0.0  # ... and of the actors' processes
     marked_frames: int = 0  # outputs between the marks
@@ -185,6 +229,29 @@ class Run:
         n = max(self.marked_frames, 1)
         return 1e6 * self.daemon_cpu_s / n, 1e6 * self.actors_cpu_s / n
 
+    def latency_ms(self) -> dict[str, float]:
+        """Publication to output (ms; a paced run), percentiles over the frames
+        published from 2 s after the first output on (the ones before waited for
+        the daemon's start)."""
+        import numpy as np
+
+        if self.arrivals is None or self.sent is None or not self.times:
+            return {}
+        start = min(self.times) + 2.0
+        lat: list[float] = []
+        for name, outs in self.outputs.items():
+            sent, arrived = self.sent[name], self.arrivals[name]
+            for payload, at in zip(outs, arrived, strict=True):
+                seq = int(json.loads(payload)["seq"])
+                if 0 < seq <= len(sent) and sent[seq - 1] >= start:
+                    lat.append(1e3 * (at - sent[seq - 1]))
+        a = np.asarray(lat)
+        if not a.size:
+            return {}
+        return {"frames": int(a.size), **{f"p{q}_ms": round(float(np.percentile(a, q)), 2)
+                                          for q in (50, 90, 99)},
+                "max_ms": round(float(a.max()), 2)}
+
     def lost(self, w: Workload) -> int:
         """Frames whose output never came (each frame's ``seq``, per agent)."""
         missing = 0
@@ -197,16 +264,22 @@ class Run:
 def run_daemon(port: int, w: Workload, state_dir: Path, *, cluster: ClusterSettings | None,
                config: AgentConfig | None = None, checkpoint_every: int | None = None,
                during: Callable[[Outputs, Any], None] | None = None,
-               timeout_s: float = 900.0) -> Run:
+               timeout_s: float = 900.0, paced: float | None = None) -> Run:
     """Queue the workload for a new session, run the daemon on it (in a thread of
     this process, agents on worker threads or in Ray actors) until every frame's
     output is published or ``timeout_s``, stop it (drain, final snapshots) and
     return what it published. ``during(outputs, cluster)`` is called every 20 ms
-    while it runs (a test kills an actor from there)."""
+    while it runs (a test kills an actor from there). With ``paced`` (frames/s)
+    the frames are published at that rate while the daemon runs, not queued
+    before (:meth:`Run.latency_ms`)."""
     from lillith.runtime.cluster import RayCluster
 
     client_id = f"d{uuid.uuid4().hex[:10]}"
-    queue_backlog(port, client_id, w)
+    sent: dict[str, list[float]] = {w.name(k): [] for k in range(w.agents)}
+    if paced is None:
+        queue_backlog(port, client_id, w)
+    else:
+        register_session(port, client_id, w)
     config = config or AgentConfig()
     out = Outputs(port, w)
     mqtt_settings = MqttSettings(host="127.0.0.1", port=port, client_id=client_id,
@@ -245,6 +318,9 @@ def run_daemon(port: int, w: Workload, state_dir: Path, *, cluster: ClusterSetti
     marks: list[tuple[int, float, float]] = []  # (outputs, daemon cpu, actors' cpu)
     try:
         ready.wait(60)
+        if paced is not None:
+            threading.Thread(target=publish_paced, args=(port, w, paced, sent),
+                             name="paced-publisher", daemon=True).start()
         deadline = time.monotonic() + timeout_s
         while out.count < w.frames and time.monotonic() < deadline and "error" not in box:
             if during is not None:
@@ -262,7 +338,9 @@ def run_daemon(port: int, w: Workload, state_dir: Path, *, cluster: ClusterSetti
         out.close()
     if "error" in box:
         raise box["error"]
-    run = Run({k: list(v) for k, v in out.by_agent.items()}, list(out.times), rc)
+    run = Run({k: list(v) for k, v in out.by_agent.items()}, list(out.times), rc,
+              arrivals={k: list(v) for k, v in out.arrivals.items()},
+              sent=None if paced is None else sent)
     if len(marks) == 2:
         run.marked_frames = marks[1][0] - marks[0][0]
         run.daemon_cpu_s = marks[1][1] - marks[0][1]
@@ -300,10 +378,19 @@ def run(*, quick: bool = False) -> dict[str, Any]:
         proc = lb.start_mosquitto(port, Path(d), max_inflight=0)
         try:
             single = run_daemon(port, w, Path(d) / "single", cluster=None)
+            paced = Workload(uuid.uuid4().hex[:6], frames=4_000 if quick else 8_000)
+            latency = {"rate_frames_per_s": LATENCY_RATE,
+                       "single": run_daemon(port, paced, Path(d) / "paced-single",
+                                            cluster=None, paced=LATENCY_RATE).latency_ms()}
             ray.init(num_cpus=CPUS, include_dashboard=False, namespace="lillith-bench",
                      configure_logging=False)
             actors: dict[str, dict[str, Any]] = {}
             try:
+                latency[f"actors_{LATENCY_ACTORS}"] = run_daemon(
+                    port, paced, Path(d) / "paced-actors", paced=LATENCY_RATE,
+                    cluster=ClusterSettings(actors=LATENCY_ACTORS,
+                                            num_cpus=CPUS / LATENCY_ACTORS,
+                                            namespace="lillith-bench")).latency_ms()
                 for n in ACTORS:
                     got = run_daemon(port, w, Path(d) / f"actors{n}", cluster=ClusterSettings(
                         actors=n, num_cpus=CPUS / n, namespace="lillith-bench"))
@@ -327,7 +414,7 @@ def run(*, quick: bool = False) -> dict[str, Any]:
             "single_process_frames_per_s": round(single.frames_per_s, 1),
             "single_process_us_per_frame": round(1e6 / single.frames_per_s, 1),
             "single_process_cpu_us_per_frame": round(single.cpu_us_per_frame()[0], 1),
-            "single_process_lost": single.lost(w), "actors": actors}
+            "single_process_lost": single.lost(w), "actors": actors, "latency": latency}
 
 
 if __name__ == "__main__":
