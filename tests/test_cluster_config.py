@@ -57,3 +57,26 @@ def test_cluster_flag_needs_the_mqtt_daemon(tmp_path: Path,
     assert not (tmp_path / "s").exists()
     assert main(["run", "--cluster", "yarn://x", "--source", "mqtt://127.0.0.1:1"]) == 2
     assert "cluster address must be" in capsys.readouterr().err
+
+
+def test_bench_cluster_latency_pairs_each_output_with_its_frames_publication() -> None:
+    """``Run.latency_ms``: an output's arrival minus the publication of the frame
+    its ``seq`` names, over the frames published from 2 s after the first output."""
+    import json
+
+    import numpy as np
+
+    from lillith.bench.bench_cluster import Run
+
+    sent = {"a": [0.0, 1.0, 3.0, 4.0, 5.0], "b": [0.5, 3.5]}
+    # outputs arrive out of order across agents; b's second is 20 ms late
+    outputs = {"a": [json.dumps({"seq": s}).encode() for s in (1, 2, 3, 4, 5)],
+               "b": [json.dumps({"seq": s}).encode() for s in (1, 2)]}
+    arrivals = {"a": [0.9, 1.001, 3.002, 4.003, 5.004], "b": [0.95, 3.52]}
+    times = sorted(arrivals["a"] + arrivals["b"])
+    got = Run(outputs, times, arrivals=arrivals, sent=sent).latency_ms()
+    want = np.array([2.0, 3.0, 4.0, 20.0])  # frames sent from 0.9 + 2 s on
+    assert got["frames"] == 4
+    assert got["p50_ms"] == round(float(np.percentile(want, 50)), 2)
+    assert got["max_ms"] == 20.0
+    assert Run(outputs, times).latency_ms() == {}  # a backlog run has no latency
