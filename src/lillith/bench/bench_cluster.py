@@ -42,7 +42,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -98,6 +98,13 @@ class Workload:
              (5.0 if i % 997 == 500 else 0.0) + ((i * 7919 + k) % 101) / 101.0]
         return json.dumps({"t": 1.8e9 + i, "values": x}).encode()
 
+    def interleaved(self) -> Iterator[tuple[int, int]]:
+        """``(agent k, frame i)`` in publishing order: frame 0 of every agent, then 1, ..."""
+        for i in range(max(self.per_agent(k) for k in range(self.agents))):
+            for k in range(self.agents):
+                if i < self.per_agent(k):
+                    yield k, i
+
     def bindings(self) -> list[AgentBinding]:
         return [AgentBinding(name=self.name(k), topics=[self.topic(k)], width=CHANNELS,
                              queue_size=QUEUE) for k in range(self.agents)]
@@ -115,27 +122,15 @@ def register_session(port: int, client_id: str, w: Workload) -> None:
     c.disconnect()
 
 
-def _publisher(port: int) -> mqtt.Client:
-    p = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"pub-{uuid.uuid4().hex[:8]}")
-    p.max_inflight_messages_set(1000)
-    p.max_queued_messages_set(0)
-    p.connect("127.0.0.1", port)
-    p.loop_start()
-    return p
-
-
 def queue_backlog(port: int, client_id: str, w: Workload) -> None:
     """Register ``client_id``'s persistent session on the workload's topics and
     publish every frame into it (QoS 1), agents interleaved."""
     register_session(port, client_id, w)
-    p = _publisher(port)
-    rows = max(w.per_agent(k) for k in range(w.agents))
+    p = broker().publisher(port, "pub")
     infos = []
-    for i in range(rows):
-        for k in range(w.agents):
-            if i < w.per_agent(k):
-                infos.append(p.publish(w.topic(k), w.payload(k, i), qos=1))
-        if len(infos) >= 1000:  # paho's own queue is bounded
+    for k, i in w.interleaved():
+        infos.append(p.publish(w.topic(k), w.payload(k, i), qos=1))
+        if len(infos) >= 1000:  # (a thousand in flight at a time)
             for info in infos:
                 info.wait_for_publish(120)
             infos = []
@@ -148,19 +143,14 @@ def queue_backlog(port: int, client_id: str, w: Workload) -> None:
 def publish_paced(port: int, w: Workload, rate: float, sent: dict[str, list[float]]) -> None:
     """Publish the workload (QoS 1, agents interleaved) at ``rate`` frames/s,
     recording in ``sent[agent]`` the monotonic time of each of its frames."""
-    p = _publisher(port)
-    rows = max(w.per_agent(k) for k in range(w.agents))
+    p = broker().publisher(port, "pub")
     t0 = time.monotonic()
-    n = 0
-    for i in range(rows):
-        for k in range(w.agents):
-            if i < w.per_agent(k):
-                wait = t0 + n / rate - time.monotonic()
-                if wait > 0:
-                    time.sleep(wait)
-                sent[w.name(k)].append(time.monotonic())
-                p.publish(w.topic(k), w.payload(k, i), qos=1)
-                n += 1
+    for n, (k, i) in enumerate(w.interleaved()):
+        wait = t0 + n / rate - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+        sent[w.name(k)].append(time.monotonic())
+        p.publish(w.topic(k), w.payload(k, i), qos=1)
     time.sleep(0.5)
     p.loop_stop()
     p.disconnect()

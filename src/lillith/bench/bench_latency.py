@@ -67,7 +67,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from lillith.agents.config import AgentConfig
-from lillith.bench.local_broker import free_port, start_mosquitto
+from lillith.bench.local_broker import free_port, publisher, start_mosquitto
 
 TARGET_P99_MS = 20.0
 
@@ -126,15 +126,6 @@ class _Receiver:
     def close(self) -> None:
         self.client.loop_stop()
         self.client.disconnect()
-
-
-def _publisher(port: int) -> mqtt.Client:
-    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-tx-{uuid.uuid4().hex[:8]}")
-    c.max_inflight_messages_set(1000)
-    c.max_queued_messages_set(0)
-    c.connect("127.0.0.1", port)
-    c.loop_start()
-    return c
 
 
 def _burst(pub: mqtt.Client, topic: str, payloads: list[bytes]) -> float:
@@ -282,7 +273,7 @@ def run(*, quick: bool = False) -> dict[str, Any]:
                     [sys.executable, "-m", "lillith.runtime.cli", "run", "--fresh",
                      "--source", f"mqtt://127.0.0.1:{port}/{filt}"],
                     env=env, stdout=log_file, stderr=subprocess.STDOUT)
-            pub = _publisher(port)
+            pub = publisher(port)
             # 1. ready (a command reply), then warm-up
             deadline = time.monotonic() + 120
             while not rx.count(f"{prefix}/cmd/reply"):

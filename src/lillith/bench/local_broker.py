@@ -1,8 +1,8 @@
 """A private mosquitto on a free loopback port, for the benchmarks and the tests.
 
 ``tests/conftest.py`` imports this file (the tests' broker fixtures), as do
-``bench_ingest`` and ``bench_latency``: one place for how a test broker is
-configured.
+``bench_ingest``, ``bench_latency`` and ``bench_cluster``: one place for how a
+test broker is configured, and for the benchmarks' publishing client.
 """
 
 from __future__ import annotations
@@ -12,7 +12,11 @@ import shutil
 import socket
 import subprocess
 import time
+import uuid
 from pathlib import Path
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 
 MOSQUITTO = shutil.which("mosquitto") or ("/usr/sbin/mosquitto"
                                           if Path("/usr/sbin/mosquitto").exists() else None)
@@ -66,3 +70,15 @@ def start_mosquitto(port: int, directory: Path, *, persistent: bool = False,
             time.sleep(0.05)
     proc.kill()
     raise RuntimeError("mosquitto did not start")
+
+
+def publisher(port: int, prefix: str = "bench-tx") -> mqtt.Client:
+    """A connected paho client on ``127.0.0.1:port`` (its network loop started)
+    that publishes as fast as the broker takes it: 1,000 QoS-1 messages in
+    flight, its own queue unbounded. Named ``<prefix>-<random>``."""
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{prefix}-{uuid.uuid4().hex[:8]}")
+    c.max_inflight_messages_set(1000)
+    c.max_queued_messages_set(0)
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    return c
