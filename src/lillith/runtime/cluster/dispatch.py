@@ -434,10 +434,8 @@ class RayCluster:
             name = f"{self.client_id}/{k}"
 
             def create(name: str = name, shard: list[AgentBinding] = shard) -> Any:
-                # (Ray keeps a dead actor's name taken: a replacement gets name~k)
-                k = self.replacements.get(name, 0)
                 return host.options(
-                    name=name if k == 0 else f"{name}~{k}", namespace=s.namespace,
+                    name=self._ray_name(name), namespace=s.namespace,
                     max_restarts=s.max_restarts, max_task_retries=0,
                     max_concurrency=len(shard) + 1, num_cpus=s.num_cpus,
                     scheduling_strategy=strategy,
@@ -459,6 +457,12 @@ class RayCluster:
         log.info("cluster_started", address=s.address, actors=len(shards),
                  placement=self.placement, state_dir=None if self.state is None
                  else self.state.dir, nodes=len(ray.nodes()))  # type: ignore[no-untyped-call]
+
+    def _ray_name(self, name: str) -> str:
+        """Actor ``name``'s name in Ray: ``name`` itself, then ``name~k`` for its
+        k-th replacement (Ray keeps a dead actor's name taken)."""
+        k = self.replacements.get(name, 0)
+        return name if k == 0 else f"{name}~{k}"
 
     def replace(self, name: str, dead: Any) -> Any:
         """The actor in place of ``dead``, actor ``name`` that Ray will not restart
@@ -484,7 +488,7 @@ class RayCluster:
             self.actors[name] = handle
             if self.metrics is not None:
                 self.metrics.replaced.labels(name).inc()
-            log.warning("actor_replaced", actor=name, ray_name=f"{name}~{k + 1}",
+            log.warning("actor_replaced", actor=name, ray_name=self._ray_name(name),
                         replacements=k + 1,
                         agents=sorted(a for a, n in self.placement.items() if n == name))
             return handle
