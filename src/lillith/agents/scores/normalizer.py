@@ -76,8 +76,12 @@ class RobustNormalizer:
         Changes nothing."""
         if self.count == 0:
             return np.zeros(self.n_channels)
-        z: F64 = (x - self.mean) / np.maximum(self.scale, self._floor())
-        # (np.clip's values, without its per-call overhead)
+        return self._z(x - self.mean, np.maximum(self.scale, self._floor()))
+
+    def _z(self, dev: F64, s: F64) -> F64:
+        """``dev / s`` clipped to ``[-z_max, z_max]`` (a new array; np.clip's
+        values, without its per-call overhead)."""
+        z: F64 = dev / s
         np.maximum(z, -self.z_max, out=z)
         np.minimum(z, self.z_max, out=z)
         return z
@@ -108,9 +112,7 @@ class RobustNormalizer:
         rate = max(1.0 / (self.count + 1), self.alpha)
         s = np.maximum(self.scale, self._floor())
         dev = x - self.mean
-        z: F64 = dev / s  # (score_one's values)
-        np.maximum(z, -self.z_max, out=z)
-        np.minimum(z, self.z_max, out=z)
+        z = self._z(dev, s)  # (score_one's values)
         lim = self.clip * s  # dev clipped to [-lim, lim] (np.clip's values, less overhead)
         np.maximum(dev, -lim, out=dev)
         np.minimum(dev, lim, out=dev)
