@@ -87,6 +87,37 @@ def test_commands_run_between_frames_and_errors_reach_the_caller() -> None:
     assert w.join(60)
 
 
+def test_a_cancelled_command_never_kills_the_worker() -> None:
+    """A caller that gives up on a command (its future cancelled: the daemon's
+    checkpoint task torn down when the broker connection drops) leaves the
+    worker running: a command cancelled while queued is skipped, one already
+    running can no longer be cancelled, and the frames after both go through."""
+    got: list[Result] = []
+    w = AgentWorker("c", AgentConfig(), queue_size=16, policy="drop_oldest", width=1,
+                    on_results=got.extend)
+    started, release = threading.Event(), threading.Event()
+    ran: list[str] = []
+
+    def slow(ag: object) -> str:
+        started.set()
+        assert release.wait(60)
+        return "slow"
+
+    w.start()
+    running = w.call(slow)
+    assert started.wait(60)
+    queued = w.call(lambda ag: ran.append("queued"))
+    assert queued.cancel()  # still waiting behind the slow one
+    assert not running.cancel()  # running: its caller gets its result
+    release.set()
+    assert running.result(60) == "slow"
+    assert w.offer(0, _frame(1.0)) == (True, None)
+    assert w.call(lambda ag: "after").result(60) == "after"
+    w.stop()
+    assert w.join(60)
+    assert ran == [] and [r.seq for r in got] == [0] and w.processed == 1
+
+
 def test_frames_waiting_are_processed_in_runs_with_the_same_results() -> None:
     """Frames that queued up while the worker was busy go through one
     ``process_many`` run: results equal a frame-by-frame agent bit for bit, with

@@ -160,7 +160,12 @@ class AgentWorker:
             await asyncio.sleep(0.002)
 
     def call(self, fn: Callable[[Agent | None], Any]) -> Future[Any]:
-        """Run ``fn(agent)`` on the worker between frames; returns a future."""
+        """Run ``fn(agent)`` on the worker between frames; returns a future.
+
+        The caller may give up on it (``future.cancel()``, as an awaiting task
+        cancelled through :func:`asyncio.wrap_future` does) until the worker
+        starts it: then ``fn`` does not run. A started command runs to its end
+        and its result or exception is set (its ``cancel()`` returns False)."""
         fut: Future[Any] = Future()
         self._q.put(_Command(fn, fut))  # never refused: commands are not frames
         return fut
@@ -192,7 +197,9 @@ class AgentWorker:
                 self._process(frames)
             if item is None:
                 return
-            if isinstance(item, _Command):
+            # a command whose caller gave up (its future cancelled) is skipped; once
+            # running, it can no longer be cancelled and its answer always lands
+            if isinstance(item, _Command) and item.future.set_running_or_notify_cancel():
                 try:
                     item.future.set_result(item.fn(self.agent))
                 except Exception as e:  # reported to the caller, never kills the worker
